@@ -1,0 +1,234 @@
+"""The ``densekit`` command.
+
+Tool subcommands (``backbones``, ``features``) live here; errors in what the user gave print one
+message naming the file, key or value and exit with status 2, writing nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from densekit import __version__
+from densekit.errors import DensekitError
+
+
+def _parse_arch(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DensekitError(f"--arch expects KEY=VALUE, got {item!r}")
+        if "," in value:
+            out[key] = [float(v) if "." in v else int(v) for v in value.split(",")]
+        else:
+            out[key] = float(value) if "." in value else int(value)
+    return out
+
+
+def _parse_layers(text: str) -> str | list[int]:
+    if text in ("last", "last4", "dpt"):
+        return text
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise DensekitError(
+            f"--layers {text!r}: use 'last', 'last4', 'dpt' or block indices like 2,5,8,11"
+        ) from None
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    parent = path.expanduser().resolve().parent
+    if not parent.is_dir():
+        raise DensekitError(f"{flag} {path}: folder {parent} does not exist")
+    if path.is_dir():
+        raise DensekitError(f"{flag} {path}: is a folder, a file name is needed")
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from densekit.backbones.registry import ALIASES, NORMALIZATIONS, REGISTRY
+
+    table = Table(title="densekit backbones (load with densekit.load_backbone(name, weights=...))")
+    for col in ("name", "family", "patch", "dim", "depth", "params", "normalisation", "weights"):
+        table.add_column(col, overflow="fold")
+    for spec in REGISTRY.values():
+        norm = NORMALIZATIONS[spec.normalization]
+        table.add_row(
+            spec.name,
+            spec.family,
+            str(spec.patch_size),
+            str(spec.embed_dim) if spec.is_vit else "/".join(map(str, spec.dims)),
+            str(spec.depth) if spec.is_vit else "/".join(map(str, spec.stage_depths)),
+            f"{spec.num_params / 1e6:.1f}M",
+            f"{norm.name}: mean {norm.mean}, std {norm.std}",
+            "\n".join(spec.weight_files),
+        )
+    console = Console(width=args.width)
+    console.print(table)
+    console.print("aliases: " + ", ".join(f"{a} -> {n}" for a, n in sorted(ALIASES.items())))
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from rich.console import Console
+
+    from densekit.backbones.load import load_backbone
+    from densekit.data.bands import BandStats, parse_bands
+    from densekit.data.images import read_image
+    from densekit.features import extract_features, pca_picture, prepare_input
+    from densekit.io import atomic_outputs
+
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    outputs = [Path(args.out)] + ([Path(args.pca)] if args.pca else [])
+    for path, flag in zip(outputs, ("--out", "--pca"), strict=False):
+        _check_writable(path, flag)
+    image = read_image(args.image, frame=args.frame)
+    stats = BandStats.from_yaml(args.stats) if args.stats else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone = load_backbone(
+            args.backbone,
+            args.weights,
+            layers=_parse_layers(args.layers),
+            autocast_dtype=torch.bfloat16 if args.bf16 else None,
+            device=args.device,
+            **_parse_arch(args.arch),
+        )
+    for warning in caught:
+        console.print(f"[yellow]warning:[/] {warning.message}")
+    x, info = prepare_input(
+        image, backbone, parse_bands(args.bands), stats, args.scale, args.fill_nonfinite
+    )
+    h, w = image.shape
+    console.print(
+        f"{args.image}: {w}x{h} px, bands {list(info.bands)} -> {backbone.name} "
+        f"(normalisation: {info.normalization.source}, scale {info.normalization.scale:g})"
+    )
+    if info.invalid_pixels:
+        console.print(f"{info.invalid_pixels} nodata/non-finite pixel(s) set to the band mean")
+    feats = extract_features(backbone, x.to(args.device))
+    feats["features"] = [f.cpu() for f in feats["features"]]  # type: ignore[attr-defined]
+    feats["class_tokens"] = [c.cpu() for c in feats["class_tokens"]]  # type: ignore[attr-defined]
+    record = {
+        **feats,
+        "backbone": backbone.name,
+        "weights": {
+            "source": backbone.weights.source,
+            "file": Path(backbone.weights.path).name if backbone.weights.path else None,
+            "sha256": backbone.weights.sha256,
+        },
+        "image": Path(args.image).name,
+        "bands": list(info.bands),
+        "mean": list(info.normalization.mean),
+        "std": list(info.normalization.std),
+        "scale": info.normalization.scale,
+        "densekit_version": __version__,
+    }
+    writers: dict[Path, Callable[[Path], object]] = {
+        Path(args.out): lambda tmp: torch.save(record, tmp)
+    }
+    if args.pca:
+        import torchvision.io
+
+        last = feats["features"][-1]  # type: ignore[index]
+        stride = backbone.layer_stride(backbone.layers[-1])
+        rgb = pca_picture(last, (h, w), stride, info.invalid if info.invalid_pixels else None)
+        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+        writers[Path(args.pca)] = lambda tmp: torchvision.io.write_png(tensor, str(tmp))
+    atomic_outputs(writers)
+    shapes = ", ".join(
+        f"layer {i}: {tuple(f.shape[1:])}"
+        for i, f in zip(feats["layers"], feats["features"], strict=True)  # type: ignore[call-overload]
+    )
+    console.print(f"features ({shapes}) -> {args.out}")
+    if args.pca:
+        console.print(f"PCA picture {w}x{h} -> {args.pca}")
+    console.print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="densekit",
+        description="Dense predictions from frozen DINO features.",
+    )
+    parser.add_argument("--version", action="version", version=f"densekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("backbones", help="list the registry of backbones")
+    p.add_argument("--width", type=int, default=None, help="table width (default: terminal)")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser(
+        "features",
+        help="patch features of one image (GeoTIFF, PNG/JPEG, DICOM) and their PCA picture",
+        description="Compute the patch features of one image with a frozen backbone.",
+    )
+    p.add_argument("image", help="GeoTIFF, PNG/JPEG or DICOM file")
+    p.add_argument("--backbone", required=True, help="registry name (see `densekit backbones`)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="official .pth, HF folder/.safetensors, 'official'/URL/HF id (online), or 'random'",
+    )
+    p.add_argument("--layers", default="last", help="last | last4 | dpt | indices, e.g. 2,5,8,11")
+    p.add_argument(
+        "--bands",
+        default=None,
+        help="1-based band indices or band names in backbone order, e.g. 4,3,2 or B4,B3,B2; "
+        "1,1,1 repeats a grey band",
+    )
+    p.add_argument("--stats", default=None, help="YAML with per-band mean/std in file units")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="multiply raw values by this to reach [0, 1] (default: 1/255 for 8-bit data)",
+    )
+    p.add_argument(
+        "--fill-nonfinite",
+        action="store_true",
+        help="set NaN/inf pixels to the band mean instead of failing",
+    )
+    p.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM (0-based)")
+    p.add_argument(
+        "--arch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture override, e.g. embed_dim=64 (tiny test models)",
+    )
+    p.add_argument("--bf16", action="store_true", help="run the backbone under bf16 autocast")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--out", required=True, help="output .pt with the features")
+    p.add_argument("--pca", default=None, help="also write the PCA picture as PNG")
+    p.set_defaults(func=cmd_features)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args))
+    except DensekitError as e:
+        print(f"densekit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Choosing, ordering and normalising input bands for a backbone.
+
+An RGB-trained backbone must see red, green and blue, in that order, scaled as in training. For
+a multispectral raster the user says which bands play those roles, by 1-based index (as GDAL
+and rasterio count) or by band description::
+
+    bands: [B4, B3, B2]      # Sentinel-2 red, green, blue by name
+    bands: [4, 3, 2]         # the same by index
+    bands: [1, 1, 1]         # a grey image repeated on the three channels (CT, X-ray)
+
+Values are normalised in one of two ways, never guessed:
+
+* with the backbone's own statistics (``mean``/``std`` in [0, 1] units) after multiplying the raw
+  values by ``scale`` (1/255 for 8-bit images; any other data type needs ``scale`` or statistics);
+* with per-band statistics in the file's own units (``densekit stats`` will write them), one
+  mean and std per selected band.
+
+A band count or statistics count that does not match is an error naming both counts. More input
+channels than the backbone's three are an explicit opt-in (``load_backbone(..., in_chans=N)``)
+and then need statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from densekit.backbones.registry import Normalization
+from densekit.errors import DensekitError, InputImageError
+
+BandRef = int | str
+
+
+def parse_bands(text: str | None) -> tuple[BandRef, ...] | None:
+    """``"4,3,2"`` -> ``(4, 3, 2)``; ``"B4,B3,B2"`` -> names; None stays None."""
+    if text is None or text == "":
+        return None
+    out: list[BandRef] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise DensekitError(f"empty band in --bands {text!r}")
+        out.append(int(part) if part.lstrip("-").isdigit() else part)
+    return tuple(out)
+
+
+def resolve_band_indices(
+    bands: Sequence[BandRef], band_names: Sequence[str | None], source: str
+) -> list[int]:
+    """0-based indices of ``bands`` (1-based indices or names) in a file with ``band_names``."""
+    count = len(band_names)
+    out = []
+    for b in bands:
+        if isinstance(b, int):
+            if not 1 <= b <= count:
+                raise InputImageError(
+                    f"{source}: band {b} does not exist; the file has {count} band(s), "
+                    f"numbered 1..{count}"
+                )
+            out.append(b - 1)
+        else:
+            matches = [i for i, n in enumerate(band_names) if n == b]
+            if len(matches) != 1:
+                named = [n for n in band_names if n]
+                what = "no band" if not matches else f"{len(matches)} bands"
+                raise InputImageError(
+                    f"{source}: {what} named {b!r}; band names in the file: "
+                    f"{named or 'none (use 1-based indices)'}"
+                )
+            out.append(matches[0])
+    return out
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Per-band statistics in the file's own units, as ``densekit stats`` writes them."""
+
+    bands: tuple[BandRef, ...] | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> BandStats:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise DensekitError(f"{path}: cannot read statistics ({e})") from None
+        if not isinstance(data, dict) or "mean" not in data or "std" not in data:
+            raise DensekitError(f"{path}: statistics need 'mean' and 'std' lists (and 'bands')")
+        mean = tuple(float(v) for v in data["mean"])
+        std = tuple(float(v) for v in data["std"])
+        if len(mean) != len(std):
+            raise DensekitError(f"{path}: {len(mean)} means but {len(std)} stds")
+        if any(s <= 0 for s in std):
+            raise DensekitError(f"{path}: std values must be > 0, got {list(std)}")
+        bands = data.get("bands")
+        return cls(tuple(bands) if bands is not None else None, mean, std)
+
+
+@dataclass(frozen=True)
+class InputNormalization:
+    """``(x * scale - mean) / std`` per channel, after band selection."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float
+    source: str
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """``(C, H, W)`` raw values -> float32 normalised values."""
+        if array.shape[0] != len(self.mean):
+            raise InputImageError(
+                f"{array.shape[0]} bands but {len(self.mean)} normalisation values ({self.source})"
+            )
+        mean = np.asarray(self.mean, np.float32)[:, None, None]
+        std = np.asarray(self.std, np.float32)[:, None, None]
+        return ((array.astype(np.float32) * np.float32(self.scale)) - mean) / std
+
+
+def choose_normalization(
+    n_bands: int,
+    stats: BandStats | None,
+    backbone_norm: Normalization | None,
+    scale: float | None,
+    source: str,
+) -> InputNormalization:
+    """Pick the normalisation for ``n_bands`` selected bands; refuse to guess."""
+    if stats is not None:
+        if len(stats.mean) != n_bands:
+            raise InputImageError(
+                f"{source}: {n_bands} band(s) selected but the statistics have "
+                f"{len(stats.mean)} values"
+            )
+        return InputNormalization(stats.mean, stats.std, 1.0 if scale is None else scale, "stats")
+    if backbone_norm is None:
+        raise InputImageError(
+            f"{source}: the backbone's input channels were adapted, so it has no statistics of "
+            "its own: give per-band statistics"
+        )
+    if len(backbone_norm.mean) != n_bands:
+        raise InputImageError(
+            f"{source}: {n_bands} band(s) selected but the backbone's statistics "
+            f"({backbone_norm.name}) have {len(backbone_norm.mean)}"
+        )
+    if scale is None:
+        raise InputImageError(
+            f"{source}: the data type gives no known value range; say how raw values map to "
+            "[0, 1] (e.g. scale 1e-4 for Sentinel-2 reflectance) or give per-band statistics"
+        )
+    return InputNormalization(backbone_norm.mean, backbone_norm.std, scale, backbone_norm.name)

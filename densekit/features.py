@@ -1,0 +1,173 @@
+"""Patch features of one image, and the classic DINO picture: their first 3 principal components.
+
+This is what ``densekit features`` runs; it is also usable from a notebook::
+
+    from densekit import load_backbone
+    from densekit.features import prepare_input, extract_features, pca_picture
+    bb = load_backbone("dinov2_vits14", weights="dinov2_vits14_pretrain.pth", layers="last")
+    x, info = prepare_input(read_image("scene.tif"), bb, bands=(4, 3, 2), scale=1e-4)
+    feats = extract_features(bb, x)
+    rgb = pca_picture(feats["features"][-1], x.shape[-2:], bb.layer_stride(bb.layers[-1]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from densekit.backbones.base import Backbone, crop_to_image
+from densekit.data.bands import (
+    BandRef,
+    BandStats,
+    InputNormalization,
+    choose_normalization,
+    resolve_band_indices,
+)
+from densekit.data.images import Image
+from densekit.errors import InputImageError
+
+_RGB = ("red", "green", "blue")
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """How an image became backbone input (recorded next to the features)."""
+
+    bands: tuple[int, ...]  # 1-based indices in the file
+    normalization: InputNormalization
+    invalid: np.ndarray  # (H, W) True where nodata or non-finite pixels were filled
+    nonfinite_pixels: int
+
+    @property
+    def invalid_pixels(self) -> int:
+        return int(self.invalid.sum())
+
+
+def default_bands(image: Image, n: int, expected: Sequence[str]) -> tuple[int, ...]:
+    """Bands to use when none are given: only when the file leaves no doubt."""
+    count = len(image.band_names)
+    src = image.path
+    if count != n:
+        want = ", ".join(expected)
+        example = ",".join(["1"] * n) if count == 1 else ",".join(str(i + 1) for i in range(n))
+        raise InputImageError(
+            f"{src}: has {count} band(s) but the backbone takes {n} ({want}); choose them with "
+            f"bands, e.g. {example}"
+        )
+    interp = image.colorinterp
+    if tuple(expected) == _RGB and sorted(interp) == sorted(_RGB) and tuple(interp) != _RGB:
+        order = ",".join(str(interp.index(c) + 1) for c in _RGB)
+        raise InputImageError(
+            f"{src}: bands are stored as {', '.join(interp)}; the backbone takes red, green, "
+            f"blue: pass bands {order}"
+        )
+    return tuple(range(1, n + 1))
+
+
+def prepare_input(
+    image: Image,
+    backbone: Backbone,
+    bands: Sequence[BandRef] | None = None,
+    stats: BandStats | None = None,
+    scale: float | None = None,
+    fill_nonfinite: bool = False,
+) -> tuple[Tensor, PreparedInput]:
+    """Select and normalise bands; returns a ``(1, C, H, W)`` float32 tensor and what was done.
+
+    Pixels the file marks as nodata, and non-finite pixels when ``fill_nonfinite``, are set to
+    the band mean (0 after normalisation). Non-finite pixels are otherwise an error.
+    """
+    src = image.path
+    n = backbone.in_chans
+    expected = (
+        backbone.normalization.bands
+        if backbone.normalization
+        else tuple(f"band{i}" for i in range(n))
+    )
+    if bands is None and stats is not None and stats.bands is not None:
+        bands = stats.bands
+    if bands is None:
+        idx = [b - 1 for b in default_bands(image, n, expected)]
+    else:
+        if len(bands) != n:
+            raise InputImageError(
+                f"{src}: {len(bands)} band(s) chosen ({list(bands)}) but {backbone.name} takes "
+                f"{n} ({', '.join(expected)})"
+            )
+        idx = resolve_band_indices(bands, image.band_names, src)
+    h, w = image.shape
+    if min(h, w) < backbone.patch_size:
+        raise InputImageError(
+            f"{src}: image is {w}x{h} pixels, smaller than one {backbone.patch_size}-pixel patch"
+        )
+    norm = choose_normalization(
+        len(idx),
+        stats,
+        backbone.normalization,
+        scale if scale is not None else (None if stats else image.default_scale),
+        src,
+    )
+    raw = image.array[idx]
+    nonfinite = ~np.isfinite(raw).all(axis=0) if raw.dtype.kind == "f" else np.zeros((h, w), bool)
+    n_nonfinite = int(nonfinite.sum())
+    if n_nonfinite and not fill_nonfinite:
+        raise InputImageError(
+            f"{src}: {n_nonfinite} pixel(s) are NaN or infinite in the chosen bands; mark them "
+            "as nodata in the file, or fill them with the band mean (fill_nonfinite)"
+        )
+    invalid = nonfinite.copy()
+    if image.invalid is not None:
+        invalid |= image.invalid
+    x = norm.apply(np.where(nonfinite[None], 0, raw))
+    x[:, invalid] = 0.0
+    info = PreparedInput(tuple(i + 1 for i in idx), norm, invalid, n_nonfinite)
+    return torch.from_numpy(np.ascontiguousarray(x))[None], info
+
+
+def extract_features(backbone: Backbone, x: Tensor) -> dict[str, object]:
+    """Features of ``backbone.layers`` for ``x`` ``(B, C, H, W)`` (padded to the patch grid)."""
+    with torch.inference_mode():
+        out = backbone.forward_with_class_tokens(x)
+    h, w = x.shape[-2:]
+    p = backbone.patch_size
+    return {
+        "features": [m for m, _ in out],
+        "class_tokens": [c for _, c in out],
+        "layers": list(backbone.layers),
+        "strides": backbone.strides,
+        "image_size": [int(h), int(w)],
+        "padded_size": [int(h + (-h % p)), int(w + (-w % p))],
+    }
+
+
+def pca_picture(
+    fmap: Tensor, image_size: Sequence[int], stride: int, invalid: np.ndarray | None = None
+) -> np.ndarray:
+    """First three principal components of ``fmap`` ``(1, C, h, w)`` as ``(H, W, 3)`` uint8.
+
+    Each component is stretched between its 1st and 99th percentile. The map is upsampled
+    bilinearly by ``stride`` onto the padded image and cropped to ``image_size``.
+    """
+    _, c, h, w = fmap.shape
+    tokens = fmap[0].reshape(c, h * w).T.double()
+    tokens = tokens - tokens.mean(0, keepdim=True)
+    k = min(3, c, h * w)
+    _, _, v = torch.linalg.svd(tokens, full_matrices=False)
+    comps = (tokens @ v[:k].T).float()  # (h*w, k)
+    if k < 3:
+        comps = torch.cat([comps, comps.new_zeros(h * w, 3 - k)], 1)
+    lo = torch.quantile(comps, 0.01, dim=0)
+    hi = torch.quantile(comps, 0.99, dim=0)
+    comps = ((comps - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+    grid = comps.T.reshape(1, 3, h, w)
+    up = F.interpolate(grid, scale_factor=stride, mode="bilinear", align_corners=False)
+    rgb = crop_to_image(up, (int(image_size[0]), int(image_size[1])))[0]
+    out = (rgb.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    if invalid is not None:
+        out[invalid] = 0
+    return out
