@@ -1,0 +1,57 @@
+"""Shared test helpers: paths to the test data and the project's shared sample data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "tests" / "data"
+FIXTURES = TEST_DATA / "dino_reference"
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+# tiny fixture -> (registry name, architecture overrides under the official argument names)
+TINY = {
+    "dinov2_vits14_tiny": ("dinov2_vits14", {"mlp_ratio": 4}),
+    "dinov2_vits14_reg4_tiny": ("dinov2_vits14_reg4", {"mlp_ratio": 4}),
+    "dinov2_vitg14_reg4_tiny": ("dinov2_vitg14_reg4", {"mlp_ratio": 4}),
+    "dinov3_vits16_tiny": ("dinov3_vits16", {"ffn_ratio": 4}),
+    "dinov3_vits16_tiny_bf16periods": ("dinov3_vits16", {"ffn_ratio": 4}),
+    "dinov3_vits16plus_tiny": ("dinov3_vits16plus", {"ffn_ratio": 6}),
+    "dinov3_vit7b16_tiny": ("dinov3_vit7b16", {"ffn_ratio": 3}),
+}
+TINY_DIMS = {"embed_dim": 64, "depth": 6, "num_heads": 2}
+
+
+def tiny_overrides(fixture: str) -> dict:
+    name, extra = TINY[fixture]
+    kwargs = json.loads((FIXTURES / "tiny" / f"{fixture}.json").read_text())["kwargs"]
+    key = "mlp_ratio" if name.startswith("dinov2") else "ffn_ratio"
+    assert kwargs[key] == extra[key], "fixture constructor disagrees with the test table"
+    return {**TINY_DIMS, **extra}
+
+
+def load_tiny(fixture: str, **kwargs):
+    from densekit import load_backbone
+
+    name, _ = TINY[fixture]
+    return load_backbone(
+        name, FIXTURES / "tiny" / f"{fixture}.pth", **tiny_overrides(fixture), **kwargs
+    )
+
+
+def tiny_inputs(patch: int) -> dict[str, torch.Tensor]:
+    return torch.load(FIXTURES / "tiny" / f"inputs_p{patch}.pt", weights_only=True)
+
+
+def needs_shared_data(*parts: str) -> Path:
+    """Path under ../shared/data; the test skips only when that folder is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent")
+    assert path.exists(), f"{path} missing from the shared data"
+    return path

@@ -1,0 +1,222 @@
+"""The `densekit` command through its real entry point; bad input exits 2 and writes nothing."""
+
+import subprocess
+
+import pytest
+import rasterio
+import torch
+from helpers import FIXTURES, REPO, TEST_DATA, TINY_DIMS
+
+import densekit
+from densekit.cli import main
+
+SAMPLE = REPO / "densekit" / "samples" / "landsat7_rgb.tif"
+TINY_V2 = FIXTURES / "tiny" / "dinov2_vits14_tiny.pth"
+TINY_ARCH = [a for k, v in {**TINY_DIMS, "mlp_ratio": 4}.items() for a in ("--arch", f"{k}={v}")]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["densekit", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_and_version():
+    res = run("--help")
+    assert res.returncode == 0 and "backbones" in res.stdout and "features" in res.stdout
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"densekit {densekit.__version__}"
+
+
+def test_backbones_table(capsys):
+    assert main(["backbones", "--width", "250"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "dinov2_vits14",
+        "dinov3_vit7b16_sat493m",
+        "dinov3_convnext_large",
+        "rad_dino",
+        "dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth",
+        "sat493m",
+    ):
+        assert name in out
+
+
+def test_features_on_the_sample_with_official_layout_weights(tmp_path):
+    out, pca = tmp_path / "f.pt", tmp_path / "pca.png"
+    res = run(
+        "features",
+        str(SAMPLE),
+        "--backbone",
+        "dinov2_vits14",
+        "--weights",
+        str(TINY_V2),
+        *TINY_ARCH,
+        "--layers",
+        "last4",
+        "--out",
+        str(out),
+        "--pca",
+        str(pca),
+    )
+    assert res.returncode == 0, res.stderr
+    rec = torch.load(out, weights_only=True)
+    assert rec["backbone"] == "dinov2_vits14" and rec["layers"] == [2, 3, 4, 5]
+    assert rec["image_size"] == [718, 791] and rec["padded_size"] == [728, 798]
+    assert [tuple(f.shape) for f in rec["features"]] == [(1, 64, 52, 57)] * 4
+    assert rec["weights"]["sha256"] and rec["weights"]["file"] == TINY_V2.name
+    with rasterio.open(pca) as png:
+        assert (png.count, png.height, png.width) == (3, 718, 791)
+        rgb = png.read()
+    assert rgb.std() > 20  # a picture, not a flat image
+    assert (rgb[:, 0, 0] == 0).all()  # the nodata border of the scene stays black
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pt", "pca.png"]
+
+
+def test_features_of_a_dicom_slice(tmp_path, capsys):
+    out = tmp_path / "ct.pt"
+    code = main(
+        [
+            "features",
+            str(TEST_DATA / "images" / "ct_window.dcm"),
+            "--backbone",
+            "dinov2_vits14",
+            "--weights",
+            str(TINY_V2),
+            *TINY_ARCH,
+            "--bands",
+            "1,1,1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    rec = torch.load(out, weights_only=True)
+    assert rec["features"][0].shape == (1, 64, 3, 3)
+    assert "Doe" not in repr(rec) and "DK-TEST" not in repr(rec)  # no patient tags
+
+
+def test_random_weights_warn_in_the_output(tmp_path):
+    res = run(
+        "features",
+        str(TEST_DATA / "images" / "rgb_uint8.tif"),
+        "--backbone",
+        "dinov3_vits16",
+        "--weights",
+        "random",
+        "--arch",
+        "embed_dim=64",
+        "--arch",
+        "depth=2",
+        "--arch",
+        "num_heads=2",
+        "--out",
+        str(tmp_path / "f.pt"),
+    )
+    assert res.returncode == 0, res.stderr
+    assert "RANDOM weights" in res.stderr
+
+
+BAD = {
+    "unknown backbone": (
+        ["--backbone", "dinov2_vitx14", "--weights", "random"],
+        r"unknown backbone 'dinov2_vitx14'; valid names: .*dinov2_vits14",
+    ),
+    "weights path missing": (["--weights", "/nonexistent/w.pth"], r"no such file or folder"),
+    "weights of another architecture": (
+        ["--weights", str(FIXTURES / "tiny" / "dinov3_vits16_tiny.pth")],
+        r"weights do not fit dinov2_vits14",
+    ),
+    "not a checkpoint": (
+        ["--weights", str(TEST_DATA / "images" / "data.py")],
+        r"data.py: not a readable PyTorch checkpoint",
+    ),
+    "bands do not match": (
+        ["--image", str(TEST_DATA / "images" / "s2_uint16.tif")],
+        r"has 4 band\(s\) but the backbone takes 3",
+    ),
+    "missing band": (["--bands", "4,3,2"], r"band 4 does not exist; the file has 3 band"),
+    "non-finite pixels": (
+        ["--image", str(TEST_DATA / "images" / "nonfinite_float32.tif"), "--scale", "1"],
+        r"2 pixel\(s\) are NaN or infinite",
+    ),
+    "smaller than a patch": (
+        ["--image", str(TEST_DATA / "images" / "small_uint8.tif")],
+        r"smaller than one 14-pixel patch",
+    ),
+    "corrupt image": (
+        ["--image", str(TEST_DATA / "images" / "corrupt.tif")],
+        r"corrupt.tif: not a readable raster",
+    ),
+    "non-image DICOM": (
+        ["--image", str(TEST_DATA / "images" / "rtplan.dcm")],
+        r"without pixel data",
+    ),
+    "output folder missing": (["--out", "missing/f.pt"], r"--out .*does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, case):
+    extra, message = BAD[case]
+    opts = {
+        "--image": str(TEST_DATA / "images" / "rgb_uint8.tif"),
+        "--backbone": "dinov2_vits14",
+        "--weights": str(TINY_V2),
+        "--out": str(tmp_path / "f.pt"),
+        "--pca": str(tmp_path / "p.png"),
+    }
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        opts[flag] = str(tmp_path / value) if flag == "--out" else value
+    argv = ["features", opts.pop("--image")]
+    for flag, value in opts.items():
+        argv += [flag, value]
+    code = main([*argv, *TINY_ARCH])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("densekit features: error: ")
+    import re
+
+    assert re.search(message, err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input_through_the_console_script(tmp_path):
+    res = run(
+        "features",
+        str(SAMPLE),
+        "--backbone",
+        "nope",
+        "--weights",
+        "random",
+        "--out",
+        str(tmp_path / "f.pt"),
+    )
+    assert res.returncode == 2 and "unknown backbone 'nope'" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_second_write_leaves_nothing(tmp_path, monkeypatch):
+    """Outputs are all-or-nothing: if writing the PNG fails, the .pt is not left behind."""
+    import torchvision.io
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torchvision.io, "write_png", boom)
+    with pytest.raises(OSError, match="disk full"):
+        main(
+            [
+                "features",
+                str(TEST_DATA / "images" / "rgb_uint8.tif"),
+                "--backbone",
+                "dinov2_vits14",
+                "--weights",
+                str(TINY_V2),
+                *TINY_ARCH,
+                "--out",
+                str(tmp_path / "f.pt"),
+                "--pca",
+                str(tmp_path / "p.png"),
+            ]
+        )
+    assert list(tmp_path.iterdir()) == []

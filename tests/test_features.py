@@ -1,0 +1,103 @@
+"""Preparing an image for a backbone, extracting features and the PCA picture."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import TEST_DATA, load_tiny
+
+from densekit.data.bands import BandStats
+from densekit.data.images import read_image
+from densekit.errors import InputImageError
+from densekit.features import extract_features, pca_picture, prepare_input
+
+IMAGES = TEST_DATA / "images"
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return load_tiny("dinov2_vits14_tiny", layers="last")
+
+
+def test_rgb_uint8_with_nodata(bb):
+    img = read_image(IMAGES / "rgb_uint8.tif")
+    x, info = prepare_input(img, bb)
+    assert x.shape == (1, 3, 36, 40) and info.bands == (1, 2, 3)
+    assert info.normalization.source == "imagenet" and info.invalid_pixels == 24
+    assert (x[0, :, :4, :6] == 0).all()  # nodata -> band mean (0 after normalisation)
+    expected = (img.array[0, 10, 10] / 255 - 0.485) / 0.229
+    assert x[0, 0, 10, 10].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_band_order_from_colour_interpretation(bb):
+    img = read_image(IMAGES / "bgr_uint8.tif")
+    with pytest.raises(InputImageError, match=r"stored as blue, green, red.*pass bands 3,2,1"):
+        prepare_input(img, bb)
+    x, _ = prepare_input(img, bb, bands=(3, 2, 1))
+    ref, _ = prepare_input(read_image(IMAGES / "rgb_uint8.tif"), bb)
+    valid = ref != 0
+    torch.testing.assert_close(x[valid], ref[valid])
+
+
+def test_band_count_mismatch_names_both_counts(bb):
+    img = read_image(IMAGES / "s2_uint16.tif")
+    with pytest.raises(
+        InputImageError, match=r"has 4 band\(s\) but the backbone takes 3 \(red, green, blue\)"
+    ):
+        prepare_input(img, bb)
+    with pytest.raises(
+        InputImageError, match=r"2 band\(s\) chosen \(\['B4', 'B3'\]\) but dinov2_vits14 takes 3"
+    ):
+        prepare_input(img, bb, bands=("B4", "B3"))
+    grey = read_image(IMAGES / "grey.png")
+    with pytest.raises(InputImageError, match=r"e.g. 1,1,1"):
+        prepare_input(grey, bb)
+    assert prepare_input(grey, bb, bands=(1, 1, 1))[0].shape == (1, 3, 40, 40)
+
+
+def test_sentinel2_needs_scale_or_statistics(bb, tmp_path):
+    img = read_image(IMAGES / "s2_uint16.tif")
+    with pytest.raises(InputImageError, match=r"no known value range"):
+        prepare_input(img, bb, bands=("B4", "B3", "B2"))
+    _x, info = prepare_input(img, bb, bands=("B4", "B3", "B2"), scale=1e-4)
+    assert info.bands == (3, 2, 1)
+    stats_file = tmp_path / "s.yaml"
+    stats_file.write_text(
+        "bands: [B4, B3, B2]\nmean: [5000, 5000, 5000]\nstd: [2000, 2000, 2000]\n"
+    )
+    x2, info2 = prepare_input(img, bb, stats=BandStats.from_yaml(stats_file))
+    assert info2.bands == (3, 2, 1) and info2.normalization.source == "stats"
+    assert x2[0, 0, 0, 0].item() == pytest.approx((img.array[2, 0, 0] - 5000) / 2000, rel=1e-5)
+
+
+def test_nonfinite_pixels(bb):
+    img = read_image(IMAGES / "nonfinite_float32.tif")
+    with pytest.raises(InputImageError, match=r"2 pixel\(s\) are NaN or infinite"):
+        prepare_input(img, bb, scale=1.0)
+    x, info = prepare_input(img, bb, scale=1.0, fill_nonfinite=True)
+    assert torch.isfinite(x).all() and info.nonfinite_pixels == 2
+    assert (x[0, :, 10, 12] == 0).all() and (x[0, :, 20, 3] == 0).all()
+
+
+def test_image_smaller_than_a_patch(bb):
+    with pytest.raises(InputImageError, match=r"10x10 pixels, smaller than one 14-pixel patch"):
+        prepare_input(read_image(IMAGES / "small_uint8.tif"), bb)
+
+
+def test_extract_features_geometry(bb):
+    x, _ = prepare_input(read_image(IMAGES / "rgb_uint8.tif"), bb)
+    out = extract_features(bb, x)
+    assert out["image_size"] == [36, 40] and out["padded_size"] == [42, 42]
+    assert out["features"][0].shape == (1, 64, 3, 3) and out["layers"] == [5]
+
+
+def test_pca_picture_separates_two_regions():
+    fmap = torch.zeros(1, 8, 4, 6)
+    fmap[:, 0, :, :3] = 1.0  # left half differs from the right half along one direction
+    fmap += 0.01 * torch.randn_like(fmap)
+    rgb = pca_picture(fmap, (50, 80), stride=14)
+    assert rgb.shape == (50, 80, 3) and rgb.dtype == np.uint8
+    left, right = rgb[:, :20].astype(int), rgb[:, 50:].astype(int)
+    assert abs(left[..., 0].mean() - right[..., 0].mean()) > 150  # first component splits them
+    invalid = np.zeros((50, 80), bool)
+    invalid[:5, :5] = True
+    assert (pca_picture(fmap, (50, 80), 14, invalid)[:5, :5] == 0).all()
