@@ -18,16 +18,21 @@ from densekit import __version__
 from densekit.errors import DensekitError
 
 
+def _number(text: str, item: str) -> int | float:
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise DensekitError(f"--arch {item!r}: {text!r} is not a number") from None
+
+
 def _parse_arch(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key or not value:
             raise DensekitError(f"--arch expects KEY=VALUE, got {item!r}")
-        if "," in value:
-            out[key] = [float(v) if "." in v else int(v) for v in value.split(",")]
-        else:
-            out[key] = float(value) if "." in value else int(value)
+        values = [_number(v, item) for v in value.split(",")]
+        out[key] = values if len(values) > 1 else values[0]
     return out
 
 
@@ -40,6 +45,20 @@ def _parse_layers(text: str) -> str | list[int]:
         raise DensekitError(
             f"--layers {text!r}: use 'last', 'last4', 'dpt' or block indices like 2,5,8,11"
         ) from None
+
+
+def _device(text: str) -> Any:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise DensekitError(
+            f"--device {text!r}: not a torch device (e.g. cpu, cuda, cuda:1)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DensekitError(f"--device {text}: no CUDA device is available here")
+    return device
 
 
 def _check_writable(path: Path, flag: str) -> None:
@@ -93,6 +112,12 @@ def cmd_features(args: argparse.Namespace) -> int:
     outputs = [Path(args.out)] + ([Path(args.pca)] if args.pca else [])
     for path, flag in zip(outputs, ("--out", "--pca"), strict=False):
         _check_writable(path, flag)
+    resolved = [p.expanduser().resolve() for p in outputs]
+    if len(set(resolved)) != len(resolved):
+        raise DensekitError(f"--out and --pca name the same file {args.out}")
+    if Path(args.image).expanduser().resolve() in resolved:
+        raise DensekitError(f"an output path is the input image {args.image}")
+    device = _device(args.device)
     image = read_image(args.image, frame=args.frame)
     stats = BandStats.from_yaml(args.stats) if args.stats else None
     with warnings.catch_warnings(record=True) as caught:
@@ -102,7 +127,7 @@ def cmd_features(args: argparse.Namespace) -> int:
             args.weights,
             layers=_parse_layers(args.layers),
             autocast_dtype=torch.bfloat16 if args.bf16 else None,
-            device=args.device,
+            device=device,
             **_parse_arch(args.arch),
         )
     for warning in caught:
@@ -116,8 +141,10 @@ def cmd_features(args: argparse.Namespace) -> int:
         f"(normalisation: {info.normalization.source}, scale {info.normalization.scale:g})"
     )
     if info.invalid_pixels:
-        console.print(f"{info.invalid_pixels} nodata/non-finite pixel(s) set to the band mean")
-    feats = extract_features(backbone, x.to(args.device))
+        console.print(
+            f"{info.invalid_pixels} nodata/non-finite pixel(s) set to the normalisation mean"
+        )
+    feats = extract_features(backbone, x.to(device))
     feats["features"] = [f.cpu() for f in feats["features"]]  # type: ignore[attr-defined]
     feats["class_tokens"] = [c.cpu() for c in feats["class_tokens"]]  # type: ignore[attr-defined]
     record = {
@@ -199,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fill-nonfinite",
         action="store_true",
-        help="set NaN/inf pixels to the band mean instead of failing",
+        help="set NaN/inf pixels to the normalisation mean instead of failing",
     )
     p.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM (0-based)")
     p.add_argument(

@@ -49,24 +49,30 @@ class PreparedInput:
 
 
 def default_bands(image: Image, n: int, expected: Sequence[str]) -> tuple[int, ...]:
-    """Bands to use when none are given: only when the file leaves no doubt."""
+    """Bands to use when none are given: only when the file's colour interpretation says they
+    are exactly the ones the backbone expects, in order."""
     count = len(image.band_names)
     src = image.path
+    want = ", ".join(expected)
     if count != n:
-        want = ", ".join(expected)
         example = ",".join(["1"] * n) if count == 1 else ",".join(str(i + 1) for i in range(n))
         raise InputImageError(
             f"{src}: has {count} band(s) but the backbone takes {n} ({want}); choose them with "
             f"bands, e.g. {example}"
         )
-    interp = image.colorinterp
-    if tuple(expected) == _RGB and sorted(interp) == sorted(_RGB) and tuple(interp) != _RGB:
-        order = ",".join(str(interp.index(c) + 1) for c in _RGB)
+    interp = tuple("grey" if c == "gray" else c for c in image.colorinterp)
+    if interp == tuple(expected):
+        return tuple(range(1, n + 1))
+    if sorted(interp) == sorted(expected) and len(set(expected)) == n:
+        order = ",".join(str(interp.index(c) + 1) for c in expected)
         raise InputImageError(
-            f"{src}: bands are stored as {', '.join(interp)}; the backbone takes red, green, "
-            f"blue: pass bands {order}"
+            f"{src}: bands are stored as {', '.join(interp)}; the backbone takes {want}: pass "
+            f"bands {order}"
         )
-    return tuple(range(1, n + 1))
+    raise InputImageError(
+        f"{src}: the file does not say which bands are {want} (colour interpretation: "
+        f"{', '.join(interp)}); choose them with bands, e.g. {','.join(map(str, range(1, n + 1)))}"
+    )
 
 
 def prepare_input(
@@ -79,8 +85,9 @@ def prepare_input(
 ) -> tuple[Tensor, PreparedInput]:
     """Select and normalise bands; returns a ``(1, C, H, W)`` float32 tensor and what was done.
 
-    Pixels the file marks as nodata, and non-finite pixels when ``fill_nonfinite``, are set to
-    the band mean (0 after normalisation). Non-finite pixels are otherwise an error.
+    Pixels the file marks as nodata in any chosen band, and non-finite pixels when
+    ``fill_nonfinite``, are set to 0 after normalisation (the normalisation mean). Non-finite
+    pixels the file does not mark as nodata are otherwise an error.
     """
     src = image.path
     n = backbone.in_chans
@@ -105,6 +112,11 @@ def prepare_input(
         raise InputImageError(
             f"{src}: image is {w}x{h} pixels, smaller than one {backbone.patch_size}-pixel patch"
         )
+    if stats is not None and scale is not None:
+        raise InputImageError(
+            f"{src}: give either per-band statistics (in the file's units) or a scale to [0, 1] "
+            "for the backbone's own statistics, not both"
+        )
     norm = choose_normalization(
         len(idx),
         stats,
@@ -113,17 +125,17 @@ def prepare_input(
         src,
     )
     raw = image.array[idx]
+    marked = image.invalid[idx].any(axis=0) if image.invalid is not None else np.zeros((h, w), bool)
     nonfinite = ~np.isfinite(raw).all(axis=0) if raw.dtype.kind == "f" else np.zeros((h, w), bool)
+    nonfinite &= ~marked  # NaN declared as the file's nodata is nodata, not an error
     n_nonfinite = int(nonfinite.sum())
     if n_nonfinite and not fill_nonfinite:
         raise InputImageError(
             f"{src}: {n_nonfinite} pixel(s) are NaN or infinite in the chosen bands; mark them "
             "as nodata in the file, or fill them with the band mean (fill_nonfinite)"
         )
-    invalid = nonfinite.copy()
-    if image.invalid is not None:
-        invalid |= image.invalid
-    x = norm.apply(np.where(nonfinite[None], 0, raw))
+    invalid = nonfinite | marked
+    x = norm.apply(np.where(invalid[None], 0, raw))
     x[:, invalid] = 0.0
     info = PreparedInput(tuple(i + 1 for i in idx), norm, invalid, n_nonfinite)
     return torch.from_numpy(np.ascontiguousarray(x))[None], info

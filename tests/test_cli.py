@@ -1,5 +1,6 @@
 """The `densekit` command through its real entry point; bad input exits 2 and writes nothing."""
 
+import re
 import subprocess
 
 import pytest
@@ -63,6 +64,9 @@ def test_features_on_the_sample_with_official_layout_weights(tmp_path):
     assert rec["image_size"] == [718, 791] and rec["padded_size"] == [728, 798]
     assert [tuple(f.shape) for f in rec["features"]] == [(1, 64, 52, 57)] * 4
     assert rec["weights"]["sha256"] and rec["weights"]["file"] == TINY_V2.name
+    # compact tensors: a class token does not drag the whole token sequence into the file
+    assert rec["class_tokens"][0].untyped_storage().nbytes() == 64 * 4
+    assert out.stat().st_size < 1.2 * sum(f.numel() * 4 for f in rec["features"])
     with rasterio.open(pca) as png:
         assert (png.count, png.height, png.width) == (3, 718, 791)
         rgb = png.read()
@@ -115,68 +119,89 @@ def test_random_weights_warn_in_the_output(tmp_path):
     assert "RANDOM weights" in res.stderr
 
 
+IMAGES = TEST_DATA / "images"
+# case -> (options replacing or adding to the defaults, expected message)
 BAD = {
     "unknown backbone": (
-        ["--backbone", "dinov2_vitx14", "--weights", "random"],
+        {"--backbone": "dinov2_vitx14", "--weights": "random"},
         r"unknown backbone 'dinov2_vitx14'; valid names: .*dinov2_vits14",
     ),
-    "weights path missing": (["--weights", "/nonexistent/w.pth"], r"no such file or folder"),
+    "weights path missing": ({"--weights": "/nonexistent/w.pth"}, r"no such file or folder"),
     "weights of another architecture": (
-        ["--weights", str(FIXTURES / "tiny" / "dinov3_vits16_tiny.pth")],
+        {"--weights": str(FIXTURES / "tiny" / "dinov3_vits16_tiny.pth")},
         r"weights do not fit dinov2_vits14",
     ),
     "not a checkpoint": (
-        ["--weights", str(TEST_DATA / "images" / "data.py")],
+        {"--weights": str(IMAGES / "data.py")},
         r"data.py: not a readable PyTorch checkpoint",
     ),
+    "empty weights": ({"--weights": ""}, r"weights is empty"),
     "bands do not match": (
-        ["--image", str(TEST_DATA / "images" / "s2_uint16.tif")],
+        {"IMAGE": str(IMAGES / "s2_uint16.tif")},
         r"has 4 band\(s\) but the backbone takes 3",
     ),
-    "missing band": (["--bands", "4,3,2"], r"band 4 does not exist; the file has 3 band"),
+    "missing band": ({"--bands": "4,3,2"}, r"band 4 does not exist; the file has 3 band"),
     "non-finite pixels": (
-        ["--image", str(TEST_DATA / "images" / "nonfinite_float32.tif"), "--scale", "1"],
+        {"IMAGE": str(IMAGES / "nonfinite_float32.tif"), "--scale": "1", "--bands": "1,2,3"},
         r"2 pixel\(s\) are NaN or infinite",
     ),
     "smaller than a patch": (
-        ["--image", str(TEST_DATA / "images" / "small_uint8.tif")],
+        {"IMAGE": str(IMAGES / "small_uint8.tif")},
         r"smaller than one 14-pixel patch",
     ),
     "corrupt image": (
-        ["--image", str(TEST_DATA / "images" / "corrupt.tif")],
+        {"IMAGE": str(IMAGES / "corrupt.tif")},
         r"corrupt.tif: not a readable raster",
     ),
-    "non-image DICOM": (
-        ["--image", str(TEST_DATA / "images" / "rtplan.dcm")],
-        r"without pixel data",
-    ),
-    "output folder missing": (["--out", "missing/f.pt"], r"--out .*does not exist"),
+    "non-image DICOM": ({"IMAGE": str(IMAGES / "rtplan.dcm")}, r"without pixel data"),
+    "output folder missing": ({"--out": "missing/f.pt"}, r"--out .*does not exist"),
+    "same output twice": ({"--pca": "f.pt"}, r"--out and --pca name the same file"),
+    "layer out of range": ({"--layers": "99"}, r"layer indices \[99\] out of range 0..5"),
+    "layers not numbers": ({"--layers": "first"}, r"--layers 'first': use"),
+    "override not a number": ({"--arch": "embed_dim=abc"}, r"'abc' is not a number"),
+    "override not an integer": ({"--arch": "embed_dim=64.5"}, r"a positive integer is needed"),
+    "override zero": ({"--arch": "num_heads=0"}, r"num_heads=0: a positive integer"),
+    "bad device": ({"--device": "foo"}, r"--device 'foo': not a torch device"),
+    "stats with scale": ({"--stats": "stats.yaml", "--scale": "1"}, r"not both"),
+    "stats not numbers": ({"--stats": "badstats.yaml"}, r"must be lists of numbers"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, case):
-    extra, message = BAD[case]
+    changes, message = BAD[case]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (tmp_path / "stats.yaml").write_text("mean: [0.4, 0.4, 0.4]\nstd: [0.2, 0.2, 0.2]\n")
+    (tmp_path / "badstats.yaml").write_text("mean: 5\nstd: [1]\n")
     opts = {
-        "--image": str(TEST_DATA / "images" / "rgb_uint8.tif"),
+        "IMAGE": str(IMAGES / "rgb_uint8.tif"),
         "--backbone": "dinov2_vits14",
         "--weights": str(TINY_V2),
-        "--out": str(tmp_path / "f.pt"),
-        "--pca": str(tmp_path / "p.png"),
+        "--out": "f.pt",
+        "--pca": "p.png",
+        **changes,
     }
-    for flag, value in zip(extra[::2], extra[1::2], strict=True):
-        opts[flag] = str(tmp_path / value) if flag == "--out" else value
-    argv = ["features", opts.pop("--image")]
+    for flag in ("--out", "--pca"):
+        opts[flag] = str(out_dir / opts[flag])
+    if "--stats" in opts:
+        opts["--stats"] = str(tmp_path / opts["--stats"])
+    arch = dict(a.split("=") for a in TINY_ARCH[1::2])
+    if "--arch" in changes:
+        key, value = changes["--arch"].split("=")
+        arch[key] = value
+    argv = ["features", opts.pop("IMAGE")]
     for flag, value in opts.items():
-        argv += [flag, value]
-    code = main([*argv, *TINY_ARCH])
+        if flag != "--arch":
+            argv += [flag, value]
+    for key, value in arch.items():
+        argv += ["--arch", f"{key}={value}"]
+    code = main(argv)
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("densekit features: error: ")
-    import re
-
     assert re.search(message, err), err
-    assert list(tmp_path.iterdir()) == []
+    assert list(out_dir.iterdir()) == []
 
 
 def test_bad_input_through_the_console_script(tmp_path):

@@ -72,8 +72,8 @@ def test_sentinel2_needs_scale_or_statistics(bb, tmp_path):
 def test_nonfinite_pixels(bb):
     img = read_image(IMAGES / "nonfinite_float32.tif")
     with pytest.raises(InputImageError, match=r"2 pixel\(s\) are NaN or infinite"):
-        prepare_input(img, bb, scale=1.0)
-    x, info = prepare_input(img, bb, scale=1.0, fill_nonfinite=True)
+        prepare_input(img, bb, bands=(1, 2, 3), scale=1.0)
+    x, info = prepare_input(img, bb, bands=(1, 2, 3), scale=1.0, fill_nonfinite=True)
     assert torch.isfinite(x).all() and info.nonfinite_pixels == 2
     assert (x[0, :, 10, 12] == 0).all() and (x[0, :, 20, 3] == 0).all()
 
@@ -101,3 +101,32 @@ def test_pca_picture_separates_two_regions():
     invalid = np.zeros((50, 80), bool)
     invalid[:5, :5] = True
     assert (pca_picture(fmap, (50, 80), 14, invalid)[:5, :5] == 0).all()
+
+
+def test_nan_declared_as_nodata_is_nodata(bb):
+    img = read_image(IMAGES / "nan_nodata_float32.tif")
+    x, info = prepare_input(img, bb, scale=1.0)
+    assert info.nonfinite_pixels == 0 and info.invalid_pixels == 6 * 10
+    assert torch.isfinite(x).all() and (x[0, :, 30:, 30:] == 0).all()
+
+
+def test_nodata_counts_only_in_the_chosen_bands(bb):
+    img = read_image(IMAGES / "nodata_band1_uint16.tif")
+    _, with_band1 = prepare_input(img, bb, bands=(1, 2, 3), scale=1e-4)
+    assert with_band1.invalid_pixels == 100
+    _, without = prepare_input(img, bb, bands=(2, 3, 3), scale=1e-4)
+    assert without.invalid_pixels == 0
+
+
+def test_unlabelled_bands_are_not_guessed(bb):
+    img = read_image(IMAGES / "nodata_band1_uint16.tif")  # colour interpretation: grey, undefined
+    with pytest.raises(InputImageError, match=r"does not say which bands are red, green, blue"):
+        prepare_input(img, bb, scale=1e-4)
+
+
+def test_statistics_and_scale_together_are_refused(bb, tmp_path):
+    stats_file = tmp_path / "s.yaml"
+    stats_file.write_text("mean: [1, 1, 1]\nstd: [1, 1, 1]\n")
+    img = read_image(IMAGES / "rgb_uint8.tif")
+    with pytest.raises(InputImageError, match=r"either per-band statistics .* or a scale"):
+        prepare_input(img, bb, stats=BandStats.from_yaml(stats_file), scale=1 / 255)

@@ -93,13 +93,19 @@ def resolve_arch(spec: BackboneSpec, overrides: dict[str, Any]) -> Arch:
     ratio_key = "mlp_ratio" if spec.family == "dinov2" else "ffn_ratio"
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
+        where = f"{spec.name}: override {key}={value!r}"
         if key == ratio_key:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise DensekitError(f"{where}: a positive number is needed")
             changes["ffn_ratio"] = float(value)
-        elif key == "dims":
-            changes["dims"] = tuple(int(v) for v in value)
-            changes["embed_dim"] = int(value[-1])
-        elif key == "depths":
-            changes["stage_depths"] = tuple(int(v) for v in value)
+        elif key in ("dims", "depths"):
+            if not isinstance(value, list | tuple) or not all(_positive_int(v) for v in value):
+                raise DensekitError(f"{where}: a list of 4 positive integers is needed")
+            changes["dims" if key == "dims" else "stage_depths"] = tuple(int(v) for v in value)
+            if key == "dims":
+                changes["embed_dim"] = int(value[-1])
+        elif not _positive_int(value):
+            raise DensekitError(f"{where}: a positive integer is needed")
         else:
             changes[key] = int(value)
     arch = replace(arch, **changes)
@@ -116,6 +122,10 @@ def resolve_arch(spec: BackboneSpec, overrides: dict[str, Any]) -> Arch:
     if not spec.is_vit and (len(arch.dims) != 4 or len(arch.stage_depths) != 4):
         raise DensekitError(f"{spec.name}: dims and depths need 4 values each (one per stage)")
     return arch
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _timm_mlp_ratio(arch: Arch) -> float:

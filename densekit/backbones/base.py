@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from densekit.backbones.arch import Arch
 from densekit.backbones.checkpoint import sha256_file
 from densekit.backbones.registry import NORMALIZATIONS, BackboneSpec, Normalization
-from densekit.errors import InputImageError
+from densekit.errors import DensekitError, InputImageError
 
 
 @dataclass
@@ -95,8 +95,11 @@ class Backbone(nn.Module, abc.ABC):
         n = self.num_layers
         bad = [i for i in layers if not -n <= i < n]
         if bad or not layers:
-            raise ValueError(f"{self.name}: layer indices {list(layers)} out of range 0..{n - 1}")
-        self.layers = tuple(i % n for i in layers)
+            raise DensekitError(
+                f"{self.name}: layer indices {list(layers)} out of range 0..{n - 1} (or -{n}..-1)"
+            )
+        # block order, as Meta's get_intermediate_layers returns them
+        self.layers = tuple(sorted({i % n for i in layers}))
         self.requires_grad_(False)
         super().train(False)
 
@@ -187,9 +190,9 @@ class Backbone(nn.Module, abc.ABC):
                 x, n=list(self.layers), reshape=True, return_class_token=True, norm=True
             )
             out = [(m.float(), c.float()) for m, c in pairs]
-        if not torch.is_inference_mode_enabled():  # ordinary tensors, usable by autograd
-            out = [(m.clone(), c.clone()) for m, c in out]
-        return out
+        # Copies: outside inference mode they are ordinary tensors that autograd accepts, and a
+        # class token no longer shares the storage of the whole token sequence.
+        return [(m.clone(), c.clone()) for m, c in out]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Feature maps ``(B, C, Hp/s, Wp/s)`` of :attr:`layers`, for any ``H x W`` >= one patch."""

@@ -109,6 +109,7 @@ class Signature:
             f"{self.family} patch {self.patch_size}, embed_dim {self.embed_dim}, depth "
             f"{self.depth}, {self.registers} register tokens, {self.ffn} FFN of width "
             f"{self.ffn_hidden}, qkv bias {self.qkv_bias}"
+            + (", local_cls_norm" if self.local_cls_norm else "")
         )
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from densekit.backbones.base import Backbone
+from densekit.errors import DensekitError
 
 
 class DinoConvNeXt(Backbone):
@@ -46,7 +47,8 @@ class DinoConvNeXt(Backbone):
         take = list(range(4 - n, 4)) if isinstance(n, int) else [int(i) for i in n]
         bad = [i for i in take if not 0 <= i < 4]
         if bad:
-            raise ValueError(f"{self.name}: stage indices {bad} out of range 0..3")
+            raise DensekitError(f"{self.name}: stage indices {bad} out of range 0..3")
+        take = sorted(set(take))  # stage order, as the official code
         m = self.model
         maps: dict[int, Tensor] = {}
         x = m.stem(x)

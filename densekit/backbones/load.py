@@ -14,6 +14,8 @@ The loading path for real weights is always the same, whatever the source:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -40,6 +42,7 @@ from densekit.backbones.checkpoint import (
 )
 from densekit.backbones.convnext import DinoConvNeXt
 from densekit.backbones.hf import hf_to_official, hf_weights_file, is_hf_layout, read_hf_folder
+from densekit.backbones.layout import layout_differences, official_layout
 from densekit.backbones.registry import (
     NORMALIZATIONS,
     BackboneSpec,
@@ -100,13 +103,13 @@ def load_backbone(
         info = WeightsInfo(source="random")
     else:
         path, source = resolve_weights(spec, str(weights))
-        sd, hf_config = read_weights(path)
+        sd, hf_config, from_hf = read_weights(path)
         if hf_config is not None:
             normalization = _hf_normalization(hf_config, normalization, spec)
         if spec.family == "dinov2" and "pos_embed" in sd:
             overrides.setdefault("img_size", checkpoint_img_size(sd, spec, path))
         arch = resolve_arch(spec, overrides)
-        check_weights_fit(arch, sd, path, overrides)
+        check_weights_fit(arch, sd, path, overrides, from_hf=from_hf)
         heads = (hf_config or {}).get("num_attention_heads", arch.num_heads)
         if heads != arch.num_heads:
             raise WeightsError(
@@ -162,6 +165,8 @@ def resolve_layers(spec: BackboneSpec, arch: Arch, layers: LayerChoice) -> tuple
 # -- finding and reading the weights ---------------------------------------------------------
 def resolve_weights(spec: BackboneSpec, weights: str) -> tuple[Path, str]:
     """A local path for ``weights`` (downloading when it names a remote source)."""
+    if not weights.strip():
+        raise WeightsError(f"{spec.name}: weights is empty; give a file, a folder or 'random'")
     path = Path(weights).expanduser()
     if path.exists():
         return path, "hf" if path.is_dir() or path.suffix == ".safetensors" else "official"
@@ -215,20 +220,18 @@ def _hf_download(repo_id: str, spec: BackboneSpec) -> Path:
     return Path(folder)
 
 
-def read_weights(path: Path) -> tuple[StateDict, dict | None]:
-    """State dict in the official layout, and the HF config when the source is an HF folder."""
+def read_weights(path: Path) -> tuple[StateDict, dict | None, bool]:
+    """State dict in the official layout, the HF config (folders only), and whether the source
+    was in Hugging Face layout."""
     if path.is_dir():
-        return read_hf_folder(path)
+        sd, folder_config = read_hf_folder(path)
+        return sd, folder_config, True
     sd = load_safetensors_file(path) if path.suffix == ".safetensors" else load_torch_file(path)
-    if is_hf_layout(sd):
-        config_path = path.parent / "config.json"
-        config = None
-        if config_path.is_file():
-            import json
-
-            config = json.loads(config_path.read_text())
-        sd = hf_to_official(sd, config, source=str(path))
-    return sd, None
+    if not is_hf_layout(sd):
+        return sd, None, False
+    config_path = path.parent / "config.json"
+    config: dict | None = json.loads(config_path.read_text()) if config_path.is_file() else None
+    return hf_to_official(sd, config, source=str(path)), None, True
 
 
 def _hf_normalization(
@@ -261,8 +264,14 @@ def checkpoint_img_size(sd: StateDict, spec: BackboneSpec, path: Path) -> int:
     return grid * spec.patch_size
 
 
-def check_weights_fit(arch: Arch, sd: StateDict, path: Path, overrides: dict[str, Any]) -> None:
-    """Fail, naming the right registry entry where one fits, if ``sd`` is not ``arch``'s."""
+def check_weights_fit(
+    arch: Arch, sd: StateDict, path: Path, overrides: dict[str, Any], from_hf: bool = False
+) -> None:
+    """Fail, naming the right registry entry where one fits, if ``sd`` is not ``arch``'s.
+
+    Hugging Face files never hold ``local_cls_norm`` (unused in eval), so it is not required
+    from them.
+    """
     spec = arch.spec
     owner = official_owner_of_filename(path)
     if owner is not None and owner != spec.name:
@@ -277,6 +286,8 @@ def check_weights_fit(arch: Arch, sd: StateDict, path: Path, overrides: dict[str
             f"stem); first keys: {list(sd)[:8]}"
         )
     want = signature_of_arch(arch)
+    if from_hf:
+        got = dataclasses.replace(got, local_cls_norm=want.local_cls_norm)
     if got.in_chans != want.in_chans:
         raise WeightsError(
             f"{path}: patch embedding takes {got.in_chans} channels; official {spec.name} "
@@ -286,15 +297,27 @@ def check_weights_fit(arch: Arch, sd: StateDict, path: Path, overrides: dict[str
         owners = identify(got)
         if owners:
             where = f"; it fits {', '.join(owners)}"
+        elif dataclasses.replace(got, local_cls_norm=want.local_cls_norm) == want:
+            where = ""  # only local_cls_norm differs: the layout check below names the keys
         else:
             where = (
                 "; no registry entry has this layout: for a smaller or custom model of the same "
                 f"family pass architecture overrides (embed_dim={got.embed_dim}, "
                 f"depth={got.depth}, and num_heads)"
             )
+        if where:
+            raise WeightsError(
+                f"{path}: weights do not fit {spec.name} ({want.describe()}); the file has "
+                f"{got.describe()}{where}"
+            )
+    expected = official_layout(arch)
+    if from_hf:
+        expected = {k: v for k, v in expected.items() if not k.startswith("local_cls_norm.")}
+    diffs = layout_differences(expected, {k: tuple(v.shape) for k, v in sd.items()})
+    if diffs and not (spec.family == "dinov2" and _only_pos_embed_differs(diffs)):
         raise WeightsError(
-            f"{path}: weights do not fit {spec.name} ({want.describe()}); the file has "
-            f"{got.describe()}{where}"
+            f"{path}: not the official layout of {spec.name} ({arch.describe()}): "
+            + "; ".join(diffs)
         )
     if "img_size" in overrides and spec.family == "dinov2":
         grid_px = checkpoint_img_size(sd, spec, path)
@@ -304,6 +327,11 @@ def check_weights_fit(arch: Arch, sd: StateDict, path: Path, overrides: dict[str
                 f"{grid_px // spec.patch_size} (img_size {grid_px}); img_size="
                 f"{overrides['img_size']} would resample it at load time"
             )
+
+
+def _only_pos_embed_differs(diffs: list[str]) -> bool:
+    """A DINOv2 pos_embed of another grid is reported below with the img_size it implies."""
+    return len(diffs) == 1 and diffs[0].startswith("mis-shaped key(s): pos_embed ")
 
 
 # -- official layout -> timm, strictly -------------------------------------------------------

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from densekit.backbones.arch import Arch
 from densekit.backbones.base import Backbone, WeightsInfo
 from densekit.backbones.registry import Normalization
-from densekit.errors import InputImageError
+from densekit.errors import DensekitError, InputImageError
 
 
 def official_pos_embed(
@@ -148,7 +148,8 @@ class DinoViT(Backbone):
         take = list(range(depth - n, depth)) if isinstance(n, int) else [int(i) for i in n]
         bad = [i for i in take if not 0 <= i < depth]
         if bad:
-            raise ValueError(f"{self.name}: block indices {bad} out of range 0..{depth - 1}")
+            raise DensekitError(f"{self.name}: block indices {bad} out of range 0..{depth - 1}")
+        take = sorted(set(take))  # the official code collects outputs in block order
         hgt, wid = x.shape[-2:]
         p = self.patch_size
         if hgt % p or wid % p:

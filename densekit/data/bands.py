@@ -92,13 +92,23 @@ class BandStats:
             raise DensekitError(f"{path}: cannot read statistics ({e})") from None
         if not isinstance(data, dict) or "mean" not in data or "std" not in data:
             raise DensekitError(f"{path}: statistics need 'mean' and 'std' lists (and 'bands')")
-        mean = tuple(float(v) for v in data["mean"])
-        std = tuple(float(v) for v in data["std"])
+        try:
+            mean = tuple(float(v) for v in data["mean"])
+            std = tuple(float(v) for v in data["std"])
+        except (TypeError, ValueError):
+            raise DensekitError(
+                f"{path}: 'mean' and 'std' must be lists of numbers, got {data['mean']!r} and "
+                f"{data['std']!r}"
+            ) from None
         if len(mean) != len(std):
             raise DensekitError(f"{path}: {len(mean)} means but {len(std)} stds")
         if any(s <= 0 for s in std):
             raise DensekitError(f"{path}: std values must be > 0, got {list(std)}")
         bands = data.get("bands")
+        if bands is not None and (
+            not isinstance(bands, list) or not all(isinstance(b, int | str) for b in bands)
+        ):
+            raise DensekitError(f"{path}: 'bands' must be a list of band indices or names")
         return cls(tuple(bands) if bands is not None else None, mean, std)
 
 

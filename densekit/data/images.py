@@ -27,7 +27,7 @@ class Image:
     array: np.ndarray
     band_names: list[str | None]
     colorinterp: list[str]
-    invalid: np.ndarray | None  # (H, W) True where the file marks nodata
+    invalid: np.ndarray | None  # (C, H, W) True where the file marks a band's pixel as nodata
     default_scale: float | None  # multiplier to [0, 1] when the data type implies one
 
     @property
@@ -49,6 +49,8 @@ def is_dicom(path: Path) -> bool:
 def read_image(path: str | Path, frame: int | None = None) -> Image:
     """Read a whole image; errors name the file and what is wrong with it."""
     path = Path(path)
+    if path.is_dir():
+        raise InputImageError(f"{path}: is a folder, an image file is needed")
     if not path.is_file():
         raise InputImageError(f"{path}: no such file")
     if is_dicom(path):
@@ -67,8 +69,8 @@ def _read_raster(path: Path) -> Image:
                 names = list(src.descriptions)
                 colorinterp = [c.name for c in src.colorinterp]
                 invalid = None
-                if src.nodata is not None or any(c == "alpha" for c in colorinterp):
-                    invalid = src.dataset_mask() == 0
+                if any(v is not None for v in src.nodatavals) or "alpha" in colorinterp:
+                    invalid = src.read_masks() == 0  # per band: nodata or alpha
                 dtype = src.dtypes[0]
     except RasterioIOError as e:
         raise InputImageError(f"{path}: not a readable raster ({e})") from None
@@ -80,7 +82,7 @@ def _read_raster(path: Path) -> Image:
 
 def _read_dicom(path: Path, frame: int | None) -> Image:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(path)
@@ -111,12 +113,24 @@ def _read_dicom(path: Path, frame: int | None) -> Image:
     if frames > 1:
         pixels = pixels[frame]
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
-        if photometric != "RGB":
-            pixels = convert_color_space(pixels, photometric, "RGB")
-        array = np.moveaxis(pixels.astype(np.float32), -1, 0) / 255.0
-        return Image(
-            str(path), array, ["red", "green", "blue"], ["red", "green", "blue"], None, 1.0
+    samples = int(ds.get("SamplesPerPixel", 1))
+    rgb_names: list[str | None] = ["red", "green", "blue"]
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        rgb = apply_color_lut(pixels, ds)  # 16-bit entries (8-bit tables are shifted up)
+        array = np.moveaxis(rgb.astype(np.float32), -1, 0) / np.float32(np.iinfo(rgb.dtype).max)
+        return Image(str(path), array, rgb_names, ["red", "green", "blue"], None, 1.0)
+    if samples == 3:
+        # pydicom returns RGB for every colour space (YBR_FULL/_422 converted on decoding,
+        # YBR_RCT/ICT by the JPEG 2000 decoder).
+        top = np.float32(2 ** int(ds.BitsStored) - 1)
+        array = np.moveaxis(pixels.astype(np.float32), -1, 0) / top
+        return Image(str(path), array, rgb_names, ["red", "green", "blue"], None, 1.0)
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        raise InputImageError(
+            f"{path}: photometric interpretation {photometric} with {samples} samples per "
+            "pixel is not supported (MONOCHROME1/2, RGB, YBR and PALETTE COLOR are)"
         )
     values = apply_modality_lut(pixels, ds).astype(np.float32)
     if "WindowCenter" in ds and "WindowWidth" in ds:

@@ -6,7 +6,7 @@ from helpers import TINY_DIMS, load_tiny
 
 from densekit import load_backbone
 from densekit.backbones import crop_to_image, pad_to_multiple
-from densekit.errors import InputImageError
+from densekit.errors import DensekitError, InputImageError
 
 CONVNEXT_TINY = {"dims": (8, 16, 24, 32), "depths": (1, 1, 2, 1)}
 
@@ -84,8 +84,15 @@ def test_layer_sets():
     # overridden depth 6: evenly spaced, ending at the last block
     assert load_tiny("dinov2_vits14_tiny", layers="dpt").layers == (0, 2, 3, 5)
     assert load_tiny("dinov2_vits14_tiny", layers=[1, -1]).layers == (1, 5)
-    with pytest.raises(ValueError, match=r"out of range 0..5"):
+    with pytest.raises(DensekitError, match=r"out of range 0..5"):
         load_tiny("dinov2_vits14_tiny", layers=[6])
+    # block order and no repeats, as Meta's get_intermediate_layers returns them
+    assert load_tiny("dinov2_vits14_tiny", layers=[5, 2, 5]).layers == (2, 5)
+    bb = load_tiny("dinov2_vits14_tiny")
+    x = torch.randn(1, 3, 28, 28)
+    a = bb.get_intermediate_layers(x, n=[5, 2])
+    b = bb.get_intermediate_layers(x, n=[2, 5])
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
 
 
 def test_registry_dpt_layers_of_official_sizes():

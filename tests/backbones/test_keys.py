@@ -14,6 +14,7 @@ from helpers import FIXTURES
 
 from densekit.backbones.arch import build_timm_model, resolve_arch
 from densekit.backbones.checkpoint import identify, signature_of_state_dict
+from densekit.backbones.layout import official_layout
 from densekit.backbones.load import (
     check_weights_fit,
     checkpoint_img_size,
@@ -68,3 +69,23 @@ def test_layout_identifies_its_architecture(name):
     # ViT-B/14 / RAD-DINO (a continued-training of it).
     shared = {"dinov3_vit7b16", "dinov3_vit7b16_sat493m", "dinov2_vitb14"}
     assert len(owners) == (2 if name in shared else 1), owners
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_generated_layout_is_the_official_one(name):
+    """densekit's own layout rule reproduces Meta's key list, in Meta's order."""
+    keys = json.loads((FIXTURES / "keys" / f"{name}.json").read_text())
+    spec = get_spec(name)
+    arch = resolve_arch(spec, {"img_size": 518} if spec.family == "dinov2" else {})
+    layout = official_layout(arch)
+    assert list(layout.items()) == [(k, tuple(s)) for k, s in keys]
+
+
+def test_hf_files_need_no_local_cls_norm():
+    """HF SAT files lack local_cls_norm (unused in eval); official files must have it."""
+    sd = meta_state_dict("dinov3_vitl16_sat493m")
+    sd = {k: v for k, v in sd.items() if not k.startswith("local_cls_norm.")}
+    arch = resolve_arch(get_spec("dinov3_vitl16_sat493m"), {})
+    check_weights_fit(arch, sd, Path("hf-folder"), {}, from_hf=True)
+    with pytest.raises(Exception, match=r"it fits dinov3_vitl16\b"):
+        check_weights_fit(arch, sd, Path("file.pth"), {})

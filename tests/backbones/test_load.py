@@ -156,7 +156,10 @@ def test_misshaped_key_fails(tmp_path):
     sd = torch.load(TINY_V2, weights_only=True)
     sd["blocks.2.attn.proj.weight"] = sd["blocks.2.attn.proj.weight"][:, :32]
     torch.save(sd, tmp_path / "shape.pth")
-    with pytest.raises(WeightsError, match=r"size mismatch for blocks.2.attn.proj.weight"):
+    with pytest.raises(
+        WeightsError,
+        match=r"mis-shaped key\(s\): blocks.2.attn.proj.weight \[64, 32\] \(expected \[64, 64\]\)",
+    ):
         load_backbone(
             "dinov2_vits14", tmp_path / "shape.pth", **tiny_overrides("dinov2_vits14_tiny")
         )
@@ -203,3 +206,51 @@ def test_weights_provenance_and_sha256():
     manifest = json.loads((FIXTURES / "MANIFEST.json").read_text())
     assert bb.weights.sha256 == manifest["tiny/dinov2_vits14_tiny.pth"]["sha256"]
     assert bb.weights.source == "official"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "key"),
+    [
+        ("dinov2_vits14_tiny", "mask_token"),
+        ("dinov3_vits16_tiny", "mask_token"),
+        ("dinov3_vits16_tiny", "rope_embed.periods"),
+        ("dinov3_vits16_tiny", "blocks.4.attn.qkv.bias_mask"),
+        ("dinov3_vit7b16_tiny", "local_cls_norm.weight"),
+    ],
+)
+def test_keys_timm_has_no_place_for_are_still_required(tmp_path, fixture, key):
+    """Tensors that timm's layout drops (unused in eval) must still be in an official file."""
+    sd = torch.load(FIXTURES / "tiny" / f"{fixture}.pth", weights_only=True)
+    del sd[key]
+    torch.save(sd, tmp_path / "w.pth")
+    name = "dinov2_vits14" if fixture.startswith("dinov2") else fixture.replace("_tiny", "")
+    with pytest.raises(WeightsError, match=rf"missing key\(s\): {key.replace('.', '[.]')}"):
+        load_backbone(name, tmp_path / "w.pth", **tiny_overrides(fixture))
+
+
+def test_misshaped_rope_periods_are_named(tmp_path):
+    sd = torch.load(TINY_V3, weights_only=True)
+    sd["rope_embed.periods"] = torch.ones(5)
+    torch.save(sd, tmp_path / "w.pth")
+    with pytest.raises(WeightsError, match=r"rope_embed.periods \[5\] \(expected \[8\]\)"):
+        load_backbone("dinov3_vits16", tmp_path / "w.pth", **tiny_overrides("dinov3_vits16_tiny"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"embed_dim": 64.5}, r"embed_dim=64.5: a positive integer is needed"),
+        ({"num_heads": 0}, r"num_heads=0: a positive integer is needed"),
+        ({"depth": -1}, r"depth=-1: a positive integer is needed"),
+        ({"ffn_ratio": "4"}, r"ffn_ratio='4': a positive number is needed"),
+        ({"embed_dim": 64, "num_heads": 3}, r"embed_dim 64 is not divisible by num_heads 3"),
+    ],
+)
+def test_bad_override_values(overrides, message):
+    with pytest.raises(DensekitError, match=message):
+        load_backbone("dinov3_vits16", "random", **overrides)
+
+
+def test_empty_weights_string():
+    with pytest.raises(WeightsError, match="weights is empty"):
+        load_backbone("dinov2_vits14", "")

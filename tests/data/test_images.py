@@ -16,7 +16,8 @@ def test_geotiff_bands_names_and_nodata():
     assert img.array.shape == (3, 36, 40) and img.array.dtype == np.uint8
     assert img.colorinterp == ["red", "green", "blue"]
     assert img.default_scale == pytest.approx(1 / 255)
-    assert img.invalid is not None and img.invalid[:4, :6].all() and img.invalid.sum() == 24
+    assert img.invalid is not None and img.invalid.shape == (3, 36, 40)
+    assert img.invalid[:, :4, :6].all() and img.invalid.any(0).sum() == 24
     s2 = read_image(IMAGES / "s2_uint16.tif")
     assert s2.band_names == ["B2", "B3", "B4", "B8"] and s2.default_scale is None
 
@@ -93,3 +94,39 @@ def test_real_unsupported_transfer_syntax_names_the_packages():
         InputImageError, match=r"cannot decode pixel data with transfer syntax JPEG Lossless"
     ):
         read_image(path)
+
+
+def test_nodata_is_per_band():
+    img = read_image(IMAGES / "nodata_band1_uint16.tif")
+    assert img.invalid[0].sum() == 100 and not img.invalid[1:].any()
+
+
+def test_a_folder_is_not_an_image(tmp_path):
+    with pytest.raises(InputImageError, match=r"is a folder, an image file is needed"):
+        read_image(tmp_path)
+
+
+def test_real_colour_dicom_in_every_colour_space():
+    """RGB, YBR_FULL(_422) (converted by pydicom), YBR_RCT (JPEG 2000) and PALETTE COLOR all
+    come out as RGB in [0, 1]; 16-bit RGB is scaled by its own bit depth."""
+    root = needs_shared_data("pydicom-testfiles")
+    t = root / "pydicom_test_files"
+    ref = read_image(root / "pydicom_data_store" / "SC_rgb.dcm").array
+    np.testing.assert_allclose(read_image(t / "SC_rgb_rle.dcm").array, ref, atol=0)
+    for name in (
+        "SC_rgb_dcmtk_+eb+cy+np.dcm",
+        "SC_rgb_dcmtk_+eb+cy+n1.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+    ):
+        lossy = read_image(t / name).array  # JPEG: small errors, larger at colour edges
+        assert np.abs(lossy - ref).mean() < 0.02, name  # a second colour conversion: > 0.2
+    ybr = read_image(t / "SC_ybr_full_422_uncompressed.dcm").array
+    np.testing.assert_allclose(ybr[:, 0, 0], [1, 0, 0], atol=3 / 255)  # pure red
+    rgb16 = read_image(t / "SC_rgb_rle_16bit.dcm").array
+    assert rgb16.max() <= 1.0 and rgb16.max() > 0.99
+    np.testing.assert_allclose(rgb16, ref, atol=2 / 255)
+    rct = read_image(t / "GDCMJ2K_TextGBR.dcm")
+    assert rct.array.shape == (3, 400, 400) and rct.array.min() >= 0 and rct.array.max() <= 1
+    pal = read_image(t / "examples_palette.dcm")
+    assert pal.array.shape == (3, 350, 800) and pal.array.max() <= 1.0
+    assert pal.band_names == ["red", "green", "blue"]

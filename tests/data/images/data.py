@@ -58,6 +58,14 @@ def rasters(rng: np.random.Generator) -> None:
     f[0, 20, 3] = np.inf
     write_tif("nonfinite_float32.tif", f)
     write_tif("small_uint8.tif", rgb[:, :10, :10].copy())
+    # nodata=0 occurs in band 1 only: a pixel is nodata only for the bands that hold it
+    u16 = rng.integers(100, 4000, (3, h, w), dtype=np.uint16)
+    u16[0, 5:10, 5:25] = 0
+    write_tif("nodata_band1_uint16.tif", u16, nodata=0)
+    # NaN declared as the file's nodata value
+    fn = rng.normal(0.3, 0.1, (3, h, w)).astype(np.float32)
+    fn[:, 30:, 30:] = np.nan
+    write_tif("nan_nodata_float32.tif", fn, nodata=float("nan"), colorinterp=rgb_ci)
     grey = rng.integers(0, 255, (1, 40, 40), dtype=np.uint8)
     with rasterio.open(
         HERE / "grey.png", "w", driver="PNG", height=40, width=40, count=1, dtype="uint8"
