@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="densekit",
         description="Dense predictions from frozen DINO features.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "training (LightningCLI, see `densekit fit --help`):\n"
+            "  fit|validate|test|predict --config FILE.yaml   train or evaluate a head"
+        ),
     )
     parser.add_argument("--version", action="version", version=f"densekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -244,7 +249,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _densekit_cause(exc: BaseException | None) -> DensekitError | None:
+    """The DensekitError behind ``exc`` (jsonargparse wraps errors raised while it instantiates
+    the model and data classes)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, DensekitError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def run_lightning(argv: Sequence[str], from_command_line: bool) -> int:
+    """``densekit fit|validate|test|predict --config FILE.yaml``: LightningCLI on the tasks."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from densekit.data.datamodules import DenseDataModule
+    from densekit.tasks import DenseTask
+
+    LightningCLI(
+        DenseTask,
+        DenseDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=None if from_command_line else list(argv),  # None: LightningCLI reads sys.argv
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": f"densekit {argv[0]}" if argv else "densekit"},
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        try:
+            return run_lightning(argv, from_command_line)
+        except Exception as e:
+            cause = _densekit_cause(e)
+            if cause is None:
+                raise
+            print(f"densekit {argv[0]}: error: {cause}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -1,0 +1,319 @@
+"""LightningDataModules for segmentation, depth/height and change detection on rasters.
+
+Files are given as a folder, a glob pattern, one file or a list of files. Images pair with their
+targets by file stem when folders or patterns are given, by position when lists are given; any
+mismatch is an error that names the unpaired files. Each split either has its own files
+(``val_*``, ``test_*``) or comes from ``split``: fractions of every raster's columns, left to
+right, for training, validation and testing (see :mod:`densekit.data.windows`). With ``window``
+the rasters are read as a grid of ``window x window`` windows; without it, each file is one item
+(chips of equal size).
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from densekit.data.bands import BandRef
+from densekit.data.datasets import Sample, TaskKind, WindowDataset, raster_size
+from densekit.data.windows import grid_windows, split_columns
+from densekit.errors import DensekitError
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt")
+Files = str | list[str]
+STAGES = ("fit", "validate", "test")
+
+
+def list_rasters(spec: Files, what: str) -> tuple[list[str], bool]:
+    """Files named by ``spec`` and whether they should pair by stem (folder or pattern)."""
+    if isinstance(spec, list):
+        missing = [f for f in spec if not Path(f).is_file()]
+        if missing:
+            raise DensekitError(f"{what}: no such file(s): {missing[:5]}")
+        return [str(f) for f in spec], False
+    path = Path(spec)
+    if path.is_file():
+        return [str(path)], False
+    if path.is_dir():
+        files = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+        if not files:
+            raise DensekitError(
+                f"{what}: folder {path} holds no raster files ({', '.join(RASTER_SUFFIXES)})"
+            )
+        return files, True
+    files = sorted(glob.glob(spec))
+    if not files:
+        raise DensekitError(f"{what}: {spec} is not a file or folder and matches no file")
+    return files, True
+
+
+def pair_files(specs: Sequence[tuple[str, Files]]) -> list[tuple[str, ...]]:
+    """Pair the files of several inputs (e.g. images and labels) into tuples."""
+    lists = [list_rasters(spec, name) for name, spec in specs]
+    names = [name for name, _ in specs]
+    if any(by_stem for _, by_stem in lists):
+        stems = [{Path(f).stem: f for f in files} for files, _ in lists]
+        common = set(stems[0]).intersection(*stems[1:])
+        unpaired = {n: sorted(set(s) - common)[:5] for n, s in zip(names, stems, strict=True)}
+        if any(unpaired.values()):
+            raise DensekitError(
+                f"{' and '.join(names)} do not pair up by file name; unpaired: {unpaired}"
+            )
+        return [tuple(s[k] for s in stems) for k in sorted(common)]
+    counts = [len(files) for files, _ in lists]
+    if len(set(counts)) != 1:
+        raise DensekitError(
+            f"{' and '.join(names)} do not pair up: {dict(zip(names, counts, strict=True))} files"
+        )
+    return list(zip(*(files for files, _ in lists), strict=True))
+
+
+class DenseDataModule(L.LightningDataModule):
+    """Shared machinery of the three data modules (not used directly)."""
+
+    kind: ClassVar[TaskKind]
+    n_images: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        splits: Mapping[str, Sequence[tuple[str, Files]] | None],
+        split: Sequence[float] | None,
+        window: int | None,
+        bands: Sequence[BandRef] | None,
+        batch_size: int,
+        num_workers: int,
+        dataset_kwargs: Mapping[str, Any],
+    ) -> None:
+        super().__init__()
+        if split is not None and any(splits[k] for k in ("val", "test")):
+            raise DensekitError("give either split fractions or separate val/test files, not both")
+        if split is not None and len(split) not in (2, 3):
+            raise DensekitError(f"split needs 2 or 3 fractions (train, val[, test]), got {split}")
+        self.split_spec = splits
+        self.split = list(split) if split is not None else None
+        self.window = window
+        self.bands = list(bands) if bands is not None else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.dataset_kwargs = dict(dataset_kwargs)
+        self.datasets: dict[str, WindowDataset] = {}
+
+    def _samples(self, groups: list[tuple[str, ...]], block_index: int | None) -> list[Sample]:
+        samples = []
+        size0 = None
+        for group in groups:
+            images, target = group[: self.n_images], group[self.n_images]
+            w, h = raster_size(images[0])
+            for other in (*images[1:], target):
+                ow, oh = raster_size(other)
+                if (ow, oh) != (w, h):
+                    raise DensekitError(
+                        f"{other} is {ow}x{oh} pixels but {images[0]} is {w}x{h}; the grids must "
+                        "agree"
+                    )
+            region = (0, 0, w, h)
+            if block_index is not None and self.split is not None:
+                region = split_columns(w, h, self.split)[block_index]
+            if self.window is None:
+                if size0 is not None and (w, h) != size0:
+                    raise DensekitError(
+                        f"{images[0]} is {w}x{h} but other files are {size0[0]}x{size0[1]}: "
+                        "without window, all files of a split must have one size"
+                    )
+                size0 = (w, h)
+                windows = [region]
+            else:
+                windows = grid_windows(region, self.window)
+            samples += [Sample(tuple(images), target, win, region) for win in windows]
+        return samples
+
+    def setup(self, stage: str | None = None) -> None:
+        train_groups = pair_files(self.split_spec["train"] or [])
+        plan: dict[str, tuple[list[tuple[str, ...]], int | None]] = {}
+        if self.split is not None:
+            plan["train"] = (train_groups, 0)
+            plan["val"] = (train_groups, 1)
+            if len(self.split) == 3:
+                plan["test"] = (train_groups, 2)
+        else:
+            plan["train"] = (train_groups, None)
+            for name in ("val", "test"):
+                spec = self.split_spec[name]
+                if spec:
+                    plan[name] = (pair_files(spec), None)
+        for name, (groups, block) in plan.items():
+            samples = self._samples(groups, block)
+            if not samples:
+                raise DensekitError(f"the {name} split is empty")
+            self.datasets[name] = WindowDataset(
+                samples, self.kind, self.bands, **self.dataset_kwargs
+            )
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        if name not in self.datasets:
+            raise DensekitError(
+                f"no {name} data: give {name}_* files or split fractions that include it"
+            )
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if "val" not in self.datasets:
+            return []  # no validation split: Lightning skips validation
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test" if "test" in self.datasets else "val", shuffle=False)
+
+
+def _maybe(pairs: list[tuple[str, Files | None]]) -> list[tuple[str, Files]] | None:
+    if all(v is None for _, v in pairs):
+        return None
+    missing = [n for n, v in pairs if v is None]
+    if missing:
+        raise DensekitError(
+            f"{', '.join(missing)} missing: give {' and '.join(n for n, _ in pairs)}"
+        )
+    return [(n, v) for n, v in pairs if v is not None]
+
+
+class SegmentationDataModule(DenseDataModule):
+    """Image and class-label rasters.
+
+    Args:
+        images / labels: training files (folder, pattern, file or list).
+        val_images / val_labels, test_images / test_labels: separate split files.
+        split: column fractions (train, val[, test]) of each training raster instead.
+        window: side of the grid windows (None: whole files).
+        bands: image bands in model order, 1-based indices or names (None: all).
+        label_map: raw label -> class, e.g. ``{0: 0, 255: 1}`` for 0/255 masks.
+        ignore_index: class value ignored by losses and metrics.
+    """
+
+    kind = "segmentation"
+
+    def __init__(
+        self,
+        images: Files,
+        labels: Files,
+        val_images: Files | None = None,
+        val_labels: Files | None = None,
+        test_images: Files | None = None,
+        test_labels: Files | None = None,
+        split: list[float] | None = None,
+        window: int | None = None,
+        bands: list[int | str] | None = None,
+        label_map: dict[int, int] | None = None,
+        ignore_index: int = 255,
+        batch_size: int = 8,
+        num_workers: int = 0,
+    ) -> None:
+        splits = {
+            "train": [("images", images), ("labels", labels)],
+            "val": _maybe([("val_images", val_images), ("val_labels", val_labels)]),
+            "test": _maybe([("test_images", test_images), ("test_labels", test_labels)]),
+        }
+        kwargs = {"label_map": label_map, "ignore_index": ignore_index}
+        super().__init__(splits, split, window, bands, batch_size, num_workers, kwargs)
+
+
+class DepthDataModule(DenseDataModule):
+    """Image and depth/height rasters; depth <= 0, NaN or nodata is invalid (masked).
+
+    Args as :class:`SegmentationDataModule`, with ``depths`` for ``labels`` and
+    ``depth_scale`` multiplying the depth values (e.g. 0.001 for millimetres).
+    """
+
+    kind = "depth"
+
+    def __init__(
+        self,
+        images: Files,
+        depths: Files,
+        val_images: Files | None = None,
+        val_depths: Files | None = None,
+        test_images: Files | None = None,
+        test_depths: Files | None = None,
+        split: list[float] | None = None,
+        window: int | None = None,
+        bands: list[int | str] | None = None,
+        depth_scale: float = 1.0,
+        batch_size: int = 8,
+        num_workers: int = 0,
+    ) -> None:
+        splits = {
+            "train": [("images", images), ("depths", depths)],
+            "val": _maybe([("val_images", val_images), ("val_depths", val_depths)]),
+            "test": _maybe([("test_images", test_images), ("test_depths", test_depths)]),
+        }
+        super().__init__(
+            splits, split, window, bands, batch_size, num_workers, {"depth_scale": depth_scale}
+        )
+
+
+class ChangeDataModule(DenseDataModule):
+    """Two dates of images on the same grid and a change label raster.
+
+    Args as :class:`SegmentationDataModule`, with ``images1`` / ``images2`` for the two dates.
+    Binary change labels are 0 (no change) and 1 (change); use ``label_map`` for others (e.g.
+    ``{0: 0, 255: 1}`` or OSCD's ``{1: 0, 2: 1}``). Semantic change uses one class per
+    from-to transition.
+    """
+
+    kind = "change"
+    n_images = 2
+
+    def __init__(
+        self,
+        images1: Files,
+        images2: Files,
+        labels: Files,
+        val_images1: Files | None = None,
+        val_images2: Files | None = None,
+        val_labels: Files | None = None,
+        test_images1: Files | None = None,
+        test_images2: Files | None = None,
+        test_labels: Files | None = None,
+        split: list[float] | None = None,
+        window: int | None = None,
+        bands: list[int | str] | None = None,
+        label_map: dict[int, int] | None = None,
+        ignore_index: int = 255,
+        batch_size: int = 8,
+        num_workers: int = 0,
+    ) -> None:
+        splits = {
+            "train": [("images1", images1), ("images2", images2), ("labels", labels)],
+            "val": _maybe(
+                [
+                    ("val_images1", val_images1),
+                    ("val_images2", val_images2),
+                    ("val_labels", val_labels),
+                ]
+            ),
+            "test": _maybe(
+                [
+                    ("test_images1", test_images1),
+                    ("test_images2", test_images2),
+                    ("test_labels", test_labels),
+                ]
+            ),
+        }
+        kwargs = {"label_map": label_map, "ignore_index": ignore_index}
+        super().__init__(splits, split, window, bands, batch_size, num_workers, kwargs)

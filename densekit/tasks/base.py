@@ -1,0 +1,379 @@
+"""The shared base of the training tasks: a frozen backbone, a light head, one step function.
+
+What every task does the same way:
+
+* input normalisation inside the model, ``(x * scale - mean) / std`` per band, stored with the
+  checkpoint (the data modules hand over raw values);
+* the backbone loaded with :func:`densekit.load_backbone`, frozen (eval, no grad, not in the
+  optimizer) and not saved in checkpoints: a checkpoint names its weights file and sha256,
+  checked when the checkpoint is loaded (random backbones, which cannot be recreated, are saved);
+* the head (``"linear"``, ``"dpt"``) on the backbone's layers, or ``"unet"``: a
+  segmentation-models-pytorch U-Net trained from scratch on all input bands, the supervised
+  baseline, chosen by this one switch;
+* predictions upsampled bilinearly to the input size (the patch padding cropped away);
+* AdamW with a linear warm-up then cosine, polynomial (power 0.9) or constant learning rate;
+* one ``_shared_step(batch, stage)`` for training, validation and testing; metrics logged each
+  epoch, and test metrics also written to ``test_metrics.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from densekit import __version__
+from densekit.backbones import Backbone, load_backbone
+from densekit.errors import DensekitError
+from densekit.heads import DPTHead, LinearHead
+
+HeadName = Literal["linear", "dpt", "unet"]
+LayerChoice = Literal["last", "last4", "dpt"] | list[int]
+
+
+def upsample_to(logits: Tensor, size: Sequence[int], multiple: int) -> Tensor:
+    """Resize ``logits`` (covering the input padded to ``multiple``) to the padded size, bilinear,
+    and crop to ``size``."""
+    h, w = int(size[0]), int(size[1])
+    padded = (h + (-h % multiple), w + (-w % multiple))
+    if tuple(logits.shape[-2:]) != padded:
+        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+    return logits[..., :h, :w]
+
+
+class DenseTask(L.LightningModule, abc.ABC):
+    """Common arguments of every task.
+
+    Args:
+        backbone: registry name (``densekit backbones``); unused with ``head="unet"``.
+        weights: the backbone's weights (see :func:`densekit.load_backbone`): a file, a folder,
+            ``"official"`` (online) or ``"random"``. Required unless ``head="unet"``.
+        backbone_overrides: architecture overrides for small or custom backbones.
+        layers: ``"last"``, ``"last4"``, ``"dpt"`` or block indices fed to the head.
+        head: ``"linear"``, ``"dpt"`` or ``"unet"`` (baseline from scratch, no backbone).
+        dropout: dropout of the linear head.
+        dpt_features: channels of the DPT fusion blocks.
+        unet_encoder: segmentation-models-pytorch encoder of the U-Net (random init).
+        in_channels: input bands. Other than the backbone's 3, the patch embedding is adapted
+            (explicit opt-in, see ``load_backbone(in_chans=...)``) and ``mean``/``std`` are needed.
+        bands: the bands used, recorded for inference (the data module selects them).
+        mean, std: per-band statistics in the data's units (after ``scale``); default: the
+            backbone's own statistics.
+        scale: multiplies raw values first (e.g. 1/255 for 8-bit data); required when the
+            backbone's statistics are used, 1 otherwise.
+        lr, weight_decay: AdamW settings.
+        warmup_steps: linear warm-up length in optimizer steps.
+        schedule: decay after the warm-up.
+    """
+
+    kind: ClassVar[str]
+    input_mean: Tensor
+    input_std: Tensor
+    metrics: nn.ModuleDict
+    loss_fn: nn.Module
+    fusion: Any  # ChangeFusion, set by the change task
+
+    def __init__(
+        self,
+        backbone: str = "dinov2_vits14",
+        weights: str | None = None,
+        backbone_overrides: dict[str, Any] | None = None,
+        layers: LayerChoice = "last",
+        head: HeadName = "linear",
+        dropout: float = 0.0,
+        dpt_features: int = 256,
+        unet_encoder: str = "resnet34",
+        in_channels: int = 3,
+        bands: list[int | str] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        scale: float | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        schedule: Literal["cosine", "poly", "constant"] = "cosine",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    @property
+    def hp(self) -> Any:
+        """The hyper-parameters (an attribute dict of the ``__init__`` arguments)."""
+        return self.hparams
+
+    def metric(self, stage: str) -> Any:
+        """The metric object of ``stage`` (``train``, ``val`` or ``test``)."""
+        return self.metrics[f"m_{stage}"]
+
+    # -- building ----------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def num_outputs(self) -> int:
+        """Output channels of the head."""
+
+    @property
+    def input_images(self) -> int:
+        """Images per sample the model sees (2 for change detection)."""
+        return 1
+
+    def head_kind(self) -> Literal["segmentation", "depth"]:
+        return "segmentation"
+
+    def configure_models(self) -> None:
+        hp = self.hp
+        self.backbone: Backbone | None = None
+        if hp.head == "unet":
+            self.unet = smp.Unet(
+                encoder_name=hp.unet_encoder,
+                encoder_weights=None,
+                in_channels=hp.in_channels * self.input_images,
+                classes=self.num_outputs,
+            )
+            mean, std = hp.mean, hp.std
+            if mean is None and hp.scale is None:
+                raise DensekitError(
+                    "the U-Net needs input statistics: give mean/std (data units) or scale"
+                )
+            mean = mean or [0.0] * hp.in_channels
+            std = std or [1.0] * hp.in_channels
+        else:
+            if hp.weights is None:
+                raise DensekitError(
+                    f"model.weights is required for the {hp.head} head on {hp.backbone}: a "
+                    "weights file, 'official' (online) or 'random'"
+                )
+            self.backbone = load_backbone(
+                hp.backbone,
+                hp.weights,
+                layers=hp.layers,
+                in_chans=hp.in_channels if hp.in_channels != 3 else None,
+                **(hp.backbone_overrides or {}),
+            )
+            mean, std = self._backbone_statistics()
+            channels = self.backbone.out_channels
+            if self.input_images == 2:
+                channels = self.fusion.out_channels(channels)
+            if hp.head == "linear":
+                self.head: nn.Module = LinearHead(channels, self.num_outputs, dropout=hp.dropout)
+            else:
+                self.head = DPTHead(
+                    channels,
+                    self.backbone.strides,
+                    self.num_outputs,
+                    kind=self.head_kind(),
+                    features=hp.dpt_features,
+                    readout="project" if self.backbone.spec.is_vit else "ignore",
+                )
+        if len(mean) != hp.in_channels or len(std) != hp.in_channels:
+            raise DensekitError(
+                f"in_channels is {hp.in_channels} but mean/std have {len(mean)}/{len(std)} values"
+            )
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+        self.input_scale = 1.0 if hp.scale is None else float(hp.scale)
+
+    def _backbone_statistics(self) -> tuple[list[float], list[float]]:
+        hp = self.hp
+        if hp.mean is not None or hp.std is not None:
+            if hp.mean is None or hp.std is None:
+                raise DensekitError("give both mean and std, or neither")
+            return list(hp.mean), list(hp.std)
+        norm = self.backbone.normalization if self.backbone is not None else None
+        if norm is None:
+            raise DensekitError(
+                f"in_channels {hp.in_channels}: the adapted backbone has no statistics of its "
+                "own; give mean and std for every band"
+            )
+        if hp.scale is None:
+            raise DensekitError(
+                f"scale is required with {hp.backbone}'s own statistics ({norm.name}, for values "
+                "in [0, 1]): e.g. 0.00392156862745098 (1/255) for 8-bit data"
+            )
+        return list(norm.mean), list(norm.std)
+
+    @abc.abstractmethod
+    def configure_losses(self) -> None:
+        """Build ``self.loss_fn``."""
+
+    @abc.abstractmethod
+    def configure_metrics(self) -> None:
+        """Build the metric objects of each stage."""
+
+    # -- the model ---------------------------------------------------------------------------
+    def normalize(self, x: Tensor) -> Tensor:
+        return (x * self.input_scale - self.input_mean) / self.input_std
+
+    def _unet_forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % 32, 0, -h % 32))
+        return self.unet(x)[..., :h, :w]
+
+    def features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Backbone maps and class tokens of a normalised image."""
+        if self.backbone is None:
+            raise DensekitError("the U-Net baseline has no backbone features")
+        pairs = self.backbone.forward_with_class_tokens(x)
+        return [m for m, _ in pairs], [c for _, c in pairs]
+
+    def decode(self, maps: list[Tensor], tokens: list[Tensor], size: Sequence[int]) -> Tensor:
+        """Head outputs upsampled to ``size``."""
+        if self.backbone is None:
+            raise DensekitError("the U-Net baseline has no head on features")
+        return upsample_to(self.head(maps, tokens), size, self.backbone.patch_size)
+
+    def forward(self, *images: Tensor) -> Tensor:
+        """Raw images ``(B, C, H, W)`` -> head outputs ``(B, K, H, W)`` (logits or depth)."""
+        xs = [self.normalize(x) for x in images]
+        size = xs[0].shape[-2:]
+        if self.backbone is None:
+            return self.postprocess(self._unet_forward(torch.cat(xs, dim=1)))
+        if len(xs) == 1:
+            maps, tokens = self.features(xs[0])
+        else:
+            (m1, t1), (m2, t2) = self.features(xs[0]), self.features(xs[1])
+            maps, tokens = self.fusion(m1, m2), self.fusion(t1, t2)
+        return self.postprocess(self.decode(maps, tokens, size))
+
+    def postprocess(self, y: Tensor) -> Tensor:
+        return y
+
+    # -- steps -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
+        """The images of a batch."""
+
+    @abc.abstractmethod
+    def target(self, batch: dict[str, Any]) -> Tensor:
+        """The target of a batch, checked."""
+
+    @abc.abstractmethod
+    def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None: ...
+
+    @abc.abstractmethod
+    def compute_metrics(self, stage: str) -> dict[str, float]: ...
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor:
+        target = self.target(batch)
+        output = self(*self.inputs(batch))
+        loss = self.loss_fn(output, target)
+        if not torch.isfinite(loss):
+            raise DensekitError(f"{stage} loss is {loss.item()} on {batch.get('path')}")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            batch_size=output.shape[0],
+            sync_dist=stage != "train",
+            prog_bar=stage == "train",
+        )
+        self.update_metrics(output.detach(), target, stage)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _epoch_end(self, stage: str) -> dict[str, float]:
+        scores = self.compute_metrics(stage)
+        finite = {f"{stage}/{k}": v for k, v in scores.items() if math.isfinite(v)}
+        self.log_dict(finite, sync_dist=False)
+        return scores
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        scores = self._epoch_end("test")
+        if self.trainer.is_global_zero:
+            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            record = {"task": type(self).__name__, "metrics": scores, **self._provenance()}
+            (folder / "test_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hp
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(hp.warmup_steps, total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            if hp.schedule == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * progress))
+            if hp.schedule == "poly":
+                return (1 - progress) ** 0.9
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _provenance(self) -> dict[str, Any]:
+        if self.backbone is None:
+            return {"backbone": None, "densekit_version": __version__}
+        w = self.backbone.weights
+        return {
+            "backbone": {
+                "name": self.backbone.name,
+                "source": w.source,
+                "path": w.path,
+                "sha256": w.sha256,
+            },
+            "densekit_version": __version__,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["densekit"] = {"task": type(self).__name__, **self._provenance()}
+        if self.backbone is not None and self.backbone.weights.source != "random":
+            sd = checkpoint["state_dict"]
+            for key in [k for k in sd if k.startswith("backbone.")]:
+                del sd[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("densekit")
+        if meta is None:
+            raise DensekitError("not a densekit checkpoint (no 'densekit' record)")
+        if meta["task"] != type(self).__name__:
+            raise DensekitError(f"the checkpoint is a {meta['task']}, not a {type(self).__name__}")
+        recorded = meta.get("backbone")
+        if self.backbone is None or recorded is None:
+            return
+        sd = checkpoint["state_dict"]
+        if recorded["source"] == "random":
+            return  # saved with the checkpoint
+        if recorded["sha256"] != self.backbone.weights.sha256:
+            raise DensekitError(
+                f"the checkpoint was trained on backbone weights {recorded['path']} (sha256 "
+                f"{recorded['sha256']}), but {self.backbone.weights.path} has sha256 "
+                f"{self.backbone.weights.sha256}: the file changed or is another one"
+            )
+        for key, value in self.backbone.state_dict().items():
+            sd[f"backbone.{key}"] = value

@@ -1,0 +1,153 @@
+"""Change detection: the frozen backbone on both dates (shared weights), per-layer fusion, a
+linear or DPT head. Binary change (one logit, BCE/Dice) or semantic change (one class per
+from-to transition, cross-entropy), with F1, IoU, precision and recall of the change class."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from densekit.heads import ChangeFusion
+from densekit.heads.change import FusionMode
+from densekit.tasks.base import DenseTask, HeadName, LayerChoice
+from densekit.tasks.losses import ChangeLoss, ChangeLossFn, SegmentationLoss
+from densekit.tasks.metrics import ConfusionMetrics
+from densekit.tasks.segmentation import check_labels
+
+STAGES = ("train", "val", "test")
+
+
+class ChangeDetectionTask(DenseTask):
+    """Bi-temporal change detection (siamese frozen backbone, fused features).
+
+    Args:
+        num_classes: 2 for binary change (0 = no change, 1 = change); more for semantic change,
+            with class 0 = no change and one class per from-to transition.
+        class_names: names of the classes for metric names.
+        fusion: ``"diff"`` (date 2 - date 1), ``"absdiff"`` or ``"concat"``.
+        loss: binary change ``"bce"``, ``"dice"`` or ``"bce+dice"``; semantic change uses
+            cross-entropy (+ Dice with ``"bce+dice"``/``"dice"``).
+        ignore_index: label value kept out of losses and metrics.
+        (the other arguments: see :class:`densekit.tasks.base.DenseTask`; the U-Net baseline
+        sees both dates stacked as ``2 * in_channels`` bands)
+    """
+
+    kind = "change"
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        fusion: FusionMode = "absdiff",
+        loss: ChangeLoss = "bce+dice",
+        ignore_index: int | None = 255,
+        backbone: str = "dinov2_vits14",
+        weights: str | None = None,
+        backbone_overrides: dict[str, Any] | None = None,
+        layers: LayerChoice = "last",
+        head: HeadName = "linear",
+        dropout: float = 0.0,
+        dpt_features: int = 256,
+        unet_encoder: str = "resnet34",
+        in_channels: int = 3,
+        bands: list[int | str] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        scale: float | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        schedule: str = "cosine",
+    ) -> None:
+        super().__init__(
+            backbone,
+            weights,
+            backbone_overrides,
+            layers,
+            head,
+            dropout,
+            dpt_features,
+            unet_encoder,
+            in_channels,
+            bands,
+            mean,
+            std,
+            scale,
+            lr,
+            weight_decay,
+            warmup_steps,
+            schedule,  # type: ignore[arg-type]
+        )
+
+    @property
+    def binary(self) -> bool:
+        return int(self.hp.num_classes) == 2
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.binary else int(self.hp.num_classes)
+
+    @property
+    def input_images(self) -> int:
+        return 2
+
+    def configure_models(self) -> None:
+        self.fusion = ChangeFusion(self.hp.fusion)
+        super().configure_models()
+
+    def configure_losses(self) -> None:
+        hp = self.hp
+        if self.binary:
+            self.loss_fn: nn.Module = ChangeLossFn(hp.loss, hp.ignore_index)
+        else:
+            kind: Literal["ce", "ce+dice"] = "ce" if hp.loss == "bce" else "ce+dice"
+            self.loss_fn = SegmentationLoss(kind, hp.ignore_index)
+
+    def configure_metrics(self) -> None:
+        hp = self.hp
+        names = hp.class_names or (
+            ["no_change", "change"] if self.binary else [f"class{i}" for i in range(hp.num_classes)]
+        )
+        self.metrics = nn.ModuleDict(
+            {f"m_{s}": ConfusionMetrics(hp.num_classes, hp.ignore_index, names) for s in STAGES}
+        )
+
+    def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
+        return batch["image1"], batch["image2"]
+
+    def target(self, batch: dict[str, Any]) -> Tensor:
+        mask = batch["mask"]
+        check_labels(mask, self.hp.num_classes, self.hp.ignore_index, batch.get("path"))
+        return mask
+
+    def classes(self, output: Tensor) -> Tensor:
+        return (output[:, 0] > 0).long() if self.binary else output.argmax(1)
+
+    def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None:
+        self.metric(stage).update(self.classes(output), target)
+
+    def compute_metrics(self, stage: str) -> dict[str, float]:
+        m = self.metric(stage)
+        scores = m.scores()
+        if self.binary:
+            scores.update(m.binary_scores(1))
+        else:  # any transition counts as change
+            cm = m.compute().double()
+            tp = cm[1:, 1:].sum()
+            fp, fn = cm[0, 1:].sum(), cm[1:, 0].sum()
+            scores.update(
+                f1=float(2 * tp / (2 * tp + fp + fn).clamp_min(1)),
+                iou=float(tp / (tp + fp + fn).clamp_min(1)),
+                precision=float(tp / (tp + fp).clamp_min(1)),
+                recall=float(tp / (tp + fn).clamp_min(1)),
+            )
+        m.reset()
+        return scores
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Change probability ``(B, 1, H, W)`` (binary) or class probabilities, and the map."""
+        out = self(*self.inputs(batch))
+        probs = torch.sigmoid(out) if self.binary else torch.softmax(out, dim=1)
+        return {"probs": probs, "pred": self.classes(out)}

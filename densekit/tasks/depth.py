@@ -1,0 +1,126 @@
+"""Depth / height regression: bins or direct regression, SigLoss + gradient + L1 losses with
+valid-pixel masks (targets that are NaN, 0 or negative are invalid and masked), RMSE, MAE,
+AbsRel and delta accuracies."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from densekit.heads import DepthOutput
+from densekit.tasks.base import DenseTask, HeadName, LayerChoice
+from densekit.tasks.losses import DepthLoss, DepthLossFn, align_scale_shift, valid_depth
+from densekit.tasks.metrics import DepthMetrics
+
+STAGES = ("train", "val", "test")
+
+
+class DepthTask(DenseTask):
+    """Dense depth or height (nDSM) regression with a frozen backbone.
+
+    Args:
+        depth_mode: ``"bins"`` (softmax over bin centres) or ``"regression"`` (ReLU + min_depth).
+        num_bins, bin_spacing: bins and their spacing (``"linear"`` or ``"log"``).
+        min_depth, max_depth: range of the bins (and the floor of regression).
+        loss: ``"silog"``, ``"silog+grad"``, ``"l1"`` or ``"l1+grad"``.
+        grad_weight: weight of the gradient-matching term.
+        scale_shift_invariant: align each prediction to its target by least squares (scale
+            and shift) before the loss and the metrics (relative depth).
+        (the other arguments: see :class:`densekit.tasks.base.DenseTask`)
+    """
+
+    kind = "depth"
+
+    def __init__(
+        self,
+        depth_mode: Literal["bins", "regression"] = "bins",
+        num_bins: int = 256,
+        bin_spacing: Literal["linear", "log"] = "linear",
+        min_depth: float = 1e-3,
+        max_depth: float = 10.0,
+        loss: DepthLoss = "silog+grad",
+        grad_weight: float = 0.5,
+        scale_shift_invariant: bool = False,
+        backbone: str = "dinov2_vits14",
+        weights: str | None = None,
+        backbone_overrides: dict[str, Any] | None = None,
+        layers: LayerChoice = "last",
+        head: HeadName = "linear",
+        dropout: float = 0.0,
+        dpt_features: int = 256,
+        unet_encoder: str = "resnet34",
+        in_channels: int = 3,
+        bands: list[int | str] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        scale: float | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        schedule: str = "cosine",
+    ) -> None:
+        super().__init__(
+            backbone,
+            weights,
+            backbone_overrides,
+            layers,
+            head,
+            dropout,
+            dpt_features,
+            unet_encoder,
+            in_channels,
+            bands,
+            mean,
+            std,
+            scale,
+            lr,
+            weight_decay,
+            warmup_steps,
+            schedule,  # type: ignore[arg-type]
+        )
+
+    @property
+    def num_outputs(self) -> int:
+        hp = self.hp
+        return 1 if hp.depth_mode == "regression" else int(hp.num_bins)
+
+    def head_kind(self) -> Literal["segmentation", "depth"]:
+        return "depth"
+
+    def configure_models(self) -> None:
+        hp = self.hp
+        super().configure_models()
+        self.depth_output = DepthOutput(
+            hp.depth_mode, hp.num_bins, hp.bin_spacing, hp.min_depth, hp.max_depth
+        )
+
+    def postprocess(self, y: Tensor) -> Tensor:
+        return self.depth_output(y)
+
+    def configure_losses(self) -> None:
+        hp = self.hp
+        self.loss_fn = DepthLossFn(hp.loss, hp.grad_weight, hp.scale_shift_invariant)
+
+    def configure_metrics(self) -> None:
+        self.metrics = nn.ModuleDict({f"m_{s}": DepthMetrics() for s in STAGES})
+
+    def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
+        return (batch["image"],)
+
+    def target(self, batch: dict[str, Any]) -> Tensor:
+        return batch["depth"]
+
+    def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None:
+        if self.hp.scale_shift_invariant:
+            output = align_scale_shift(output, target, valid_depth(target))
+        self.metric(stage).update(output, target)
+
+    def compute_metrics(self, stage: str) -> dict[str, float]:
+        scores = {k: float(v) for k, v in self.metric(stage).compute().items()}
+        self.metric(stage).reset()
+        return scores
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Depth ``(B, 1, H, W)`` in the target's units."""
+        return {"depth": self(*self.inputs(batch))}

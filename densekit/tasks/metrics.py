@@ -1,0 +1,101 @@
+"""Metrics on torchmetrics: accumulated over an epoch, synchronised across processes.
+
+Segmentation and change metrics come from one confusion matrix (``MulticlassConfusionMatrix``,
+ignored pixels left out). Per class ``c``: ``IoU_c = TP / (TP + FP + FN)``, ``F1_c = 2 TP /
+(2 TP + FP + FN)``. Macro values average the classes that occur in the targets or the predictions
+(classes absent from both are left out, as mmsegmentation does); ``acc_micro`` is the fraction
+of correct pixels (named micro: it is dominated by large classes).
+
+Depth metrics are computed per image on its valid pixels and averaged over images (the NYU /
+KITTI convention): RMSE, MAE, AbsRel = mean(|p - g| / g), and delta_k = fraction of pixels with
+max(p / g, g / p) < 1.25^k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+
+class ConfusionMetrics(MulticlassConfusionMatrix):
+    """Confusion matrix that reports mIoU, per-class IoU, F1 and accuracy."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None, class_names: Sequence[str]):
+        super().__init__(num_classes=num_classes, ignore_index=ignore_index, validate_args=False)
+        self.class_names = list(class_names)
+
+    def scores(self) -> dict[str, float]:
+        cm = super().compute().double()  # rows: target, columns: prediction
+        tp = cm.diag()
+        fp = cm.sum(0) - tp
+        fn = cm.sum(1) - tp
+        present = (tp + fp + fn) > 0
+        iou = tp / (tp + fp + fn).clamp_min(1)
+        f1 = 2 * tp / (2 * tp + fp + fn).clamp_min(1)
+        out = {
+            "miou": float(iou[present].mean()) if present.any() else 0.0,
+            "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
+            "acc_micro": float(tp.sum() / cm.sum().clamp_min(1)),
+        }
+        for name, value, p in zip(self.class_names, iou.tolist(), present.tolist(), strict=True):
+            out[f"iou_{name}"] = value if p else float("nan")
+        return out
+
+    def binary_scores(self, positive: int = 1) -> dict[str, float]:
+        """F1, IoU, precision and recall of class ``positive`` (the change class)."""
+        cm = super().compute().double()
+        tp = cm[positive, positive]
+        fp = cm[:, positive].sum() - tp
+        fn = cm[positive, :].sum() - tp
+        return {
+            "f1": float(2 * tp / (2 * tp + fp + fn).clamp_min(1)),
+            "iou": float(tp / (tp + fp + fn).clamp_min(1)),
+            "precision": float(tp / (tp + fp).clamp_min(1)),
+            "recall": float(tp / (tp + fn).clamp_min(1)),
+        }
+
+
+class DepthMetrics(Metric):
+    """RMSE, MAE, AbsRel and delta < 1.25^k, per image then averaged."""
+
+    full_state_update = False
+    rmse: Tensor
+    mae: Tensor
+    absrel: Tensor
+    delta1: Tensor
+    delta2: Tensor
+    delta3: Tensor
+    images: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("rmse", "mae", "absrel", "delta1", "delta2", "delta3", "images"):
+            self.add_state(
+                name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+            )
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        valid = torch.isfinite(target) & (target > 0)
+        for p, g, m in zip(pred, target, valid, strict=True):
+            if not m.any():
+                continue
+            p, g = p[m].double().clamp_min(1e-6), g[m].double()
+            err = p - g
+            ratio = torch.maximum(p / g, g / p)
+            self.rmse += err.square().mean().sqrt()
+            self.mae += err.abs().mean()
+            self.absrel += (err.abs() / g).mean()
+            self.delta1 += (ratio < 1.25).double().mean()
+            self.delta2 += (ratio < 1.25**2).double().mean()
+            self.delta3 += (ratio < 1.25**3).double().mean()
+            self.images += 1
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.images.clamp_min(1)
+        return {
+            k: getattr(self, k) / n for k in ("rmse", "mae", "absrel", "delta1", "delta2", "delta3")
+        }

@@ -1,0 +1,134 @@
+"""Semantic segmentation: class logits per pixel, cross-entropy/Dice/Focal/Lovasz losses,
+mIoU with per-class IoU, macro F1 and micro accuracy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from densekit.errors import DensekitError
+from densekit.tasks.base import DenseTask, HeadName, LayerChoice
+from densekit.tasks.losses import SegLoss, SegmentationLoss
+from densekit.tasks.metrics import ConfusionMetrics
+
+STAGES = ("train", "val", "test")
+
+
+def check_labels(mask: Tensor, num_classes: int, ignore_index: int | None, paths: Any) -> None:
+    """Label values must be classes or ``ignore_index``; the error names value and file."""
+    bad = (mask < 0) | (mask >= num_classes)
+    if ignore_index is not None:
+        bad &= mask != ignore_index
+    if bad.any():
+        i = int(bad.flatten(1).any(1).nonzero()[0])
+        value = int(mask[i][bad[i]][0])
+        path = paths[i] if isinstance(paths, list | tuple) else paths
+        raise DensekitError(
+            f"{path}: label value {value} is outside the classes 0..{num_classes - 1}"
+            + (f" and is not ignore_index {ignore_index}" if ignore_index is not None else "")
+            + " (map raw values with the data module's label_map)"
+        )
+
+
+class SegmentationTask(DenseTask):
+    """Per-pixel classification with a frozen backbone and a linear/DPT head (or a U-Net).
+
+    Args:
+        num_classes: number of classes.
+        class_names: names used in per-class metric names (default ``class0`` ...).
+        loss: ``"ce"``, ``"dice"``, ``"focal"``, ``"lovasz"`` or ``"ce+dice"``.
+        class_weights: cross-entropy class weights.
+        ignore_index: label value kept out of losses and metrics (None: none).
+        (the other arguments: see :class:`densekit.tasks.base.DenseTask`)
+    """
+
+    kind = "segmentation"
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        loss: SegLoss = "ce",
+        class_weights: list[float] | None = None,
+        ignore_index: int | None = 255,
+        backbone: str = "dinov2_vits14",
+        weights: str | None = None,
+        backbone_overrides: dict[str, Any] | None = None,
+        layers: LayerChoice = "last",
+        head: HeadName = "linear",
+        dropout: float = 0.0,
+        dpt_features: int = 256,
+        unet_encoder: str = "resnet34",
+        in_channels: int = 3,
+        bands: list[int | str] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        scale: float | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        schedule: str = "cosine",
+    ) -> None:
+        if num_classes < 2:
+            raise DensekitError(f"num_classes must be >= 2, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise DensekitError(f"{len(class_names)} class_names for {num_classes} classes")
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise DensekitError(f"{len(class_weights)} class_weights for {num_classes} classes")
+        super().__init__(
+            backbone,
+            weights,
+            backbone_overrides,
+            layers,
+            head,
+            dropout,
+            dpt_features,
+            unet_encoder,
+            in_channels,
+            bands,
+            mean,
+            std,
+            scale,
+            lr,
+            weight_decay,
+            warmup_steps,
+            schedule,  # type: ignore[arg-type]
+        )
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.hp.num_classes)
+
+    def configure_losses(self) -> None:
+        hp = self.hp
+        self.loss_fn = SegmentationLoss(hp.loss, hp.ignore_index, hp.class_weights)
+
+    def configure_metrics(self) -> None:
+        hp = self.hp
+        names = hp.class_names or [f"class{i}" for i in range(hp.num_classes)]
+        self.metrics = nn.ModuleDict(
+            {f"m_{s}": ConfusionMetrics(hp.num_classes, hp.ignore_index, names) for s in STAGES}
+        )
+
+    def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
+        return (batch["image"],)
+
+    def target(self, batch: dict[str, Any]) -> Tensor:
+        mask = batch["mask"]
+        check_labels(mask, self.hp.num_classes, self.hp.ignore_index, batch.get("path"))
+        return mask
+
+    def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None:
+        self.metric(stage).update(output.argmax(1), target)
+
+    def compute_metrics(self, stage: str) -> dict[str, float]:
+        scores = self.metric(stage).scores()
+        self.metric(stage).reset()
+        return scores
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Class probabilities ``(B, K, H, W)`` and the class map ``(B, H, W)``."""
+        probs = torch.softmax(self(*self.inputs(batch)), dim=1)
+        return {"probs": probs, "pred": probs.argmax(1)}

@@ -1,0 +1,188 @@
+"""Data modules and window datasets: pairing, splits, targets, and bad input."""
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from helpers import TEST_DATA
+
+from densekit.data import ChangeDataModule, DepthDataModule, SegmentationDataModule
+from densekit.data.datasets import Sample, WindowDataset
+from densekit.errors import DensekitError
+
+CHIPS = TEST_DATA / "chips"
+
+
+def write(path, data, **kw):
+    data = data if data.ndim == 3 else data[None]
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=data.shape[1],
+        width=data.shape[2],
+        count=data.shape[0],
+        dtype=data.dtype.name,
+        **kw,
+    ) as dst:
+        dst.write(data)
+
+
+def test_folders_pair_by_name_and_items_have_the_right_types():
+    dm = SegmentationDataModule(
+        images=str(CHIPS / "seg/images"), labels=str(CHIPS / "seg/labels"), batch_size=2
+    )
+    dm.setup("fit")
+    item = dm.datasets["train"][0]
+    assert item["image"].shape == (3, 60, 60) and item["image"].dtype == torch.float32
+    assert item["mask"].dtype == torch.int64 and set(item["mask"].unique().tolist()) <= {
+        0,
+        1,
+        2,
+        255,
+    }
+    assert item["path"].endswith("chip00.tif")
+    assert dm.val_dataloader() == []  # no validation split given
+
+
+def test_unpaired_files_are_named(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    write(tmp_path / "img" / "a.tif", np.zeros((3, 20, 20), np.uint8))
+    write(tmp_path / "img" / "b.tif", np.zeros((3, 20, 20), np.uint8))
+    write(tmp_path / "lab" / "a.tif", np.zeros((20, 20), np.uint8))
+    write(tmp_path / "lab" / "c.tif", np.zeros((20, 20), np.uint8))
+    dm = SegmentationDataModule(images=str(tmp_path / "img"), labels=str(tmp_path / "lab"))
+    with pytest.raises(DensekitError, match=r"do not pair up by file name; unpaired: .*'b'.*'c'"):
+        dm.setup("fit")
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "img" / "a.tif")],
+        labels=[str(tmp_path / "lab" / "a.tif"), str(tmp_path / "lab" / "c.tif")],
+    )
+    with pytest.raises(DensekitError, match=r"do not pair up: \{'images': 1, 'labels': 2\}"):
+        dm.setup("fit")
+
+
+def test_empty_folder_and_missing_files(tmp_path):
+    with pytest.raises(DensekitError, match=r"holds no raster files"):
+        SegmentationDataModule(images=str(tmp_path), labels=str(tmp_path)).setup("fit")
+    with pytest.raises(DensekitError, match=r"no such file"):
+        SegmentationDataModule(
+            images=[str(tmp_path / "x.tif")], labels=[str(tmp_path / "y.tif")]
+        ).setup("fit")
+
+
+def test_column_split_keeps_splits_apart():
+    img = str(CHIPS / "seg/images/chip00.tif")
+    lab = str(CHIPS / "seg/labels/chip00.tif")
+    dm = SegmentationDataModule(images=[img], labels=[lab], split=[0.5, 0.25, 0.25], window=16)
+    dm.setup("fit")
+    seen = {}
+    for name in ("train", "val", "test"):
+        cols = set()
+        for item, s in zip(dm.datasets[name], dm.datasets[name].samples, strict=True):
+            valid = item["mask"] != 255
+            c0 = s.window[0]
+            cols |= {c0 + int(c) for c in torch.nonzero(valid.any(0)).flatten()}
+        seen[name] = cols
+    assert max(seen["train"]) < 30 <= min(seen["val"]) and max(seen["val"]) < 45 <= min(
+        seen["test"]
+    )
+
+
+def test_label_map_and_unknown_values(tmp_path):
+    write(tmp_path / "i.tif", np.zeros((3, 20, 20), np.uint8))
+    lab = np.zeros((20, 20), np.uint8)
+    lab[5:10, 5:10] = 255
+    write(tmp_path / "l.tif", lab)
+    ds = WindowDataset(
+        [
+            Sample(
+                (str(tmp_path / "i.tif"),), str(tmp_path / "l.tif"), (0, 0, 20, 20), (0, 0, 20, 20)
+            )
+        ],
+        "segmentation",
+        label_map={0: 0, 255: 1},
+    )
+    assert int(ds[0]["mask"].sum()) == 25
+    lab[0, 0] = 128
+    write(tmp_path / "l.tif", lab)
+    with pytest.raises(
+        DensekitError, match=r"l.tif: label value\(s\) \[128\] are not in label_map"
+    ):
+        ds[0]
+
+
+def test_label_values_outside_the_classes_name_the_value_and_file():
+    from densekit.tasks.segmentation import check_labels
+
+    dm = SegmentationDataModule(
+        images=str(CHIPS / "seg/images"), labels=str(CHIPS / "seg/labels"), batch_size=4
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    with pytest.raises(
+        DensekitError, match=r"chip\d\d.tif: label value 2 is outside the classes 0..1"
+    ):
+        check_labels(batch["mask"], 2, 255, batch["path"])
+
+
+def test_invalid_depth_is_masked(tmp_path):
+    dm = DepthDataModule(images=str(CHIPS / "depth/images"), depths=str(CHIPS / "depth/depths"))
+    dm.setup("fit")
+    depth = dm.datasets["train"][0]["depth"]
+    assert torch.isnan(depth[0, -6:, -6:]).all()  # NaN in the file
+    assert torch.isnan(depth[0, :4, -6:]).all()  # 0 in the file
+    assert torch.isfinite(depth[0, :50, :50]).all()
+    target = np.full((1, 20, 20), 2.0, np.float32)
+    target[0, 0, :5] = -1.0
+    write(tmp_path / "d.tif", target)
+    write(tmp_path / "i.tif", np.zeros((3, 20, 20), np.uint8))
+    ds = WindowDataset(
+        [
+            Sample(
+                (str(tmp_path / "i.tif"),), str(tmp_path / "d.tif"), (0, 0, 20, 20), (0, 0, 20, 20)
+            )
+        ],
+        "depth",
+    )
+    assert int(torch.isnan(ds[0]["depth"]).sum()) == 5  # negative depth is invalid
+
+
+def test_nodata_pixels_of_the_image_are_ignored(tmp_path):
+    img = np.full((3, 20, 20), 7, np.uint16)
+    img[:, :3, :] = 0
+    write(tmp_path / "i.tif", img, nodata=0)
+    write(tmp_path / "l.tif", np.ones((20, 20), np.uint8))
+    ds = WindowDataset(
+        [
+            Sample(
+                (str(tmp_path / "i.tif"),), str(tmp_path / "l.tif"), (0, 0, 20, 20), (0, 0, 20, 20)
+            )
+        ],
+        "segmentation",
+    )
+    mask = ds[0]["mask"]
+    assert (mask[:3] == 255).all() and (mask[3:] == 1).all()
+
+
+def test_change_pairs_of_different_sizes(tmp_path):
+    write(tmp_path / "a.tif", np.zeros((3, 20, 20), np.uint8))
+    write(tmp_path / "b.tif", np.zeros((3, 20, 22), np.uint8))
+    write(tmp_path / "l.tif", np.zeros((20, 20), np.uint8))
+    dm = ChangeDataModule(
+        images1=[str(tmp_path / "a.tif")],
+        images2=[str(tmp_path / "b.tif")],
+        labels=[str(tmp_path / "l.tif")],
+    )
+    with pytest.raises(DensekitError, match=r"b.tif is 22x20 pixels but .*a.tif is 20x20"):
+        dm.setup("fit")
+
+
+def test_split_and_separate_files_are_exclusive():
+    with pytest.raises(DensekitError, match=r"either split fractions or separate val/test files"):
+        SegmentationDataModule(
+            images="a", labels="b", val_images="c", val_labels="d", split=[0.5, 0.5]
+        )
+    with pytest.raises(DensekitError, match=r"val_labels missing"):
+        SegmentationDataModule(images="a", labels="b", val_images="c")

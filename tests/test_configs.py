@@ -1,0 +1,163 @@
+"""Every config in configs/ trains through `densekit fit` (fast_dev_run) on generated chips with
+a tiny backbone; config mistakes fail with a message that names the key; multi-process training
+is Lightning's job (2 CPU processes, gloo)."""
+
+import subprocess
+import warnings
+
+import pytest
+import yaml
+from helpers import FIXTURES, REPO, TEST_DATA
+
+from densekit.cli import main
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CHIPS = TEST_DATA / "chips"
+TINY = [
+    "--model.init_args.weights",
+    str(FIXTURES / "tiny" / "dinov2_vits14_tiny.pth"),
+    "--model.init_args.backbone_overrides",
+    "{embed_dim: 64, depth: 6, num_heads: 2, mlp_ratio: 4}",
+    "--model.init_args.dpt_features",
+    "32",
+]
+
+
+def chip_overrides(config) -> list[str]:
+    kind = yaml.safe_load(config.read_text())["model"]["class_path"].rsplit(".", 1)[1]
+    d = "--data.init_args."
+    if kind == "SegmentationTask":
+        return [
+            d + "images",
+            str(CHIPS / "seg/images"),
+            d + "labels",
+            str(CHIPS / "seg/labels"),
+            d + "label_map",
+            "null",
+            "--model.init_args.num_classes",
+            "3",
+            "--model.init_args.class_names",
+            "null",
+        ]
+    if kind == "DepthTask":
+        return [
+            d + "images",
+            str(CHIPS / "depth/images"),
+            d + "depths",
+            str(CHIPS / "depth/depths"),
+            d + "depth_scale",
+            "1.0",
+        ]
+    c = CHIPS / "change"
+    return [
+        d + "images1",
+        str(c / "a"),
+        d + "images2",
+        str(c / "b"),
+        d + "labels",
+        str(c / "labels"),
+        d + "val_images1",
+        str(c / "a_val"),
+        d + "val_images2",
+        str(c / "b_val"),
+        d + "val_labels",
+        str(c / "labels_val"),
+        d + "test_images1",
+        str(c / "a_val"),
+        d + "test_images2",
+        str(c / "b_val"),
+        d + "test_labels",
+        str(c / "labels_val"),
+        d + "label_map",
+        "null",
+    ]
+
+
+def test_there_is_a_config_for_each_task_and_head():
+    names = {c.stem for c in CONFIGS}
+    assert {
+        "segmentation_linear",
+        "segmentation_dpt",
+        "segmentation_unet",
+        "depth_linear",
+        "depth_dpt",
+        "change_linear",
+        "change_dpt",
+    } <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_config_runs_with_fast_dev_run(config, tmp_path):
+    argv = [
+        "fit",
+        "--config",
+        str(config),
+        *TINY,
+        *chip_overrides(config),
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["densekit", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
+    cfg = str(REPO / "configs" / "segmentation_linear.yaml")
+    res = run_cli("fit", "--config", cfg, "--model.init_args.num_clases", "3")
+    assert res.returncode == 2 and "num_clases" in res.stderr
+    res = run_cli("fit", "--config", cfg, "--model.init_args.lr", "fast")
+    assert res.returncode == 2 and "lr" in res.stderr and "fast" in res.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (REPO / "configs" / "segmentation_linear.yaml")
+        .read_text()
+        .replace("head: linear", "head: mlp")
+    )
+    res = run_cli("fit", "--config", str(bad))
+    assert res.returncode == 2 and "head" in res.stderr and "mlp" in res.stderr
+
+
+def test_config_naming_weights_not_on_disk(tmp_path):
+    res = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs" / "segmentation_linear.yaml"),
+        "--model.init_args.weights",
+        str(tmp_path / "dinov2_vits14_pretrain.pth"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    )
+    assert res.returncode == 2, res.stderr
+    assert "dinov2_vits14_pretrain.pth" in res.stderr and "no such file" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_fit_on_two_cpu_processes(tmp_path):
+    config = REPO / "configs" / "segmentation_linear.yaml"
+    res = run_cli(
+        "fit",
+        "--config",
+        str(config),
+        *TINY,
+        *chip_overrides(config),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "MEMBER: 2/2" in res.stderr + res.stdout
+    assert list(tmp_path.rglob("*.ckpt"))
