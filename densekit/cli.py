@@ -271,9 +271,15 @@ def run_lightning(argv: Sequence[str], from_command_line: bool) -> int:
     from densekit.data.datamodules import DenseDataModule
     from densekit.tasks import DenseTask
 
+    trainer_defaults: dict[str, Any] = {}
+    if argv and argv[0] == "predict":
+        from densekit.tasks.writer import PredictionWriter
+
+        trainer_defaults["callbacks"] = [PredictionWriter()]
     LightningCLI(
         DenseTask,
         DenseDataModule,
+        trainer_defaults=trainer_defaults,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=None if from_command_line else list(argv),  # None: LightningCLI reads sys.argv

@@ -161,3 +161,55 @@ def test_fit_on_two_cpu_processes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "MEMBER: 2/2" in res.stderr + res.stdout
     assert list(tmp_path.rglob("*.ckpt"))
+
+
+def test_predict_writes_georeferenced_windows(tmp_path):
+    import rasterio
+
+    config = REPO / "configs" / "segmentation_linear.yaml"
+    argv = [
+        "predict",
+        "--config",
+        str(config),
+        *TINY,
+        *chip_overrides(config),
+        "--data.init_args.images",
+        str(CHIPS / "seg/images_val"),
+        "--data.init_args.labels",
+        str(CHIPS / "seg/labels_val"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    files = sorted(tmp_path.rglob("predictions/*.tif"))
+    assert files, list(tmp_path.rglob("*"))
+    with rasterio.open(files[0]) as src, rasterio.open(CHIPS / "seg/images_val/chip08.tif") as ref:
+        assert src.crs == ref.crs and src.dtypes[0] == "uint8"
+        assert src.transform.c >= ref.transform.c and src.read(1).max() < 3
+
+
+def test_model_and_data_of_different_tasks(tmp_path, capsys):
+    argv = [
+        "validate",
+        "--config",
+        str(REPO / "configs" / "segmentation_linear.yaml"),
+        *TINY,
+        "--data",
+        "densekit.data.DepthDataModule",
+        "--data.init_args.images",
+        str(CHIPS / "depth/images"),
+        "--data.init_args.depths",
+        str(CHIPS / "depth/depths"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert (
+        "a SegmentationTask (from the config or the checkpoint) cannot use a DepthDataModule" in err
+    )

@@ -122,6 +122,8 @@ class WindowDataset(Dataset):
     def _map_labels(self, raw: np.ndarray, path: str) -> np.ndarray:
         if self.label_map is None:
             return raw.astype(np.int64)
+        if raw.size == 0:
+            return raw.astype(np.int64)
         values = np.unique(raw)
         unknown = [int(v) for v in values if int(v) not in self.label_map]
         if unknown:
@@ -134,7 +136,11 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
-        item: dict[str, Any] = {"path": s.target or s.images[0]}
+        item: dict[str, Any] = {
+            "path": s.target or s.images[0],
+            "image_path": s.images[0],
+            "window": torch.tensor(s.window),
+        }
         images = []
         valid = np.ones((s.window[3], s.window[2]), bool)
         for path in s.images:
@@ -147,16 +153,16 @@ class WindowDataset(Dataset):
             item["image"] = images[0]
         if s.target is None:
             return item
-        raw, inside, _ = read_box(s.target, s.window, s.region, [1], 0.0)
-        valid &= inside
+        raw, inside, target_nodata = read_box(s.target, s.window, s.region, [1], 0.0)
+        valid &= inside & ~target_nodata  # the target's own nodata is no label either
         if self.kind == "depth":
             depth = raw[0] * np.float32(self.depth_scale)
             bad = ~valid | ~np.isfinite(depth) | (depth <= 0)  # invalid depth: masked
             item["depth"] = torch.from_numpy(np.where(bad, np.nan, depth)[None].astype(np.float32))
         else:
-            if not np.isfinite(raw[0][inside]).all():
+            if not np.isfinite(raw[0][inside & ~target_nodata]).all():
                 raise DensekitError(f"{s.target}: label raster holds NaN/inf values")
-            labels = self._map_labels(np.where(inside, raw[0], 0), s.target)
-            labels[~valid] = self.ignore_index
+            labels = np.full(raw[0].shape, self.ignore_index, np.int64)
+            labels[valid] = self._map_labels(raw[0][valid], s.target)
             item["mask"] = torch.from_numpy(labels)
         return item

@@ -103,6 +103,8 @@ class DenseTask(L.LightningModule, abc.ABC):
         schedule: Literal["cosine", "poly", "constant"] = "cosine",
     ) -> None:
         super().__init__()
+        if weights is not None and Path(weights).expanduser().exists():
+            weights = str(Path(weights).expanduser().resolve())  # checkpoints work from any folder
         self.save_hyperparameters()
         self.configure_models()
         self.configure_losses()
@@ -249,6 +251,28 @@ class DenseTask(L.LightningModule, abc.ABC):
     def postprocess(self, y: Tensor) -> Tensor:
         return y
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's loader, after checking that the checkpoint is one of this task."""
+        meta = torch.load(checkpoint_path, map_location="cpu", weights_only=True).get("densekit")
+        if meta is None:
+            raise DensekitError(f"{checkpoint_path}: not a densekit checkpoint")
+        if cls is not DenseTask and meta["task"] != cls.__name__:
+            raise DensekitError(
+                f"{checkpoint_path}: the checkpoint is a {meta['task']}, not a {cls.__name__}"
+            )
+        kwargs.setdefault("weights_only", True)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        kind = getattr(dm, "kind", None)
+        if kind is not None and kind != self.kind:
+            raise DensekitError(
+                f"a {type(self).__name__} (from the config or the checkpoint) cannot use a "
+                f"{type(dm).__name__}: the model and the data must be of the same task"
+            )
+
     # -- steps -------------------------------------------------------------------------------
     @abc.abstractmethod
     def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
@@ -368,7 +392,12 @@ class DenseTask(L.LightningModule, abc.ABC):
             return
         sd = checkpoint["state_dict"]
         if recorded["source"] == "random":
-            return  # saved with the checkpoint
+            if self.backbone.weights.source != "random":
+                raise DensekitError(
+                    "the checkpoint was trained on a random backbone (saved in the checkpoint); "
+                    "load it with weights='random', not with another weights file"
+                )
+            return
         if recorded["sha256"] != self.backbone.weights.sha256:
             raise DensekitError(
                 f"the checkpoint was trained on backbone weights {recorded['path']} (sha256 "

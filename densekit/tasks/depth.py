@@ -9,7 +9,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from densekit.heads import DepthOutput
-from densekit.tasks.base import DenseTask, HeadName, LayerChoice
+from densekit.tasks.base import DenseTask
 from densekit.tasks.losses import DepthLoss, DepthLossFn, align_scale_shift, valid_depth
 from densekit.tasks.metrics import DepthMetrics
 
@@ -42,43 +42,9 @@ class DepthTask(DenseTask):
         loss: DepthLoss = "silog+grad",
         grad_weight: float = 0.5,
         scale_shift_invariant: bool = False,
-        backbone: str = "dinov2_vits14",
-        weights: str | None = None,
-        backbone_overrides: dict[str, Any] | None = None,
-        layers: LayerChoice = "last",
-        head: HeadName = "linear",
-        dropout: float = 0.0,
-        dpt_features: int = 256,
-        unet_encoder: str = "resnet34",
-        in_channels: int = 3,
-        bands: list[int | str] | None = None,
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
-        scale: float | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        warmup_steps: int = 0,
-        schedule: str = "cosine",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            weights,
-            backbone_overrides,
-            layers,
-            head,
-            dropout,
-            dpt_features,
-            unet_encoder,
-            in_channels,
-            bands,
-            mean,
-            std,
-            scale,
-            lr,
-            weight_decay,
-            warmup_steps,
-            schedule,  # type: ignore[arg-type]
-        )
+        super().__init__(**kwargs)
 
     @property
     def num_outputs(self) -> int:

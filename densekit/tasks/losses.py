@@ -37,6 +37,7 @@ class SegmentationLoss(nn.Module):
     ) -> None:
         super().__init__()
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.ignore_index = ignore_index
         self.parts = nn.ModuleList()
         names = kind.split("+")
         for name in names:
@@ -54,6 +55,8 @@ class SegmentationLoss(nn.Module):
                 self.parts.append(smp.losses.LovaszLoss("multiclass", ignore_index=ignore_index))
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.ignore_index is not None and bool((target == self.ignore_index).all()):
+            return logits.sum() * 0  # nothing labelled in this batch (e.g. all nodata)
         return sum((part(logits, target) for part in self.parts), logits.new_zeros(()))
 
 
@@ -67,7 +70,9 @@ class ChangeLossFn(nn.Module):
         self.dice = smp.losses.DiceLoss("binary", ignore_index=ignore_index)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        loss = logits.new_zeros(())
+        loss = logits.sum() * 0
+        if self.ignore_index is not None and bool((target == self.ignore_index).all()):
+            return loss  # nothing labelled in this batch
         if "bce" in self.kind:
             valid = target != self.ignore_index if self.ignore_index is not None else None
             t = target.float()

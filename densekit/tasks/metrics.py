@@ -29,7 +29,7 @@ class ConfusionMetrics(MulticlassConfusionMatrix):
         self.class_names = list(class_names)
 
     def scores(self) -> dict[str, float]:
-        cm = super().compute().double()  # rows: target, columns: prediction
+        cm = self.compute().double()  # synced across processes; rows: target, cols: prediction
         tp = cm.diag()
         fp = cm.sum(0) - tp
         fn = cm.sum(1) - tp
@@ -47,7 +47,7 @@ class ConfusionMetrics(MulticlassConfusionMatrix):
 
     def binary_scores(self, positive: int = 1) -> dict[str, float]:
         """F1, IoU, precision and recall of class ``positive`` (the change class)."""
-        cm = super().compute().double()
+        cm = self.compute().double()
         tp = cm[positive, positive]
         fp = cm[:, positive].sum() - tp
         fn = cm[positive, :].sum() - tp

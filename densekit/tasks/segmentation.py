@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from densekit.errors import DensekitError
-from densekit.tasks.base import DenseTask, HeadName, LayerChoice
+from densekit.tasks.base import DenseTask
 from densekit.tasks.losses import SegLoss, SegmentationLoss
 from densekit.tasks.metrics import ConfusionMetrics
 
@@ -53,23 +53,7 @@ class SegmentationTask(DenseTask):
         loss: SegLoss = "ce",
         class_weights: list[float] | None = None,
         ignore_index: int | None = 255,
-        backbone: str = "dinov2_vits14",
-        weights: str | None = None,
-        backbone_overrides: dict[str, Any] | None = None,
-        layers: LayerChoice = "last",
-        head: HeadName = "linear",
-        dropout: float = 0.0,
-        dpt_features: int = 256,
-        unet_encoder: str = "resnet34",
-        in_channels: int = 3,
-        bands: list[int | str] | None = None,
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
-        scale: float | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        warmup_steps: int = 0,
-        schedule: str = "cosine",
+        **kwargs: Any,
     ) -> None:
         if num_classes < 2:
             raise DensekitError(f"num_classes must be >= 2, got {num_classes}")
@@ -77,25 +61,7 @@ class SegmentationTask(DenseTask):
             raise DensekitError(f"{len(class_names)} class_names for {num_classes} classes")
         if class_weights is not None and len(class_weights) != num_classes:
             raise DensekitError(f"{len(class_weights)} class_weights for {num_classes} classes")
-        super().__init__(
-            backbone,
-            weights,
-            backbone_overrides,
-            layers,
-            head,
-            dropout,
-            dpt_features,
-            unet_encoder,
-            in_channels,
-            bands,
-            mean,
-            std,
-            scale,
-            lr,
-            weight_decay,
-            warmup_steps,
-            schedule,  # type: ignore[arg-type]
-        )
+        super().__init__(**kwargs)
 
     @property
     def num_outputs(self) -> int:

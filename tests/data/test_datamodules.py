@@ -186,3 +186,51 @@ def test_split_and_separate_files_are_exclusive():
         )
     with pytest.raises(DensekitError, match=r"val_labels missing"):
         SegmentationDataModule(images="a", labels="b", val_images="c")
+
+
+def test_nodata_of_the_target_is_ignored(tmp_path):
+    write(tmp_path / "i.tif", np.full((3, 20, 20), 5, np.uint8))
+    lab = np.ones((20, 20), np.uint8)
+    lab[:4] = 9
+    write(tmp_path / "l.tif", lab, nodata=9)
+    ds = WindowDataset(
+        [
+            Sample(
+                (str(tmp_path / "i.tif"),), str(tmp_path / "l.tif"), (0, 0, 20, 20), (0, 0, 20, 20)
+            )
+        ],
+        "segmentation",
+    )
+    mask = ds[0]["mask"]
+    assert (mask[:4] == 255).all() and (mask[4:] == 1).all()
+    depth = np.full((20, 20), 2.0, np.float32)
+    depth[:, :3] = 3.4e38
+    write(tmp_path / "d.tif", depth, nodata=3.4e38)
+    ds = WindowDataset(
+        [
+            Sample(
+                (str(tmp_path / "i.tif"),), str(tmp_path / "d.tif"), (0, 0, 20, 20), (0, 0, 20, 20)
+            )
+        ],
+        "depth",
+    )
+    assert (
+        torch.isnan(ds[0]["depth"][0, :, :3]).all()
+        and torch.isfinite(ds[0]["depth"][0, :, 3:]).all()
+    )
+
+
+def test_label_map_without_zero_on_edge_windows(tmp_path):
+    write(tmp_path / "i.tif", np.zeros((3, 30, 30), np.uint8))
+    write(tmp_path / "l.tif", np.full((30, 30), 2, np.uint8))
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "i.tif")],
+        labels=[str(tmp_path / "l.tif")],
+        window=28,
+        label_map={1: 0, 2: 1},
+    )
+    dm.setup("fit")
+    masks = [item["mask"] for item in dm.datasets["train"]]
+    assert len(masks) == 4
+    assert all(set(m.unique().tolist()) <= {1, 255} for m in masks)
+    assert (masks[-1][2:, 2:] == 255).all()  # outside the raster

@@ -102,3 +102,29 @@ def test_random_backbone_is_saved_since_it_cannot_be_recreated(tmp_path):
         loaded = SegmentationTask.load_from_checkpoint(path, weights_only=True)
     x = torch.rand(1, 3, 28, 28) * 255
     torch.testing.assert_close(loaded.eval()(x), task.eval()(x))
+
+
+def test_checkpoint_of_another_task_through_load_from_checkpoint(vits_weights, tmp_path):
+    task = SegmentationTask(num_classes=3, weights=str(vits_weights), scale=1 / 255)
+    path = train_briefly(task, tmp_path)
+    with pytest.raises(
+        DensekitError, match=r"the checkpoint is a SegmentationTask, not a DepthTask"
+    ):
+        DepthTask.load_from_checkpoint(path)
+
+
+def test_random_backbone_checkpoint_refuses_other_weights(tmp_path):
+    tiny = {"embed_dim": 64, "depth": 6, "num_heads": 2, "mlp_ratio": 4}
+    with pytest.warns(UserWarning, match="RANDOM"):
+        task = SegmentationTask(
+            num_classes=3, weights="random", scale=1 / 255, backbone_overrides=tiny
+        )
+    path = train_briefly(task, tmp_path)
+    fresh = SegmentationTask(
+        num_classes=3,
+        scale=1 / 255,
+        backbone_overrides=tiny,
+        weights=str(FIXTURES / "tiny" / "dinov2_vits14_tiny.pth"),
+    )
+    with pytest.raises(DensekitError, match=r"trained on a random backbone .*weights='random'"):
+        fresh.on_load_checkpoint(torch.load(path, weights_only=True))
