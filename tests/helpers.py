@@ -55,3 +55,28 @@ def needs_shared_data(*parts: str) -> Path:
         pytest.skip(f"shared data folder {SHARED_DATA} is absent")
     assert path.exists(), f"{path} missing from the shared data"
     return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_confusion_accuracy(rank: int, port: int, results) -> None:
+    """One of two gloo processes: each holds different predictions; the synced accuracy is
+    4/8 while rank 0 alone would say 1.0 (used by the metrics sync test)."""
+    import torch.distributed as dist
+
+    from densekit.tasks.metrics import ConfusionMetrics
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    m = ConfusionMetrics(2, ignore_index=None, class_names=["no", "yes"])
+    if rank == 0:
+        m.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    else:
+        m.update(torch.tensor([0, 0, 0, 0, 1, 1]), torch.tensor([1, 1, 1, 1, 1, 1]))
+    results[rank] = m.scores()["acc_micro"]
+    dist.destroy_process_group()

@@ -12,6 +12,7 @@ the rasters are read as a grid of ``window x window`` windows; without it, each 
 from __future__ import annotations
 
 import glob
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,8 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from densekit.data.bands import BandRef
-from densekit.data.datasets import Sample, TaskKind, WindowDataset, raster_size
+from densekit.data.datasets import Sample, TaskKind, WindowDataset, band_table, reference_grid
+from densekit.data.grids import check_alignable, grid_of
 from densekit.data.windows import grid_windows, split_columns
 from densekit.errors import DensekitError
 
@@ -29,42 +31,66 @@ Files = str | list[str]
 STAGES = ("fit", "validate", "test")
 
 
-def list_rasters(spec: Files, what: str) -> tuple[list[str], bool]:
-    """Files named by ``spec`` and whether they should pair by stem (folder or pattern)."""
+def _glob_key(pattern: str, match: str) -> str:
+    """The text the first wildcard of ``pattern`` matched in ``match`` (the pairing key)."""
+    parts = [re.escape(part) for part in re.split(r"[*?]", pattern)]
+    wild = re.findall(r"[*?]", pattern)
+    groups = ["([^/]*)" if w == "*" else "(.)" for w in wild]
+    regex = "".join(p + g for p, g in zip(parts, groups, strict=False)) + parts[-1]
+    m = re.fullmatch(regex, match)
+    return m.group(1) if m and m.groups() else Path(match).stem
+
+
+def list_rasters(spec: Files, what: str) -> tuple[list[str], list[str] | None]:
+    """Images named by ``spec`` and their pairing keys (None: pair by position).
+
+    A folder string lists its raster files (keys: file stems); a pattern lists its matches, which
+    may be folders of single-band files (keys: what the first wildcard matched); a list names the
+    files or band folders themselves (paired by position).
+    """
     if isinstance(spec, list):
-        missing = [f for f in spec if not Path(f).is_file()]
+        missing = [f for f in spec if not Path(f).exists()]
         if missing:
             raise DensekitError(f"{what}: no such file(s): {missing[:5]}")
-        return [str(f) for f in spec], False
+        return [str(f) for f in spec], None
     path = Path(spec)
     if path.is_file():
-        return [str(path)], False
+        return [str(path)], None
     if path.is_dir():
         files = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
         if not files:
             raise DensekitError(
                 f"{what}: folder {path} holds no raster files ({', '.join(RASTER_SUFFIXES)})"
             )
-        return files, True
+        return files, [Path(f).stem for f in files]
     files = sorted(glob.glob(spec))
     if not files:
         raise DensekitError(f"{what}: {spec} is not a file or folder and matches no file")
-    return files, True
+    return files, [_glob_key(spec, f) for f in files]
 
 
 def pair_files(specs: Sequence[tuple[str, Files]]) -> list[tuple[str, ...]]:
     """Pair the files of several inputs (e.g. images and labels) into tuples."""
     lists = [list_rasters(spec, name) for name, spec in specs]
     names = [name for name, _ in specs]
-    if any(by_stem for _, by_stem in lists):
-        stems = [{Path(f).stem: f for f in files} for files, _ in lists]
-        common = set(stems[0]).intersection(*stems[1:])
-        unpaired = {n: sorted(set(s) - common)[:5] for n, s in zip(names, stems, strict=True)}
+    if any(keys is not None for _, keys in lists):
+        if any(keys is None for _, keys in lists):
+            raise DensekitError(
+                f"{' and '.join(names)}: give all of them as folders/patterns or all as lists"
+            )
+        by_key = []
+        for name, (files, keys) in zip(names, lists, strict=True):
+            table = dict(zip(keys or [], files, strict=True))
+            if len(table) != len(files):
+                raise DensekitError(f"{name}: several files share a pairing key: {files[:5]}")
+            by_key.append(table)
+        common = set(by_key[0]).intersection(*by_key[1:])
+        unpaired = {n: sorted(set(t) - common)[:5] for n, t in zip(names, by_key, strict=True)}
         if any(unpaired.values()):
             raise DensekitError(
                 f"{' and '.join(names)} do not pair up by file name; unpaired: {unpaired}"
             )
-        return [tuple(s[k] for s in stems) for k in sorted(common)]
+        return [tuple(t[k] for t in by_key) for k in sorted(common)]
     counts = [len(files) for files, _ in lists]
     if len(set(counts)) != 1:
         raise DensekitError(
@@ -108,14 +134,11 @@ class DenseDataModule(L.LightningDataModule):
         size0 = None
         for group in groups:
             images, target = group[: self.n_images], group[self.n_images]
-            w, h = raster_size(images[0])
-            for other in (*images[1:], target):
-                ow, oh = raster_size(other)
-                if (ow, oh) != (w, h):
-                    raise DensekitError(
-                        f"{other} is {ow}x{oh} pixels but {images[0]} is {w}x{h}; the grids must "
-                        "agree"
-                    )
+            grid, ref_path = reference_grid(images[0])
+            for other in (*images, target):
+                for path in sorted({p for p, _, _ in band_table(other)}):
+                    check_alignable(path, grid_of(path), grid, ref_path)
+            w, h = grid.width, grid.height
             region = (0, 0, w, h)
             if block_index is not None and self.split is not None:
                 region = split_columns(w, h, self.split)[block_index]
@@ -129,7 +152,7 @@ class DenseDataModule(L.LightningDataModule):
                 windows = [region]
             else:
                 windows = grid_windows(region, self.window)
-            samples += [Sample(tuple(images), target, win, region) for win in windows]
+            samples += [Sample(tuple(images), target, win, region, grid) for win in windows]
         return samples
 
     def setup(self, stage: str | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -22,6 +23,7 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset
 
 from densekit.data.bands import BandRef, resolve_band_indices
+from densekit.data.grids import Grid, grid_of, open_on_grid
 from densekit.data.windows import Box, intersect
 from densekit.errors import DensekitError, InputImageError
 
@@ -36,55 +38,103 @@ class Sample:
     target: str | None
     window: Box
     region: Box
+    grid: Grid
 
 
-def raster_size(path: str) -> tuple[int, int]:
-    """``(width, height)`` of a raster; errors name the file."""
+def band_table(spec: str) -> list[tuple[str, int, str | None]]:
+    """The bands of an image given as one file or as a folder of single-band files.
+
+    Returns ``(path, 1-based index, name)`` per band. In a folder, a band's name is the part of
+    its file name after the last ``_`` (``..._B04.tif`` -> ``B04``), bands sorted by number then
+    suffix (B08 before B8A before B09).
+    """
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".jp2"))
+        if not files:
+            raise InputImageError(f"{spec}: folder holds no band files (.tif, .jp2)")
+        table = []
+        for f in files:
+            with _quiet_open(str(f)) as src:
+                if src.count != 1:
+                    raise InputImageError(
+                        f"{f}: a folder of bands needs single-band files; this one has {src.count}"
+                    )
+            table.append((str(f), 1, f.stem.rsplit("_", 1)[-1]))
+        return sorted(table, key=lambda t: _band_key(t[2] or ""))
+    with _quiet_open(spec) as src:
+        return [(spec, i + 1, d) for i, d in enumerate(src.descriptions)]
+
+
+def _band_key(name: str) -> tuple[int, str]:
+    digits = "".join(c for c in name if c.isdigit())
+    return (int(digits) if digits else 0, "".join(c for c in name if not c.isdigit()))
+
+
+def _quiet_open(path: str) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                return src.width, src.height
+            return rasterio.open(path)
     except RasterioIOError as e:
         raise InputImageError(f"{path}: not a readable raster ({e})") from None
+
+
+def reference_grid(spec: str) -> tuple[Grid, str]:
+    """The grid an image is read on: its own, or its finest band for a folder of bands."""
+    paths = sorted({p for p, _, _ in band_table(spec)})
+    grids = [(grid_of(p), p) for p in paths]
+    return min(grids, key=lambda g: g[0].resolution if g[0].georeferenced else 0.0)
 
 
 def read_box(
-    path: str, window: Box, region: Box, bands: Sequence[BandRef] | None, fill: float
+    spec: str,
+    window: Box,
+    region: Box,
+    bands: Sequence[BandRef] | None,
+    reference: Grid,
+    categorical: bool = False,
+    fill: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read ``window`` clipped to ``region`` and the raster.
+    """Read ``window`` (on the ``reference`` grid) clipped to ``region`` and the grid.
 
-    Returns ``(values (C, h, w) float32, inside (h, w), nodata (h, w))``: ``inside`` marks the
-    pixels read; ``nodata`` those any chosen band marks as nodata.
+    Returns ``(values (C, h, w) float32, inside (h, w), invalid (h, w))``: ``inside`` marks the
+    pixels read; ``invalid`` those any chosen band marks as nodata or does not cover.
     """
+    table = band_table(spec)
+    idx = (
+        list(range(len(table)))
+        if bands is None
+        else resolve_band_indices(bands, [name for _, _, name in table], spec)
+    )
     c0, r0, w, h = window
+    out = np.full((len(idx), h, w), fill, np.float32)
+    inside = np.zeros((h, w), bool)
+    invalid = np.zeros((h, w), bool)
+    box = intersect(window, region)
+    box = box and intersect(box, (0, 0, reference.width, reference.height))
+    if box is None:
+        return out, inside, invalid
+    bc, br, bw, bh = box
+    rw = Window(bc, br, bw, bh)
+    ys, xs = slice(br - r0, br - r0 + bh), slice(bc - c0, bc - c0 + bw)
+    inside[ys, xs] = True
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    for k, i in enumerate(idx):
+        path, band, _ = table[i]
+        by_file.setdefault(path, []).append((k, band))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                idx = (
-                    list(range(src.count))
-                    if bands is None
-                    else resolve_band_indices(bands, list(src.descriptions), path)
-                )
-                out = np.full((len(idx), h, w), fill, np.float32)
-                inside = np.zeros((h, w), bool)
-                nodata = np.zeros((h, w), bool)
-                box = intersect(window, region)
-                box = box and intersect(box, (0, 0, src.width, src.height))
-                if box is None:
-                    return out, inside, nodata
-                bc, br, bw, bh = box
-                rw = Window(bc, br, bw, bh)
-                ys, xs = slice(br - r0, br - r0 + bh), slice(bc - c0, bc - c0 + bw)
-                indexes = [i + 1 for i in idx]
-                out[:, ys, xs] = src.read(indexes, window=rw).astype(np.float32)
-                inside[ys, xs] = True
-                if any(src.nodatavals[i] is not None for i in idx):
-                    nodata[ys, xs] = (src.read_masks(indexes, window=rw) == 0).any(axis=0)
+        for path, pairs in by_file.items():
+            with open_on_grid(path, reference, categorical) as (src, warped):
+                indexes = [band for _, band in pairs]
+                data = src.read(indexes, window=rw)
+                for (k, _), plane in zip(pairs, data, strict=True):
+                    out[k, ys, xs] = plane
+                if warped or any(src.nodatavals[b - 1] is not None for b in indexes):
+                    invalid[ys, xs] |= (src.read_masks(indexes, window=rw) == 0).any(axis=0)
     except RasterioIOError as e:
-        raise InputImageError(f"{path}: not a readable raster ({e})") from None
-    return out, inside, nodata
+        raise InputImageError(f"{spec}: not a readable raster ({e})") from None
+    return out, inside, invalid
 
 
 class WindowDataset(Dataset):
@@ -144,7 +194,7 @@ class WindowDataset(Dataset):
         images = []
         valid = np.ones((s.window[3], s.window[2]), bool)
         for path in s.images:
-            x, inside, nodata = read_box(path, s.window, s.region, self.bands, 0.0)
+            x, inside, nodata = read_box(path, s.window, s.region, self.bands, s.grid)
             images.append(torch.from_numpy(x))
             valid &= inside & ~nodata
         if self.kind == "change":
@@ -153,7 +203,9 @@ class WindowDataset(Dataset):
             item["image"] = images[0]
         if s.target is None:
             return item
-        raw, inside, target_nodata = read_box(s.target, s.window, s.region, [1], 0.0)
+        raw, inside, target_nodata = read_box(
+            s.target, s.window, s.region, [1], s.grid, categorical=self.kind != "depth"
+        )
         valid &= inside & ~target_nodata  # the target's own nodata is no label either
         if self.kind == "depth":
             depth = raw[0] * np.float32(self.depth_scale)

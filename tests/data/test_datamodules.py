@@ -7,10 +7,16 @@ import torch
 from helpers import TEST_DATA
 
 from densekit.data import ChangeDataModule, DepthDataModule, SegmentationDataModule
-from densekit.data.datasets import Sample, WindowDataset
+from densekit.data.datasets import Sample, WindowDataset, reference_grid
 from densekit.errors import DensekitError
 
 CHIPS = TEST_DATA / "chips"
+
+
+def one(image, target):
+    """A sample reading the whole 20 x 20 raster."""
+    grid, _ = reference_grid(str(image))
+    return Sample((str(image),), str(target), (0, 0, 20, 20), (0, 0, 20, 20), grid)
 
 
 def write(path, data, **kw):
@@ -96,11 +102,7 @@ def test_label_map_and_unknown_values(tmp_path):
     lab[5:10, 5:10] = 255
     write(tmp_path / "l.tif", lab)
     ds = WindowDataset(
-        [
-            Sample(
-                (str(tmp_path / "i.tif"),), str(tmp_path / "l.tif"), (0, 0, 20, 20), (0, 0, 20, 20)
-            )
-        ],
+        [one(tmp_path / "i.tif", tmp_path / "l.tif")],
         "segmentation",
         label_map={0: 0, 255: 1},
     )
@@ -139,11 +141,7 @@ def test_invalid_depth_is_masked(tmp_path):
     write(tmp_path / "d.tif", target)
     write(tmp_path / "i.tif", np.zeros((3, 20, 20), np.uint8))
     ds = WindowDataset(
-        [
-            Sample(
-                (str(tmp_path / "i.tif"),), str(tmp_path / "d.tif"), (0, 0, 20, 20), (0, 0, 20, 20)
-            )
-        ],
+        [one(tmp_path / "i.tif", tmp_path / "d.tif")],
         "depth",
     )
     assert int(torch.isnan(ds[0]["depth"]).sum()) == 5  # negative depth is invalid
@@ -155,11 +153,7 @@ def test_nodata_pixels_of_the_image_are_ignored(tmp_path):
     write(tmp_path / "i.tif", img, nodata=0)
     write(tmp_path / "l.tif", np.ones((20, 20), np.uint8))
     ds = WindowDataset(
-        [
-            Sample(
-                (str(tmp_path / "i.tif"),), str(tmp_path / "l.tif"), (0, 0, 20, 20), (0, 0, 20, 20)
-            )
-        ],
+        [one(tmp_path / "i.tif", tmp_path / "l.tif")],
         "segmentation",
     )
     mask = ds[0]["mask"]
@@ -175,7 +169,10 @@ def test_change_pairs_of_different_sizes(tmp_path):
         images2=[str(tmp_path / "b.tif")],
         labels=[str(tmp_path / "l.tif")],
     )
-    with pytest.raises(DensekitError, match=r"b.tif is 22x20 pixels but .*a.tif is 20x20"):
+    with pytest.raises(
+        DensekitError,
+        match=r"b.tif has no CRS and the grids differ.*22x20 px, no CRS; .*a.tif: 20x20 px",
+    ):
         dm.setup("fit")
 
 
@@ -194,11 +191,7 @@ def test_nodata_of_the_target_is_ignored(tmp_path):
     lab[:4] = 9
     write(tmp_path / "l.tif", lab, nodata=9)
     ds = WindowDataset(
-        [
-            Sample(
-                (str(tmp_path / "i.tif"),), str(tmp_path / "l.tif"), (0, 0, 20, 20), (0, 0, 20, 20)
-            )
-        ],
+        [one(tmp_path / "i.tif", tmp_path / "l.tif")],
         "segmentation",
     )
     mask = ds[0]["mask"]
@@ -207,11 +200,7 @@ def test_nodata_of_the_target_is_ignored(tmp_path):
     depth[:, :3] = 3.4e38
     write(tmp_path / "d.tif", depth, nodata=3.4e38)
     ds = WindowDataset(
-        [
-            Sample(
-                (str(tmp_path / "i.tif"),), str(tmp_path / "d.tif"), (0, 0, 20, 20), (0, 0, 20, 20)
-            )
-        ],
+        [one(tmp_path / "i.tif", tmp_path / "d.tif")],
         "depth",
     )
     assert (

@@ -1,12 +1,10 @@
 """Metric and loss formulas against hand computations; metrics synchronised across processes."""
 
-import socket
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port, rank_confusion_accuracy
 
 from densekit.tasks.losses import (
     ChangeLossFn,
@@ -74,24 +72,8 @@ def test_losses_with_nothing_labelled_are_zero_not_nan():
     assert torch.isfinite(depth)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_scores(rank: int, port: int, results) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    m = ConfusionMetrics(2, ignore_index=None, class_names=["no", "yes"])
-    if rank == 0:  # rank 0 alone is perfect; with rank 1's data accuracy is 0.5
-        m.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
-    else:
-        m.update(torch.tensor([0, 0, 0, 0, 1, 1]), torch.tensor([1, 1, 1, 1, 1, 1]))
-    results[rank] = m.scores()["acc_micro"]
-    dist.destroy_process_group()
-
-
 def test_confusion_metrics_are_synchronised_across_processes():
     results = mp.Manager().dict()
-    mp.spawn(_rank_scores, args=(_free_port(), results), nprocs=2, join=True)
+    # the worker lives in helpers.py: spawned processes import it by that name
+    mp.spawn(rank_confusion_accuracy, args=(free_port(), results), nprocs=2, join=True)
     assert results[0] == results[1] == pytest.approx(4 / 8)
