@@ -185,6 +185,55 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    import yaml
+    from rich.console import Console
+
+    from densekit.backbones.registry import NORMALIZATIONS, get_spec
+    from densekit.data.bands import parse_bands
+    from densekit.data.stats import band_statistics
+    from densekit.io import atomic_outputs
+
+    console = Console(stderr=True)
+    out = Path(args.out)
+    _check_writable(out, "--out")
+    stats = band_statistics(args.files, parse_bands(args.bands))
+    bands = stats["bands"]
+    if args.backbone:
+        expected = NORMALIZATIONS[get_spec(args.backbone).normalization].bands
+        if len(bands) != len(expected):
+            console.print(
+                f"[yellow]note:[/] {len(bands)} band(s) but {args.backbone} takes "
+                f"{len(expected)} ({', '.join(expected)}): training needs in_channels="
+                f"{len(bands)} (the explicit adapter) or a band selection of {len(expected)}"
+            )
+        else:
+            pairs = ", ".join(f"{b} -> {e}" for b, e in zip(bands, expected, strict=True))
+            console.print(f"bands for {args.backbone}: {pairs}")
+    if args.format == "config":
+        doc: dict = {
+            "model": {
+                "init_args": {"bands": list(bands), "mean": stats["mean"], "std": stats["std"]}
+            },
+            "data": {"init_args": {"bands": list(bands)}},
+        }
+        lines = [
+            "# Per-band statistics written by `densekit stats` (file units, nodata excluded).",
+            "# Include in training: densekit fit --config CONFIG.yaml --config THIS.yaml",
+            f"# files: {stats['files']}",
+            f"# pixels per band: {stats['count']}",
+            *(f"# {k}: {v}" for k, v in stats["percentiles"].items()),
+        ]
+        text = "\n".join(lines) + "\n" + yaml.safe_dump(doc, sort_keys=False)
+    else:
+        text = yaml.safe_dump(stats, sort_keys=False)
+    atomic_outputs({out: lambda tmp: tmp.write_text(text)})
+    for b, m, sd in zip(bands, stats["mean"], stats["std"], strict=True):
+        console.print(f"band {b}: mean {m:.6g}, std {sd:.6g}")
+    console.print(f"statistics of {len(args.files)} file(s) -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="densekit",
@@ -246,6 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .pt with the features")
     p.add_argument("--pca", default=None, help="also write the PCA picture as PNG")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser(
+        "stats",
+        help="per-band mean, std and percentiles of rasters (one streaming pass) as YAML",
+        description="Per-band statistics of one or more rasters (or folders of band files).",
+    )
+    p.add_argument("files", nargs="+", help="rasters or folders of single-band files")
+    p.add_argument("--bands", default=None, help="1-based indices or names, e.g. B04,B03,B02")
+    p.add_argument("--backbone", default=None, help="check the band count against this backbone")
+    p.add_argument(
+        "--format",
+        choices=("config", "plain"),
+        default="config",
+        help="config: a LightningCLI fragment (model/data init_args); plain: all statistics",
+    )
+    p.add_argument("--out", required=True, help="output YAML")
+    p.set_defaults(func=cmd_stats)
     return parser
 
 

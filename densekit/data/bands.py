@@ -90,6 +90,8 @@ class BandStats:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise DensekitError(f"{path}: cannot read statistics ({e})") from None
+        if isinstance(data, dict) and "model" in data:  # a `densekit stats` config fragment
+            data = (data.get("model") or {}).get("init_args") or {}
         if not isinstance(data, dict) or "mean" not in data or "std" not in data:
             raise DensekitError(f"{path}: statistics need 'mean' and 'std' lists (and 'bands')")
         try:

@@ -1,25 +1,33 @@
 """LightningDataModules for segmentation, depth/height and change detection on rasters.
 
-Files are given as a folder, a glob pattern, one file or a list of files. Images pair with their
-targets by file stem when folders or patterns are given, by position when lists are given; any
-mismatch is an error that names the unpaired files. Each split either has its own files
-(``val_*``, ``test_*``) or comes from ``split``: fractions of every raster's columns, left to
-right, for training, validation and testing (see :mod:`densekit.data.windows`). With ``window``
-the rasters are read as a grid of ``window x window`` windows; without it, each file is one item
-(chips of equal size).
+Files are given as a folder, a glob pattern, one file or a list of files; an image may also be a
+folder of single-band files (Sentinel-2 as in OSCD: ``..._B04.tif``), read on the grid of its
+finest band. Images pair with their targets by file stem (folders) or by what the first wildcard
+of a pattern matched (``images/*/imgs_1`` and ``labels/*/cm/*-cm.tif`` pair by city), by position
+when lists are given; any mismatch is an error that names the unpaired files. Targets and second
+dates are read on the first image's grid (see :mod:`densekit.data.grids`).
+
+Each split either has its own files (``val_*``, ``test_*``) or comes from ``split``: fractions
+of every raster's columns, left to right, for training, validation and testing (see
+:mod:`densekit.data.windows`). With ``window`` the rasters are read as a grid of ``window x window``
+windows; without it, each file is one item (chips of equal size). Windows without a single
+labelled (or valid depth) pixel are skipped. Training windows are the same grid, or
+(``train_windows: random``) ``samples_per_epoch`` windows drawn uniformly in the training blocks;
+``augment`` applies flips, rotations and a per-date gain to training samples
+(:mod:`densekit.data.augment`).
 """
 
 from __future__ import annotations
 
 import glob
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader
 
+from densekit.data.augment import Augmentation
 from densekit.data.bands import BandRef
 from densekit.data.datasets import Sample, TaskKind, WindowDataset, band_table, reference_grid
 from densekit.data.grids import check_alignable, grid_of
@@ -32,13 +40,14 @@ STAGES = ("fit", "validate", "test")
 
 
 def _glob_key(pattern: str, match: str) -> str:
-    """The text the first wildcard of ``pattern`` matched in ``match`` (the pairing key)."""
-    parts = [re.escape(part) for part in re.split(r"[*?]", pattern)]
-    wild = re.findall(r"[*?]", pattern)
-    groups = ["([^/]*)" if w == "*" else "(.)" for w in wild]
-    regex = "".join(p + g for p, g in zip(parts, groups, strict=False)) + parts[-1]
-    m = re.fullmatch(regex, match)
-    return m.group(1) if m and m.groups() else Path(match).stem
+    """The pairing key of a pattern match: what the first path component holding a wildcard
+    matched (without its file suffix when it is the file name)."""
+    parts, matched = Path(pattern).parts, Path(match).parts
+    for i, part in enumerate(parts):
+        if any(c in part for c in "*?[") and i < len(matched):
+            text = matched[i]
+            return Path(text).stem if i == len(parts) - 1 else text
+    return Path(match).stem
 
 
 def list_rasters(spec: Files, what: str) -> tuple[list[str], list[str] | None]:
@@ -114,8 +123,16 @@ class DenseDataModule(L.LightningDataModule):
         batch_size: int,
         num_workers: int,
         dataset_kwargs: Mapping[str, Any],
+        train_windows: Literal["grid", "random"] = "grid",
+        samples_per_epoch: int | None = None,
+        augment: Augmentation | None = None,
     ) -> None:
         super().__init__()
+        if train_windows == "random" and window is None:
+            raise DensekitError("train_windows 'random' needs a window size")
+        self.train_windows = train_windows
+        self.samples_per_epoch = samples_per_epoch
+        self.augment = augment
         if split is not None and any(splits[k] for k in ("val", "test")):
             raise DensekitError("give either split fractions or separate val/test files, not both")
         if split is not None and len(split) not in (2, 3):
@@ -173,9 +190,33 @@ class DenseDataModule(L.LightningDataModule):
             samples = self._samples(groups, block)
             if not samples:
                 raise DensekitError(f"the {name} split is empty")
-            self.datasets[name] = WindowDataset(
-                samples, self.kind, self.bands, **self.dataset_kwargs
-            )
+            dataset = WindowDataset(samples, self.kind, self.bands, **self.dataset_kwargs)
+            kept = [s for s in samples if dataset.has_data(dataset.read(s))]
+            if not kept:
+                raise DensekitError(f"every window of the {name} split is nodata or unlabelled")
+            if name == "train" and self.train_windows == "random":
+                regions = {(s.images, s.target, s.region): s for s in kept}
+                areas = [
+                    Sample(s.images, s.target, s.region, s.region, s.grid) for s in regions.values()
+                ]
+                dataset = WindowDataset(
+                    areas,
+                    self.kind,
+                    self.bands,
+                    **self.dataset_kwargs,
+                    augment=self.augment,
+                    random_window=self.window,
+                    length=self.samples_per_epoch or len(kept),
+                )
+            else:
+                dataset = WindowDataset(
+                    kept,
+                    self.kind,
+                    self.bands,
+                    **self.dataset_kwargs,
+                    augment=self.augment if name == "train" else None,
+                )
+            self.datasets[name] = dataset
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.datasets:
@@ -227,6 +268,9 @@ class SegmentationDataModule(DenseDataModule):
         bands: image bands in model order, 1-based indices or names (None: all).
         label_map: raw label -> class, e.g. ``{0: 0, 255: 1}`` for 0/255 masks.
         ignore_index: class value ignored by losses and metrics.
+        train_windows: ``"grid"`` or ``"random"`` training windows (random needs ``window``).
+        samples_per_epoch: random windows per epoch (default: as many as grid windows).
+        augment: training augmentation (flips, rotations, gain), or None.
     """
 
     kind = "segmentation"
@@ -246,6 +290,9 @@ class SegmentationDataModule(DenseDataModule):
         ignore_index: int = 255,
         batch_size: int = 8,
         num_workers: int = 0,
+        train_windows: Literal["grid", "random"] = "grid",
+        samples_per_epoch: int | None = None,
+        augment: Augmentation | None = None,
     ) -> None:
         splits = {
             "train": [("images", images), ("labels", labels)],
@@ -253,7 +300,18 @@ class SegmentationDataModule(DenseDataModule):
             "test": _maybe([("test_images", test_images), ("test_labels", test_labels)]),
         }
         kwargs = {"label_map": label_map, "ignore_index": ignore_index}
-        super().__init__(splits, split, window, bands, batch_size, num_workers, kwargs)
+        super().__init__(
+            splits,
+            split,
+            window,
+            bands,
+            batch_size,
+            num_workers,
+            kwargs,
+            train_windows,
+            samples_per_epoch,
+            augment,
+        )
 
 
 class DepthDataModule(DenseDataModule):
@@ -279,6 +337,9 @@ class DepthDataModule(DenseDataModule):
         depth_scale: float = 1.0,
         batch_size: int = 8,
         num_workers: int = 0,
+        train_windows: Literal["grid", "random"] = "grid",
+        samples_per_epoch: int | None = None,
+        augment: Augmentation | None = None,
     ) -> None:
         splits = {
             "train": [("images", images), ("depths", depths)],
@@ -286,7 +347,16 @@ class DepthDataModule(DenseDataModule):
             "test": _maybe([("test_images", test_images), ("test_depths", test_depths)]),
         }
         super().__init__(
-            splits, split, window, bands, batch_size, num_workers, {"depth_scale": depth_scale}
+            splits,
+            split,
+            window,
+            bands,
+            batch_size,
+            num_workers,
+            {"depth_scale": depth_scale},
+            train_windows,
+            samples_per_epoch,
+            augment,
         )
 
 
@@ -320,6 +390,9 @@ class ChangeDataModule(DenseDataModule):
         ignore_index: int = 255,
         batch_size: int = 8,
         num_workers: int = 0,
+        train_windows: Literal["grid", "random"] = "grid",
+        samples_per_epoch: int | None = None,
+        augment: Augmentation | None = None,
     ) -> None:
         splits = {
             "train": [("images1", images1), ("images2", images2), ("labels", labels)],
@@ -339,4 +412,15 @@ class ChangeDataModule(DenseDataModule):
             ),
         }
         kwargs = {"label_map": label_map, "ignore_index": ignore_index}
-        super().__init__(splits, split, window, bands, batch_size, num_workers, kwargs)
+        super().__init__(
+            splits,
+            split,
+            window,
+            bands,
+            batch_size,
+            num_workers,
+            kwargs,
+            train_windows,
+            samples_per_epoch,
+            augment,
+        )

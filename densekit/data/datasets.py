@@ -22,6 +22,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
+from densekit.data.augment import Augmentation
+from densekit.data.augment import apply as apply_augmentation
 from densekit.data.bands import BandRef, resolve_band_indices
 from densekit.data.grids import Grid, grid_of, open_on_grid
 from densekit.data.windows import Box, intersect
@@ -158,6 +160,9 @@ class WindowDataset(Dataset):
         label_map: Mapping[int, int] | None = None,
         ignore_index: int = 255,
         depth_scale: float = 1.0,
+        augment: Augmentation | None = None,
+        random_window: int | None = None,
+        length: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.kind = kind
@@ -165,9 +170,45 @@ class WindowDataset(Dataset):
         self.label_map = dict(label_map) if label_map is not None else None
         self.ignore_index = ignore_index
         self.depth_scale = depth_scale
+        self.transforms = augment.build() if augment is not None else None
+        self.random_window = random_window
+        self.length = length if length is not None else len(self.samples)
+        areas = np.array([s.region[2] * s.region[3] for s in self.samples], np.float64)
+        self.weights = torch.from_numpy(areas / areas.sum()) if len(areas) else None
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return self.length if self.random_window else len(self.samples)
+
+    def _draw(self) -> Sample:
+        """A random window of side ``random_window`` in a region (regions weighted by area)."""
+        if self.weights is None or not self.random_window:
+            raise DensekitError("random windows need at least one region and a window size")
+        s = self.samples[int(torch.multinomial(self.weights, 1))]
+        c0, r0, w, h = s.region
+        size = self.random_window
+        col = c0 + int(torch.randint(0, max(w - size, 0) + 1, ()))
+        row = r0 + int(torch.randint(0, max(h - size, 0) + 1, ()))
+        return Sample(s.images, s.target, (col, row, size, size), s.region, s.grid)
+
+    def has_data(self, item: dict[str, Any]) -> bool:
+        """Whether an item holds any usable target pixel (all-nodata windows are skipped)."""
+        if "mask" in item:
+            return bool((item["mask"] != self.ignore_index).any())
+        if "depth" in item:
+            return bool(torch.isfinite(item["depth"]).any())
+        return True
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.random_window:
+            for _ in range(20):
+                item = self.read(self._draw())
+                if self.has_data(item):
+                    break
+        else:
+            item = self.read(self.samples[i])
+        if self.transforms is not None:
+            item = apply_augmentation(item, self.transforms)
+        return item
 
     def _map_labels(self, raw: np.ndarray, path: str) -> np.ndarray:
         if self.label_map is None:
@@ -184,8 +225,8 @@ class WindowDataset(Dataset):
         classes = np.array([self.label_map[k] for k in keys], np.int64)
         return classes[np.searchsorted(keys, raw.astype(np.int64))]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.samples[i]
+    def read(self, s: Sample) -> dict[str, Any]:
+        """Read one sample's images and target."""
         item: dict[str, Any] = {
             "path": s.target or s.images[0],
             "image_path": s.images[0],

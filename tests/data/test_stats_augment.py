@@ -1,0 +1,155 @@
+"""`densekit stats`, random training windows, all-nodata windows and augmentation."""
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+from helpers import SHARED_DATA, TEST_DATA, needs_shared_data
+
+from densekit.cli import main
+from densekit.data import SegmentationDataModule
+from densekit.data.augment import Augmentation
+from densekit.data.augment import apply as apply_augmentation
+from densekit.data.stats import band_statistics
+
+CHIPS = TEST_DATA / "chips"
+
+
+def write(path, data, **kw):
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=data.shape[1],
+        width=data.shape[2],
+        count=data.shape[0],
+        dtype=data.dtype.name,
+        **kw,
+    ) as dst:
+        dst.write(data)
+
+
+def test_statistics_match_numpy_and_skip_nodata(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 5000, (2, 300, 200), dtype=np.uint16)
+    a[:, :10] = 0
+    b = rng.integers(1, 5000, (2, 100, 50), dtype=np.uint16)
+    write(tmp_path / "a.tif", a, nodata=0)
+    write(tmp_path / "b.tif", b, nodata=0)
+    stats = band_statistics([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")], block_rows=37)
+    both = np.concatenate([a[:, 10:].reshape(2, -1), b.reshape(2, -1)], axis=1).astype(np.float64)
+    np.testing.assert_allclose(stats["mean"], both.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(stats["std"], both.std(1), rtol=1e-9)
+    assert stats["count"] == [both.shape[1]] * 2
+    for q in (2, 50, 98):  # exact for 16-bit integers
+        expected = np.percentile(both, q, axis=1, method="inverted_cdf")
+        np.testing.assert_allclose(stats["percentiles"][f"p{q}"], expected)
+
+
+def test_float_percentiles_from_a_bounded_sample(tmp_path):
+    rng = np.random.default_rng(1)
+    f = rng.normal(0.2, 0.05, (1, 400, 400)).astype(np.float32)
+    f[0, 0, 0] = np.nan
+    write(tmp_path / "f.tif", f)
+    stats = band_statistics([str(tmp_path / "f.tif")], sample_size=20_000)
+    assert stats["count"] == [400 * 400 - 1]
+    assert stats["percentiles"]["p50"][0] == pytest.approx(0.2, abs=0.002)
+
+
+def test_stats_command_writes_a_config_fragment(tmp_path, capsys):
+    out = tmp_path / "s.yaml"
+    assert (
+        main(
+            [
+                "stats",
+                str(TEST_DATA / "images/s2_uint16.tif"),
+                "--bands",
+                "B4,B3,B2",
+                "--backbone",
+                "dinov3_vitl16_sat493m",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    doc = yaml.safe_load(out.read_text())
+    assert (
+        doc["model"]["init_args"]["bands"]
+        == ["B4", "B3", "B2"]
+        == doc["data"]["init_args"]["bands"]
+    )
+    assert len(doc["model"]["init_args"]["mean"]) == 3
+    assert "B4 -> red" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "stats",
+                str(TEST_DATA / "images/s2_uint16.tif"),
+                "--bands",
+                "B9",
+                "--out",
+                str(tmp_path / "x.yaml"),
+            ]
+        )
+        == 2
+    )
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_stats_of_real_band_folders():
+    oscd = needs_shared_data("oscd-subset", "images", "bercy", "imgs_1")
+    stats = band_statistics([str(oscd)], bands=["B04", "B8A", "B01"])
+    assert stats["bands"] == ["B04", "B8A", "B01"]
+    assert stats["count"][0] > stats["count"][1] > stats["count"][2]  # 10 m, 20 m, 60 m
+    assert SHARED_DATA.is_dir()
+
+
+def test_random_windows_and_nodata_windows(tmp_path):
+    img = np.full((3, 64, 64), 100, np.uint8)
+    img[:, :, :32] = 0  # the left half is nodata
+    write(tmp_path / "i.tif", img, nodata=0)
+    write(tmp_path / "l.tif", np.ones((1, 64, 64), np.uint8))
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "i.tif")],
+        labels=[str(tmp_path / "l.tif")],
+        window=16,
+        train_windows="random",
+        samples_per_epoch=12,
+        val_images=[str(tmp_path / "i.tif")],
+        val_labels=[str(tmp_path / "l.tif")],
+    )
+    dm.setup("fit")
+    assert len(dm.datasets["val"]) == 8  # the 8 grid windows of the left half are skipped
+    train = dm.datasets["train"]
+    assert len(train) == 12
+    torch.manual_seed(0)
+    items = [train[i] for i in range(12)]
+    assert all((it["mask"] != 255).any() for it in items)
+    assert len({tuple(it["window"].tolist()) for it in items}) > 3
+
+
+def test_augmentation_moves_image_and_targets_together():
+    torch.manual_seed(0)
+    image = torch.arange(2 * 5 * 6, dtype=torch.float32).reshape(2, 5, 6)
+    item = {
+        "image1": image.clone(),
+        "image2": image.clone() * 2,
+        "mask": image[0].long(),
+        "depth": image[:1].clone(),
+    }
+    aug = Augmentation(hflip=1.0, vflip=0.0, rotate90=0.0, gain=0.0).build()
+    out = apply_augmentation(item, aug)
+    assert torch.equal(out["image1"], image.flip(-1))
+    assert torch.equal(out["image2"], image.flip(-1) * 2)
+    assert torch.equal(out["mask"], image[0].long().flip(-1))
+    assert torch.equal(out["depth"], image[:1].flip(-1))
+    item = {"image1": image.clone(), "image2": image.clone(), "mask": image[0].long()}
+    out = apply_augmentation(item, Augmentation(0, 0, 1.0, gain=0.5).build())
+    ratio1 = out["image1"].sum() / image.sum()
+    ratio2 = out["image2"].sum() / image.sum()
+    assert ratio1 != ratio2 and 0.5 <= ratio1 <= 1.5  # one gain per date
+    # the mask turned with the images: same pixel order as date 1 (a positive gain keeps it)
+    assert out["mask"].shape == out["image1"].shape[1:]
+    assert torch.equal(out["mask"].flatten().argsort(), out["image1"][0].flatten().argsort())
