@@ -30,11 +30,22 @@ from torch.utils.data import DataLoader
 from densekit.data.augment import Augmentation
 from densekit.data.bands import BandRef
 from densekit.data.datasets import Sample, TaskKind, WindowDataset, band_table, reference_grid
-from densekit.data.grids import check_alignable, grid_of
+from densekit.data.grids import Grid, check_alignable, grid_of
+from densekit.data.vectors import VECTOR_SUFFIXES, is_vector, vector_bounds
 from densekit.data.windows import grid_windows, split_columns
 from densekit.errors import DensekitError
 
-RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt")
+RASTER_SUFFIXES = (
+    ".tif",
+    ".tiff",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".jp2",
+    ".img",
+    ".vrt",
+    *VECTOR_SUFFIXES,
+)
 Files = str | list[str]
 STAGES = ("fit", "validate", "test")
 
@@ -153,6 +164,9 @@ class DenseDataModule(L.LightningDataModule):
             images, target = group[: self.n_images], group[self.n_images]
             grid, ref_path = reference_grid(images[0])
             for other in (*images, target):
+                if is_vector(other):
+                    check_vector_overlap(other, grid, ref_path)
+                    continue
                 for path in sorted({p for p, _, _ in band_table(other)}):
                     check_alignable(path, grid_of(path), grid, ref_path)
             w, h = grid.width, grid.height
@@ -246,6 +260,20 @@ class DenseDataModule(L.LightningDataModule):
         return self._loader("test" if "test" in self.datasets else "val", shuffle=False)
 
 
+def check_vector_overlap(path: str, grid: Grid, ref_path: str) -> None:
+    if not grid.georeferenced:
+        raise DensekitError(
+            f"{path}: vector labels need a georeferenced image; {ref_path} has no CRS"
+        )
+    west, south, east, north = vector_bounds(path, grid)
+    rw, rs, re_, rn = grid.bounds
+    if west >= re_ or east <= rw or south >= rn or north <= rs:
+        raise DensekitError(
+            f"{path} does not overlap {ref_path}: features within ({west:.6g}, {south:.6g}, "
+            f"{east:.6g}, {north:.6g}); image: {grid.describe()}"
+        )
+
+
 def _maybe(pairs: list[tuple[str, Files | None]]) -> list[tuple[str, Files]] | None:
     if all(v is None for _, v in pairs):
         return None
@@ -268,6 +296,10 @@ class SegmentationDataModule(DenseDataModule):
         bands: image bands in model order, 1-based indices or names (None: all).
         label_map: raw label -> class, e.g. ``{0: 0, 255: 1}`` for 0/255 masks.
         ignore_index: class value ignored by losses and metrics.
+        vector_field: labels may be vector files (GeoJSON, shapefile, GeoPackage) rasterised on
+            the image grid; the attribute holding the class (None: every feature is class 1).
+        sparse_vectors: pixels no feature covers are unlabelled (points, a few polygons)
+            instead of background 0 (footprints).
         train_windows: ``"grid"`` or ``"random"`` training windows (random needs ``window``).
         samples_per_epoch: random windows per epoch (default: as many as grid windows).
         augment: training augmentation (flips, rotations, gain), or None.
@@ -288,6 +320,8 @@ class SegmentationDataModule(DenseDataModule):
         bands: list[int | str] | None = None,
         label_map: dict[int, int] | None = None,
         ignore_index: int = 255,
+        vector_field: str | None = None,
+        sparse_vectors: bool = False,
         batch_size: int = 8,
         num_workers: int = 0,
         train_windows: Literal["grid", "random"] = "grid",
@@ -299,7 +333,12 @@ class SegmentationDataModule(DenseDataModule):
             "val": _maybe([("val_images", val_images), ("val_labels", val_labels)]),
             "test": _maybe([("test_images", test_images), ("test_labels", test_labels)]),
         }
-        kwargs = {"label_map": label_map, "ignore_index": ignore_index}
+        kwargs = {
+            "label_map": label_map,
+            "ignore_index": ignore_index,
+            "vector_field": vector_field,
+            "sparse_vectors": sparse_vectors,
+        }
         super().__init__(
             splits,
             split,

@@ -1,10 +1,11 @@
 """Datasets of windows read with rasterio: image(s) plus a label, depth or change target.
 
 Each item reads only its window (``rasterio`` windowed reads), clipped to the sample's region
-(its split block); pixels outside the region or the raster are filled (images: 0) and their
-targets are ignored (labels: ``ignore_index``; depth: NaN). Pixels an image band marks as nodata
-are ignored in the target too. Images come out as float32 in the file's units: the task
-normalises them, so a checkpoint carries its own normalisation.
+(its split block). Image pixels outside the region or the raster, or marked as nodata, are NaN
+(the task's normalisation turns them into the normalisation mean, 0) and their targets are
+ignored (labels: ``ignore_index``; depth: NaN). Other non-finite image values are an error.
+Images come out as float32 in the file's units: the task normalises them, so a checkpoint
+carries its own normalisation.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
 from densekit.data.bands import BandRef, resolve_band_indices
 from densekit.data.grids import Grid, grid_of, open_on_grid
+from densekit.data.vectors import is_vector, read_vector_box
 from densekit.data.windows import Box, intersect
 from densekit.errors import DensekitError, InputImageError
 
@@ -148,6 +150,9 @@ class WindowDataset(Dataset):
         bands: 1-based indices or names of the image bands, in model order (None: all).
         label_map: raw label value -> class (e.g. ``{0: 0, 255: 1}``); values not in the map
             are an error naming the file. None keeps the values.
+        vector_field, sparse_vectors: for vector label files, the attribute holding the class
+            (None: every feature is 1) and whether uncovered pixels are unlabelled (sparse) or
+            background 0 (see :mod:`densekit.data.vectors`).
         ignore_index: label of ignored pixels.
         depth_scale: multiplies depth rasters (e.g. 0.001 for millimetres).
     """
@@ -163,7 +168,11 @@ class WindowDataset(Dataset):
         augment: Augmentation | None = None,
         random_window: int | None = None,
         length: int | None = None,
+        vector_field: str | None = None,
+        sparse_vectors: bool = False,
     ) -> None:
+        self.vector_field = vector_field
+        self.sparse_vectors = sparse_vectors
         self.samples = list(samples)
         self.kind = kind
         self.bands = bands
@@ -236,17 +245,30 @@ class WindowDataset(Dataset):
         valid = np.ones((s.window[3], s.window[2]), bool)
         for path in s.images:
             x, inside, nodata = read_box(path, s.window, s.region, self.bands, s.grid)
+            usable = inside & ~nodata
+            if not np.isfinite(x[:, usable]).all():
+                raise InputImageError(
+                    f"{path}: NaN or infinite pixel values in window {s.window} that the file "
+                    "does not mark as nodata; set the file's nodata value (e.g. gdal_edit.py "
+                    "-a_nodata nan) so they are ignored"
+                )
+            x[:, ~usable] = np.nan  # the task fills them with the normalisation mean
             images.append(torch.from_numpy(x))
-            valid &= inside & ~nodata
+            valid &= usable
         if self.kind == "change":
             item["image1"], item["image2"] = images
         else:
             item["image"] = images[0]
         if s.target is None:
             return item
-        raw, inside, target_nodata = read_box(
-            s.target, s.window, s.region, [1], s.grid, categorical=self.kind != "depth"
-        )
+        if is_vector(s.target):
+            raw, inside, target_nodata = read_vector_box(
+                s.target, s.window, s.region, s.grid, self.vector_field, self.sparse_vectors
+            )
+        else:
+            raw, inside, target_nodata = read_box(
+                s.target, s.window, s.region, [1], s.grid, categorical=self.kind != "depth"
+            )
         valid &= inside & ~target_nodata  # the target's own nodata is no label either
         if self.kind == "depth":
             depth = raw[0] * np.float32(self.depth_scale)

@@ -215,7 +215,9 @@ class DenseTask(L.LightningModule, abc.ABC):
 
     # -- the model ---------------------------------------------------------------------------
     def normalize(self, x: Tensor) -> Tensor:
-        return (x * self.input_scale - self.input_mean) / self.input_std
+        """``(x * scale - mean) / std``; NaN (nodata, outside the raster) becomes 0, the mean."""
+        y = (x * self.input_scale - self.input_mean) / self.input_std
+        return torch.nan_to_num(y, nan=0.0)
 
     def _unet_forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]

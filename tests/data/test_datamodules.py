@@ -223,3 +223,28 @@ def test_label_map_without_zero_on_edge_windows(tmp_path):
     assert len(masks) == 4
     assert all(set(m.unique().tolist()) <= {1, 255} for m in masks)
     assert (masks[-1][2:, 2:] == 255).all()  # outside the raster
+
+
+def test_nan_in_imagery_is_an_error_unless_it_is_nodata(tmp_path):
+    img = np.ones((3, 20, 20), np.float32)
+    img[1, 5, 5] = np.nan
+    write(tmp_path / "i.tif", img)
+    write(tmp_path / "l.tif", np.ones((20, 20), np.uint8))
+    ds = WindowDataset([one(tmp_path / "i.tif", tmp_path / "l.tif")], "segmentation")
+    with pytest.raises(DensekitError, match=r"i.tif: NaN or infinite pixel values .*nodata"):
+        ds[0]
+    write(tmp_path / "n.tif", img, nodata=float("nan"))
+    ds = WindowDataset([one(tmp_path / "n.tif", tmp_path / "l.tif")], "segmentation")
+    item = ds[0]
+    assert torch.isnan(item["image"][:, 5, 5]).all() and item["mask"][5, 5] == 255
+    assert torch.isfinite(item["image"][:, 6, 6]).all()
+
+
+def test_corrupt_raster_in_a_data_module(tmp_path):
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00 not a tiff")
+    write(tmp_path / "l.tif", np.ones((20, 20), np.uint8))
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "bad.tif")], labels=[str(tmp_path / "l.tif")]
+    )
+    with pytest.raises(DensekitError, match=r"bad.tif: not a readable raster"):
+        dm.setup("fit")

@@ -1,0 +1,115 @@
+"""Vector labels (GeoJSON, shapefile, GeoPackage) rasterised on a sample's reference grid.
+
+Features are read with fiona, reprojected to the grid's CRS, and burnt with rasterio's
+``features.rasterize`` into each window (pixels whose centre lies in a polygon; the pixel holding a
+point; the pixels a line crosses). A feature's value is its ``field`` attribute (integer-like) or
+1 when no field is given. Pixels no feature covers are background (0) for dense labels, such as
+building footprints, or ``ignore_index`` for sparse labels (points, a few polygons).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rasterio.features import rasterize
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from densekit.data.grids import Grid
+from densekit.data.windows import Box, intersect
+from densekit.errors import DensekitError, InputImageError
+
+VECTOR_SUFFIXES = (".geojson", ".json", ".shp", ".gpkg")
+
+
+def is_vector(path: str) -> bool:
+    return Path(path).suffix.lower() in VECTOR_SUFFIXES
+
+
+def vector_bounds(path: str, reference: Grid) -> tuple[float, float, float, float]:
+    """Bounds of the features in the reference grid's CRS (for the overlap check)."""
+    import fiona
+
+    try:
+        with fiona.open(path) as src:
+            if src.crs is None or not src.crs:
+                raise DensekitError(f"{path}: the vector file has no CRS")
+            if len(src) == 0:
+                raise DensekitError(f"{path}: the vector file has no features")
+            w, s_, e, n = transform_bounds(src.crs, reference.crs, *src.bounds)
+            return (w, s_, e, n)
+    except fiona.errors.FionaError as e:
+        raise InputImageError(f"{path}: not a readable vector file ({e})") from None
+
+
+def rasterize_box(
+    path: str, reference: Grid, box: Box, field: str | None, background: int
+) -> np.ndarray:
+    """Labels ``(h, w)`` int64 of the features of ``path`` in ``box`` of the reference grid."""
+    import fiona
+    from fiona.transform import transform_geom
+
+    bc, br, bw, bh = box
+    transform = window_transform(Window(bc, br, bw, bh), reference.transform)
+    west, north = transform @ (0, 0)
+    east, south = transform @ (bw, bh)
+    out = np.full((bh, bw), background, np.int32)
+    with fiona.open(path) as src:
+        bbox = transform_bounds(
+            reference.crs,
+            src.crs,
+            min(west, east),
+            min(south, north),
+            max(west, east),
+            max(south, north),
+        )
+        shapes = []
+        for feature in src.filter(bbox=bbox):
+            geom = feature["geometry"]
+            if geom is None:
+                continue
+            if src.crs != reference.crs:
+                geom = transform_geom(src.crs, reference.crs, geom)
+            if field is None:
+                value = 1
+            else:
+                raw = feature["properties"].get(field)
+                try:
+                    value = int(float(raw))
+                except (TypeError, ValueError):
+                    raise DensekitError(
+                        f"{path}: feature {feature.id} has {field}={raw!r}, not a class number"
+                    ) from None
+            shapes.append((geom, value))
+    if shapes:
+        rasterize(shapes, out=out, transform=transform)
+    return out.astype(np.int64)
+
+
+def read_vector_box(
+    path: str,
+    window: Box,
+    region: Box,
+    reference: Grid,
+    field: str | None,
+    sparse: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`densekit.data.datasets.read_box` for a vector label file: ``(values (1, h, w),
+    inside, unlabelled)``; with ``sparse``, pixels no feature covers are unlabelled."""
+    c0, r0, w, h = window
+    values = np.zeros((1, h, w), np.float32)
+    inside = np.zeros((h, w), bool)
+    unlabelled = np.zeros((h, w), bool)
+    box = intersect(window, region)
+    box = box and intersect(box, (0, 0, reference.width, reference.height))
+    if box is None:
+        return values, inside, unlabelled
+    bc, br, bw, bh = box
+    ys, xs = slice(br - r0, br - r0 + bh), slice(bc - c0, bc - c0 + bw)
+    burnt = rasterize_box(path, reference, box, field, background=-1 if sparse else 0)
+    values[0, ys, xs] = burnt
+    inside[ys, xs] = True
+    unlabelled[ys, xs] = burnt == -1
+    return values, inside, unlabelled
