@@ -37,21 +37,35 @@ class Augmentation:
     rotate90: float = 0.5
     gain: float = 0.0
 
-    def build(self) -> tuple[A.Compose, float]:
-        geometric = A.Compose(
-            [
-                A.HorizontalFlip(p=self.hflip),
-                A.VerticalFlip(p=self.vflip),
-                A.RandomRotate90(p=self.rotate90),
-            ],
-            additional_targets={"image2": "image", "depth": "mask"},
-        )
-        return geometric, self.gain
+    def build(self) -> Transforms:
+        targets = {"image2": "image", "depth": "mask"}
+        flips = [A.HorizontalFlip(p=self.hflip), A.VerticalFlip(p=self.vflip)]
+        square = A.Compose([*flips, A.RandomRotate90(p=self.rotate90)], additional_targets=targets)
+        # a 90-degree turn would change the shape of a non-square item: flips only
+        other = A.Compose(flips, additional_targets=targets)
+        return Transforms(square, other, self.gain)
 
 
-def apply(item: dict[str, Any], transforms: tuple[A.Compose, float]) -> dict[str, Any]:
+@dataclass
+class Transforms:
+    """The built transforms of an :class:`Augmentation`."""
+
+    square: A.Compose
+    non_square: A.Compose
+    gain: float
+
+    def reseed(self, seed: int) -> None:
+        """Give each DataLoader worker its own random stream (see the data modules)."""
+        self.square.set_random_seed(seed)
+        self.non_square.set_random_seed(seed + 1)
+
+
+def apply(item: dict[str, Any], transforms: Transforms) -> dict[str, Any]:
     """Augment a dataset item in place (tensors ``(C, H, W)``, masks ``(H, W)``)."""
-    geometric, gain = transforms
+    first = item["image"] if "image" in item else item["image1"]
+    h, w = first.shape[-2:]
+    geometric = transforms.square if h == w else transforms.non_square
+    gain = transforms.gain
     keys = [k for k in ("image", "image1", "image2") if k in item]
     arrays: dict[str, np.ndarray] = {}
     for k in keys:

@@ -20,6 +20,7 @@ labelled (or valid depth) pixel are skipped. Training windows are the same grid,
 from __future__ import annotations
 
 import glob
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -51,13 +52,31 @@ STAGES = ("fit", "validate", "test")
 
 
 def _glob_key(pattern: str, match: str) -> str:
-    """The pairing key of a pattern match: what the first path component holding a wildcard
-    matched (without its file suffix when it is the file name)."""
+    """The pairing key of a pattern match: the text the first wildcard (``*`` or ``?``) matched,
+    in the first path component that has one (file suffixes dropped), e.g. ``001`` for
+    ``img_*.tif`` and ``img_001.tif``; ``hongkong`` for ``images/*/imgs_1``."""
     parts, matched = Path(pattern).parts, Path(match).parts
     for i, part in enumerate(parts):
-        if any(c in part for c in "*?[") and i < len(matched):
-            text = matched[i]
-            return Path(text).stem if i == len(parts) - 1 else text
+        if not any(c in part for c in "*?[") or i >= len(matched):
+            continue
+        regex, j = "", 0
+        while j < len(part):
+            c = part[j]
+            if c == "*":
+                regex += "(.*)"
+            elif c == "?":
+                regex += "(.)"
+            elif c == "[" and "]" in part[j + 1 :]:
+                end = part.index("]", j + 1)
+                regex += "[" + part[j + 1 : end].replace("!", "^", 1) + "]"
+                j = end
+            else:
+                regex += re.escape(c)
+            j += 1
+        m = re.fullmatch(regex, matched[i])
+        if m and m.groups():
+            return Path(m.group(1)).stem if i == len(parts) - 1 else m.group(1)
+        return Path(matched[i]).stem if i == len(parts) - 1 else matched[i]
     return Path(match).stem
 
 
@@ -243,6 +262,7 @@ class DenseDataModule(L.LightningDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=_seed_worker,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -258,6 +278,17 @@ class DenseDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test" if "test" in self.datasets else "val", shuffle=False)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Each worker draws its own augmentations (forked workers share the parent's RNG state)."""
+    import torch
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    transforms = getattr(info.dataset, "transforms", None) if info is not None else None
+    if transforms is not None:
+        transforms.reseed(torch.initial_seed() % 2**31)
 
 
 def check_vector_overlap(path: str, grid: Grid, ref_path: str) -> None:
@@ -303,6 +334,7 @@ class SegmentationDataModule(DenseDataModule):
         train_windows: ``"grid"`` or ``"random"`` training windows (random needs ``window``).
         samples_per_epoch: random windows per epoch (default: as many as grid windows).
         augment: training augmentation (flips, rotations, gain), or None.
+        nodata: image nodata value overriding the files' own (None: the files' value).
     """
 
     kind = "segmentation"
@@ -327,6 +359,7 @@ class SegmentationDataModule(DenseDataModule):
         train_windows: Literal["grid", "random"] = "grid",
         samples_per_epoch: int | None = None,
         augment: Augmentation | None = None,
+        nodata: float | None = None,
     ) -> None:
         splits = {
             "train": [("images", images), ("labels", labels)],
@@ -338,6 +371,7 @@ class SegmentationDataModule(DenseDataModule):
             "ignore_index": ignore_index,
             "vector_field": vector_field,
             "sparse_vectors": sparse_vectors,
+            "nodata": nodata,
         }
         super().__init__(
             splits,
@@ -379,6 +413,7 @@ class DepthDataModule(DenseDataModule):
         train_windows: Literal["grid", "random"] = "grid",
         samples_per_epoch: int | None = None,
         augment: Augmentation | None = None,
+        nodata: float | None = None,
     ) -> None:
         splits = {
             "train": [("images", images), ("depths", depths)],
@@ -392,7 +427,7 @@ class DepthDataModule(DenseDataModule):
             bands,
             batch_size,
             num_workers,
-            {"depth_scale": depth_scale},
+            {"depth_scale": depth_scale, "nodata": nodata},
             train_windows,
             samples_per_epoch,
             augment,
@@ -432,6 +467,7 @@ class ChangeDataModule(DenseDataModule):
         train_windows: Literal["grid", "random"] = "grid",
         samples_per_epoch: int | None = None,
         augment: Augmentation | None = None,
+        nodata: float | None = None,
     ) -> None:
         splits = {
             "train": [("images1", images1), ("images2", images2), ("labels", labels)],
@@ -450,7 +486,7 @@ class ChangeDataModule(DenseDataModule):
                 ]
             ),
         }
-        kwargs = {"label_map": label_map, "ignore_index": ignore_index}
+        kwargs = {"label_map": label_map, "ignore_index": ignore_index, "nodata": nodata}
         super().__init__(
             splits,
             split,

@@ -10,6 +10,7 @@ carries its own normalisation.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class Sample:
     grid: Grid
 
 
+@functools.lru_cache(maxsize=4096)
 def band_table(spec: str) -> list[tuple[str, int, str | None]]:
     """The bands of an image given as one file or as a folder of single-band files.
 
@@ -99,11 +101,13 @@ def read_box(
     reference: Grid,
     categorical: bool = False,
     fill: float = 0.0,
+    nodata: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read ``window`` (on the ``reference`` grid) clipped to ``region`` and the grid.
 
     Returns ``(values (C, h, w) float32, inside (h, w), invalid (h, w))``: ``inside`` marks the
-    pixels read; ``invalid`` those any chosen band marks as nodata or does not cover.
+    pixels read; ``invalid`` those any chosen band marks as nodata or does not cover. ``nodata``
+    overrides the files' own nodata value (pixels equal to it in any band are invalid).
     """
     table = band_table(spec)
     idx = (
@@ -134,7 +138,12 @@ def read_box(
                 data = src.read(indexes, window=rw)
                 for (k, _), plane in zip(pairs, data, strict=True):
                     out[k, ys, xs] = plane
-                if warped or any(src.nodatavals[b - 1] is not None for b in indexes):
+                if nodata is not None:
+                    bad = np.isnan(data) if np.isnan(nodata) else data == nodata
+                    invalid[ys, xs] |= bad.any(axis=0)
+                    if warped:
+                        invalid[ys, xs] |= (src.read_masks(indexes, window=rw) == 0).any(axis=0)
+                elif warped or any(src.nodatavals[b - 1] is not None for b in indexes):
                     invalid[ys, xs] |= (src.read_masks(indexes, window=rw) == 0).any(axis=0)
     except RasterioIOError as e:
         raise InputImageError(f"{spec}: not a readable raster ({e})") from None
@@ -150,6 +159,7 @@ class WindowDataset(Dataset):
         bands: 1-based indices or names of the image bands, in model order (None: all).
         label_map: raw label value -> class (e.g. ``{0: 0, 255: 1}``); values not in the map
             are an error naming the file. None keeps the values.
+        nodata: image nodata value overriding the files' own (None: the files' value).
         vector_field, sparse_vectors: for vector label files, the attribute holding the class
             (None: every feature is 1) and whether uncovered pixels are unlabelled (sparse) or
             background 0 (see :mod:`densekit.data.vectors`).
@@ -170,7 +180,9 @@ class WindowDataset(Dataset):
         length: int | None = None,
         vector_field: str | None = None,
         sparse_vectors: bool = False,
+        nodata: float | None = None,
     ) -> None:
+        self.nodata = nodata
         self.vector_field = vector_field
         self.sparse_vectors = sparse_vectors
         self.samples = list(samples)
@@ -244,7 +256,9 @@ class WindowDataset(Dataset):
         images = []
         valid = np.ones((s.window[3], s.window[2]), bool)
         for path in s.images:
-            x, inside, nodata = read_box(path, s.window, s.region, self.bands, s.grid)
+            x, inside, nodata = read_box(
+                path, s.window, s.region, self.bands, s.grid, nodata=self.nodata
+            )
             usable = inside & ~nodata
             if not np.isfinite(x[:, usable]).all():
                 raise InputImageError(

@@ -3,8 +3,9 @@
 Each band of each file is read in blocks of rows; nodata pixels (per band) and non-finite values
 are left out. Mean and standard deviation are merged block by block (Chan et al.'s parallel
 update, in float64). Percentiles are exact for integer bands of at most 16 bits (a histogram of
-every value) and otherwise come from a uniform reservoir sample of at most ``sample_size``
-values per band. Memory is one block plus the histogram or the sample, whatever the raster size.
+every value) and otherwise come from a uniform sample of at most ``sample_size`` values per band
+(bottom-k: the values with the smallest random keys). Memory is one block plus the histogram or
+the sample, whatever the raster size.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class _Accumulator:
     hist: np.ndarray | None = None
     offset: int = 0
     sample: list[np.ndarray] = field(default_factory=list)
-    seen: int = 0
+    keys: list[np.ndarray] = field(default_factory=list)
 
     def add(self, values: np.ndarray, rng: np.random.Generator, sample_size: int) -> None:
         n = values.size
@@ -48,14 +49,15 @@ class _Accumulator:
                 values.astype(np.int64) - self.offset, minlength=self.hist.size
             )
             return
-        # reservoir: keep each value with probability sample_size / seen
-        self.seen += n
-        keep = rng.random(n) < sample_size / self.seen
-        self.sample.append(values[keep].astype(np.float64))
-        pool = np.concatenate(self.sample)
+        # bottom-k sampling: every value gets a uniform random key; the sample_size values with
+        # the smallest keys so far are a uniform sample of everything seen
+        keys = rng.random(n)
+        pool = np.concatenate([*self.sample, values.astype(np.float64)])
+        pool_keys = np.concatenate([*self.keys, keys])
         if pool.size > sample_size:
-            pool = rng.choice(pool, sample_size, replace=False)
-        self.sample = [pool]
+            keep = np.argpartition(pool_keys, sample_size - 1)[:sample_size]
+            pool, pool_keys = pool[keep], pool_keys[keep]
+        self.sample, self.keys = [pool], [pool_keys]
 
     def percentiles(self, qs: Sequence[float]) -> list[float]:
         if self.count == 0:
@@ -105,8 +107,14 @@ def band_statistics(
                     info = np.iinfo(dtype)
                     acc.hist = np.zeros(int(info.max) - int(info.min) + 1, np.int64)
                     acc.offset = int(info.min)
-                elif acc.hist is not None and not (dtype.kind in "iu" and dtype.itemsize <= 2):
-                    raise DensekitError(f"{path}: band {band} is {dtype}, other files are integer")
+                elif acc.hist is not None and (
+                    dtype.kind not in "iu"
+                    or int(np.iinfo(dtype).min) != acc.offset
+                    or int(np.iinfo(dtype).max) - acc.offset + 1 != acc.hist.size
+                ):
+                    raise DensekitError(
+                        f"{path}: band {band} is {dtype}, unlike the same band of the first file"
+                    )
                 for row in range(0, src.height, block_rows):
                     win = Window(0, row, src.width, min(block_rows, src.height - row))
                     data = src.read(band, window=win)

@@ -9,7 +9,9 @@ building footprints, or ``ignore_index`` for sparse labels (points, a few polygo
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio.features import rasterize
@@ -44,34 +46,36 @@ def vector_bounds(path: str, reference: Grid) -> tuple[float, float, float, floa
         raise InputImageError(f"{path}: not a readable vector file ({e})") from None
 
 
-def rasterize_box(
-    path: str, reference: Grid, box: Box, field: str | None, background: int
-) -> np.ndarray:
-    """Labels ``(h, w)`` int64 of the features of ``path`` in ``box`` of the reference grid."""
+def _bounds(coords: Any) -> tuple[float, float, float, float]:
+    flat = np.asarray(list(_points(coords)), dtype=np.float64)
+    return (flat[:, 0].min(), flat[:, 1].min(), flat[:, 0].max(), flat[:, 1].max())
+
+
+def _points(coords: Any) -> Any:
+    if isinstance(coords[0], int | float):
+        yield coords[:2]
+    else:
+        for c in coords:
+            yield from _points(c)
+
+
+@functools.lru_cache(maxsize=16)
+def load_features(
+    path: str, crs_wkt: str, field: str | None
+) -> tuple[tuple[dict, int, tuple[float, float, float, float]], ...]:
+    """All features of ``path`` in the CRS ``crs_wkt``: ``(geometry, value, bounds)``, read once
+    per process (windows then only select and burn)."""
     import fiona
     from fiona.transform import transform_geom
 
-    bc, br, bw, bh = box
-    transform = window_transform(Window(bc, br, bw, bh), reference.transform)
-    west, north = transform @ (0, 0)
-    east, south = transform @ (bw, bh)
-    out = np.full((bh, bw), background, np.int32)
+    out = []
     with fiona.open(path) as src:
-        bbox = transform_bounds(
-            reference.crs,
-            src.crs,
-            min(west, east),
-            min(south, north),
-            max(west, east),
-            max(south, north),
-        )
-        shapes = []
-        for feature in src.filter(bbox=bbox):
+        for feature in src:
             geom = feature["geometry"]
             if geom is None:
                 continue
-            if src.crs != reference.crs:
-                geom = transform_geom(src.crs, reference.crs, geom)
+            geom = transform_geom(src.crs, crs_wkt, geom) if src.crs.to_wkt() != crs_wkt else geom
+            geom = {"type": geom["type"], "coordinates": geom["coordinates"]}
             if field is None:
                 value = 1
             else:
@@ -82,7 +86,26 @@ def rasterize_box(
                     raise DensekitError(
                         f"{path}: feature {feature.id} has {field}={raw!r}, not a class number"
                     ) from None
-            shapes.append((geom, value))
+            out.append((geom, value, _bounds(geom["coordinates"])))
+    return tuple(out)
+
+
+def rasterize_box(
+    path: str, reference: Grid, box: Box, field: str | None, background: int
+) -> np.ndarray:
+    """Labels ``(h, w)`` int64 of the features of ``path`` in ``box`` of the reference grid."""
+    bc, br, bw, bh = box
+    transform = window_transform(Window(bc, br, bw, bh), reference.transform)
+    x0, y0 = transform @ (0, 0)
+    x1, y1 = transform @ (bw, bh)
+    west, east, south, north = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+    out = np.full((bh, bw), background, np.int32)
+    crs = reference.crs.to_wkt() if reference.crs is not None else ""
+    shapes = [
+        (geom, value)
+        for geom, value, (gw, gs, ge, gn) in load_features(path, crs, field)
+        if gw <= east and ge >= west and gs <= north and gn >= south
+    ]
     if shapes:
         rasterize(shapes, out=out, transform=transform)
     return out.astype(np.int64)

@@ -248,3 +248,20 @@ def test_corrupt_raster_in_a_data_module(tmp_path):
     )
     with pytest.raises(DensekitError, match=r"bad.tif: not a readable raster"):
         dm.setup("fit")
+
+
+def test_nodata_value_given_by_the_user(tmp_path):
+    img = np.full((3, 20, 20), 10, np.int16)
+    img[:, :2] = -9999  # no nodata tag in the file
+    write(tmp_path / "i.tif", img)
+    write(tmp_path / "l.tif", np.ones((20, 20), np.uint8))
+    dm = SegmentationDataModule(images=[str(tmp_path / "i.tif")], labels=[str(tmp_path / "l.tif")])
+    dm.setup("fit")
+    assert (dm.datasets["train"][0]["mask"] == 1).all()
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "i.tif")], labels=[str(tmp_path / "l.tif")], nodata=-9999
+    )
+    dm.setup("fit")
+    item = dm.datasets["train"][0]
+    assert (item["mask"][:2] == 255).all() and (item["mask"][2:] == 1).all()
+    assert torch.isnan(item["image"][:, :2]).all()

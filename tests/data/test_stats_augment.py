@@ -153,3 +153,65 @@ def test_augmentation_moves_image_and_targets_together():
     # the mask turned with the images: same pixel order as date 1 (a positive gain keeps it)
     assert out["mask"].shape == out["image1"].shape[1:]
     assert torch.equal(out["mask"].flatten().argsort(), out["image1"][0].flatten().argsort())
+
+
+def test_float_sample_is_uniform_across_blocks(tmp_path):
+    """Half zeros (first rows) and half ones: the sample keeps both halves equally."""
+    f = np.zeros((1, 400, 250), np.float32)
+    f[0, 200:] = 1.0
+    write(tmp_path / "h.tif", f)
+    stats = band_statistics([str(tmp_path / "h.tif")], block_rows=50, sample_size=5000)
+    assert stats["percentiles"]["p50"][0] in (0.0, 1.0)
+    assert stats["percentiles"]["p1"][0] == 0.0 and stats["percentiles"]["p99"][0] == 1.0
+    from densekit.data.stats import _Accumulator
+
+    acc = _Accumulator()
+    rng = np.random.default_rng(0)
+    for block in (np.zeros(100_000), np.ones(100_000)):
+        acc.add(block, rng, 10_000)
+    share = np.concatenate(acc.sample).mean()
+    assert 0.47 < share < 0.53, share
+
+
+def test_stats_of_files_with_different_types_is_an_error(tmp_path):
+    from densekit.errors import DensekitError
+
+    write(tmp_path / "a.tif", np.ones((1, 10, 10), np.uint8))
+    write(tmp_path / "b.tif", np.ones((1, 10, 10), np.uint16))
+    with pytest.raises(DensekitError, match=r"b.tif: band 1 is uint16, unlike"):
+        band_statistics([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")])
+
+
+def test_non_square_items_are_flipped_not_turned():
+    image = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(2, 4, 6)
+    aug = Augmentation(hflip=0.5, vflip=0.5, rotate90=1.0).build()
+    for _ in range(10):
+        out = apply_augmentation({"image": image.clone(), "mask": image[0].long()}, aug)
+        assert out["image"].shape == (2, 4, 6) and out["mask"].shape == (4, 6)
+
+
+def test_pattern_pairing_uses_what_the_wildcard_matched(tmp_path):
+    from densekit.data.datamodules import _glob_key
+
+    assert _glob_key("data/img_*.tif", "data/img_001.tif") == "001"
+    assert _glob_key("labels/lbl_*.tif", "labels/lbl_001.tif") == "001"
+    assert _glob_key("images/city_*/img.tif", "images/city_a/img.tif") == "a"
+    assert _glob_key("labels/*/cm.tif", "labels/a/cm.tif") == "a"
+    assert _glob_key("oscd/images/*/imgs_1", "oscd/images/paris/imgs_1") == "paris"
+    assert _glob_key("oscd/labels/*/cm/*-cm.tif", "oscd/labels/paris/cm/paris-cm.tif") == "paris"
+
+
+def test_dataloader_workers_draw_different_augmentations(tmp_path):
+    img = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16)
+    write(tmp_path / "i.tif", img)
+    write(tmp_path / "l.tif", np.ones((1, 16, 16), np.uint8))
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "i.tif")] * 8,
+        labels=[str(tmp_path / "l.tif")] * 8,
+        batch_size=4,
+        num_workers=2,
+        augment=Augmentation(0.5, 0.5, 1.0),
+    )
+    dm.setup("fit")
+    batches = [b["image"] for b in dm.train_dataloader()]
+    assert len(batches) == 2 and not torch.equal(batches[0], batches[1])
