@@ -181,8 +181,9 @@ class DenseDataModule(L.LightningDataModule):
         size0 = None
         for group in groups:
             images, target = group[: self.n_images], group[self.n_images]
+            subtract = group[self.n_images + 1] if len(group) > self.n_images + 1 else None
             grid, ref_path = reference_grid(images[0])
-            for other in (*images, target):
+            for other in (*images, target, *([subtract] if subtract else [])):
                 if is_vector(other):
                     check_vector_overlap(other, grid, ref_path)
                     continue
@@ -202,7 +203,9 @@ class DenseDataModule(L.LightningDataModule):
                 windows = [region]
             else:
                 windows = grid_windows(region, self.window)
-            samples += [Sample(tuple(images), target, win, region, grid) for win in windows]
+            samples += [
+                Sample(tuple(images), target, win, region, grid, subtract) for win in windows
+            ]
         return samples
 
     def setup(self, stage: str | None = None) -> None:
@@ -230,7 +233,8 @@ class DenseDataModule(L.LightningDataModule):
             if name == "train" and self.train_windows == "random":
                 regions = {(s.images, s.target, s.region): s for s in kept}
                 areas = [
-                    Sample(s.images, s.target, s.region, s.region, s.grid) for s in regions.values()
+                    Sample(s.images, s.target, s.region, s.region, s.grid, s.subtract)
+                    for s in regions.values()
                 ]
                 dataset = WindowDataset(
                     areas,
@@ -391,7 +395,9 @@ class DepthDataModule(DenseDataModule):
     """Image and depth/height rasters; depth <= 0, NaN or nodata is invalid (masked).
 
     Args as :class:`SegmentationDataModule`, with ``depths`` for ``labels`` and
-    ``depth_scale`` multiplying the depth values (e.g. 0.001 for millimetres).
+    ``depth_scale`` multiplying the depth values (e.g. 0.001 for millimetres). For heights above
+    ground give ``height: true`` (0 is a valid value) and either nDSM rasters as ``depths``, or
+    DSM rasters as ``depths`` with the matching DTM rasters as ``subtract``.
     """
 
     kind = "depth"
@@ -408,6 +414,8 @@ class DepthDataModule(DenseDataModule):
         window: int | None = None,
         bands: list[int | str] | None = None,
         depth_scale: float = 1.0,
+        subtract: Files | None = None,
+        height: bool = False,
         batch_size: int = 8,
         num_workers: int = 0,
         train_windows: Literal["grid", "random"] = "grid",
@@ -415,8 +423,13 @@ class DepthDataModule(DenseDataModule):
         augment: Augmentation | None = None,
         nodata: float | None = None,
     ) -> None:
+        if subtract is not None and (val_images is not None or test_images is not None):
+            raise DensekitError("subtract (DTM) works with split fractions, not val/test files")
+        if subtract is not None and not height:
+            raise DensekitError("subtract gives heights above ground: set height: true")
         splits = {
-            "train": [("images", images), ("depths", depths)],
+            "train": [("images", images), ("depths", depths)]
+            + ([("subtract", subtract)] if subtract is not None else []),
             "val": _maybe([("val_images", val_images), ("val_depths", val_depths)]),
             "test": _maybe([("test_images", test_images), ("test_depths", test_depths)]),
         }
@@ -427,7 +440,7 @@ class DepthDataModule(DenseDataModule):
             bands,
             batch_size,
             num_workers,
-            {"depth_scale": depth_scale, "nodata": nodata},
+            {"depth_scale": depth_scale, "nodata": nodata, "height": height},
             train_windows,
             samples_per_epoch,
             augment,

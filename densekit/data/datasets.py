@@ -44,6 +44,7 @@ class Sample:
     window: Box
     region: Box
     grid: Grid
+    subtract: str | None = None  # height targets: a DTM subtracted from the target (a DSM)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -165,6 +166,7 @@ class WindowDataset(Dataset):
             background 0 (see :mod:`densekit.data.vectors`).
         ignore_index: label of ignored pixels.
         depth_scale: multiplies depth rasters (e.g. 0.001 for millimetres).
+        height: height targets (0 and below are valid values; only NaN/nodata are invalid).
     """
 
     def __init__(
@@ -181,8 +183,10 @@ class WindowDataset(Dataset):
         vector_field: str | None = None,
         sparse_vectors: bool = False,
         nodata: float | None = None,
+        height: bool = False,
     ) -> None:
         self.nodata = nodata
+        self.height = height
         self.vector_field = vector_field
         self.sparse_vectors = sparse_vectors
         self.samples = list(samples)
@@ -209,7 +213,7 @@ class WindowDataset(Dataset):
         size = self.random_window
         col = c0 + int(torch.randint(0, max(w - size, 0) + 1, ()))
         row = r0 + int(torch.randint(0, max(h - size, 0) + 1, ()))
-        return Sample(s.images, s.target, (col, row, size, size), s.region, s.grid)
+        return Sample(s.images, s.target, (col, row, size, size), s.region, s.grid, s.subtract)
 
     def has_data(self, item: dict[str, Any]) -> bool:
         """Whether an item holds any usable target pixel (all-nodata windows are skipped)."""
@@ -286,7 +290,13 @@ class WindowDataset(Dataset):
         valid &= inside & ~target_nodata  # the target's own nodata is no label either
         if self.kind == "depth":
             depth = raw[0] * np.float32(self.depth_scale)
-            bad = ~valid | ~np.isfinite(depth) | (depth <= 0)  # invalid depth: masked
+            if s.subtract is not None:  # height above ground: DSM - DTM
+                dtm, dtm_inside, dtm_nodata = read_box(s.subtract, s.window, s.region, [1], s.grid)
+                depth = depth - dtm[0] * np.float32(self.depth_scale)
+                valid &= dtm_inside & ~dtm_nodata
+            bad = ~valid | ~np.isfinite(depth)
+            if not self.height:
+                bad |= depth <= 0  # a depth of 0 or less is invalid; a height of 0 is ground
             item["depth"] = torch.from_numpy(np.where(bad, np.nan, depth)[None].astype(np.float32))
         else:
             if not np.isfinite(raw[0][inside & ~target_nodata]).all():

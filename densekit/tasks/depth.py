@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from densekit.errors import DensekitError
 from densekit.heads import DepthOutput
 from densekit.tasks.base import DenseTask
 from densekit.tasks.losses import DepthLoss, DepthLossFn, align_scale_shift, valid_depth
@@ -27,6 +28,8 @@ class DepthTask(DenseTask):
         grad_weight: weight of the gradient-matching term.
         scale_shift_invariant: align each prediction to its target by least squares (scale
             and shift) before the loss and the metrics (relative depth).
+        height: heights above ground (nDSM): 0 is a valid target (ground); needs an L1 loss;
+            AbsRel and delta use the pixels above 0. Set ``min_depth: 0`` with regression.
         (the other arguments: see :class:`densekit.tasks.base.DenseTask`)
     """
 
@@ -42,8 +45,14 @@ class DepthTask(DenseTask):
         loss: DepthLoss = "silog+grad",
         grad_weight: float = 0.5,
         scale_shift_invariant: bool = False,
+        height: bool = False,
         **kwargs: Any,
     ) -> None:
+        if height and loss.startswith("silog"):
+            raise DensekitError(
+                f"loss {loss!r} works on log depths > 0; heights above ground (0 = ground) need "
+                "'l1' or 'l1+grad'"
+            )
         super().__init__(**kwargs)
 
     @property
@@ -66,10 +75,10 @@ class DepthTask(DenseTask):
 
     def configure_losses(self) -> None:
         hp = self.hp
-        self.loss_fn = DepthLossFn(hp.loss, hp.grad_weight, hp.scale_shift_invariant)
+        self.loss_fn = DepthLossFn(hp.loss, hp.grad_weight, hp.scale_shift_invariant, hp.height)
 
     def configure_metrics(self) -> None:
-        self.metrics = nn.ModuleDict({f"m_{s}": DepthMetrics() for s in STAGES})
+        self.metrics = nn.ModuleDict({f"m_{s}": DepthMetrics(self.hp.height) for s in STAGES})
 
     def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
         return (batch["image"],)
@@ -79,7 +88,7 @@ class DepthTask(DenseTask):
 
     def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None:
         if self.hp.scale_shift_invariant:
-            output = align_scale_shift(output, target, valid_depth(target))
+            output = align_scale_shift(output, target, valid_depth(target, not self.hp.height))
         self.metric(stage).update(output, target)
 
     def compute_metrics(self, stage: str) -> dict[str, float]:

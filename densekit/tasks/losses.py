@@ -83,8 +83,10 @@ class ChangeLossFn(nn.Module):
         return loss
 
 
-def valid_depth(target: Tensor) -> Tensor:
-    return torch.isfinite(target) & (target > 0)
+def valid_depth(target: Tensor, positive: bool = True) -> Tensor:
+    """Valid targets: finite, and > 0 for depths (heights may be 0 or below)."""
+    valid = torch.isfinite(target)
+    return valid & (target > 0) if positive else valid
 
 
 def align_scale_shift(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
@@ -108,8 +110,13 @@ def sig_loss(pred: Tensor, target: Tensor, valid: Tensor, lam: float = 0.85) -> 
     return torch.sqrt((g.var(unbiased=False) + (1 - lam) * g.mean() ** 2).clamp_min(1e-12))
 
 
-def gradient_loss(pred: Tensor, target: Tensor, valid: Tensor, scales: int = 4) -> Tensor:
-    g = torch.where(valid, torch.log(pred.clamp_min(1e-6)) - torch.log(target.nan_to_num(1)), 0)
+def gradient_loss(
+    pred: Tensor, target: Tensor, valid: Tensor, scales: int = 4, log: bool = True
+) -> Tensor:
+    if log:
+        g = torch.where(valid, torch.log(pred.clamp_min(1e-6)) - torch.log(target.nan_to_num(1)), 0)
+    else:  # heights: gradients of the plain residual
+        g = torch.where(valid, pred - target.nan_to_num(0), 0)
     total = pred.new_zeros(())
     for k in range(scales):
         step = 2**k
@@ -128,22 +135,29 @@ class DepthLossFn(nn.Module):
     """``(B, 1, H, W)`` predicted depth and target (NaN = invalid) -> scalar."""
 
     def __init__(
-        self, kind: DepthLoss, grad_weight: float = 0.5, scale_shift_invariant: bool = False
+        self,
+        kind: DepthLoss,
+        grad_weight: float = 0.5,
+        scale_shift_invariant: bool = False,
+        height: bool = False,
     ):
         super().__init__()
         self.kind = kind
         self.grad_weight = grad_weight
         self.ssi = scale_shift_invariant
+        self.height = height
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        valid = valid_depth(target)
+        valid = valid_depth(target, positive=not self.height)
         if self.ssi:
-            pred = align_scale_shift(pred, target, valid).clamp_min(1e-6)
+            pred = align_scale_shift(pred, target, valid)
+            if not self.height:
+                pred = pred.clamp_min(1e-6)
         if self.kind.startswith("silog"):
             loss = sig_loss(pred, target, valid)
         else:
             diff = (pred - target.nan_to_num(0)).abs()[valid]
             loss = diff.mean() if diff.numel() else pred.sum() * 0
         if self.kind.endswith("+grad"):
-            loss = loss + self.grad_weight * gradient_loss(pred, target, valid)
+            loss = loss + self.grad_weight * gradient_loss(pred, target, valid, log=not self.height)
         return loss

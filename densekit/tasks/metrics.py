@@ -71,27 +71,31 @@ class DepthMetrics(Metric):
     delta3: Tensor
     images: Tensor
 
-    def __init__(self) -> None:
+    def __init__(self, height: bool = False) -> None:
         super().__init__()
+        self.height = height  # heights: RMSE/MAE on all finite pixels, ratios on those > 0
         for name in ("rmse", "mae", "absrel", "delta1", "delta2", "delta3", "images"):
             self.add_state(
                 name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
             )
 
     def update(self, pred: Tensor, target: Tensor) -> None:
-        valid = torch.isfinite(target) & (target > 0)
+        valid = torch.isfinite(target) & (target > 0 if not self.height else True)
         for p, g, m in zip(pred, target, valid, strict=True):
             if not m.any():
                 continue
-            p, g = p[m].double().clamp_min(1e-6), g[m].double()
+            p, g = p[m].double(), g[m].double()
             err = p - g
-            ratio = torch.maximum(p / g, g / p)
             self.rmse += err.square().mean().sqrt()
             self.mae += err.abs().mean()
-            self.absrel += (err.abs() / g).mean()
-            self.delta1 += (ratio < 1.25).double().mean()
-            self.delta2 += (ratio < 1.25**2).double().mean()
-            self.delta3 += (ratio < 1.25**3).double().mean()
+            pos = g > 0
+            if pos.any():
+                pp, gp = p[pos].clamp_min(1e-6), g[pos]
+                ratio = torch.maximum(pp / gp, gp / pp)
+                self.absrel += ((pp - gp).abs() / gp).mean()
+                self.delta1 += (ratio < 1.25).double().mean()
+                self.delta2 += (ratio < 1.25**2).double().mean()
+                self.delta3 += (ratio < 1.25**3).double().mean()
             self.images += 1
 
     def compute(self) -> dict[str, Tensor]:

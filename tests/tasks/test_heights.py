@@ -1,0 +1,111 @@
+"""Heights above ground: DSM minus DTM targets where 0 (ground) is valid, trained by DepthTask."""
+
+import warnings
+
+import lightning as L
+import numpy as np
+import pytest
+import rasterio
+import torch
+from helpers import FIXTURES, TINY_DIMS
+from rasterio.transform import from_origin
+
+from densekit.data import DepthDataModule
+from densekit.errors import DensekitError
+from densekit.tasks import DepthTask
+from densekit.tasks.metrics import DepthMetrics
+
+
+def write(path, data, **kw):
+    data = data if data.ndim == 3 else data[None]
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=data.shape[1],
+        width=data.shape[2],
+        count=data.shape[0],
+        dtype=data.dtype.name,
+        crs="EPSG:32633",
+        transform=from_origin(500000, 4600000, 1, 1),
+        **kw,
+    ) as dst:
+        dst.write(data)
+
+
+def make_scene(tmp_path, n=2):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        dtm = (100 + rng.normal(0, 0.1, (56, 56))).astype(np.float32)
+        height = np.zeros((56, 56), np.float32)
+        height[10:30, 10:30] = 8.0  # a building; the rest is ground (height 0)
+        r, c = rng.integers(0, 40, 2)
+        height[r : r + 14, 30 + c // 4 : 44 + c // 4] = 5.0  # and one in the right half
+        image = np.where(height > 0, 200, 60).astype(np.uint8) + rng.integers(
+            0, 10, (56, 56), dtype=np.uint8
+        )
+        dtm_file = dtm.copy()
+        dtm_file[0, 0] = -9999
+        write(tmp_path / f"img_{i}.tif", np.stack([image] * 3))
+        write(tmp_path / f"dsm_{i}.tif", dtm + height)
+        write(tmp_path / f"dtm_{i}.tif", dtm_file, nodata=-9999)
+
+
+def test_dsm_minus_dtm_with_ground_as_valid_zero(tmp_path):
+    make_scene(tmp_path)
+    dm = DepthDataModule(
+        images=str(tmp_path / "img_*.tif"),
+        depths=str(tmp_path / "dsm_*.tif"),
+        subtract=str(tmp_path / "dtm_*.tif"),
+        height=True,
+    )
+    dm.setup("fit")
+    h = dm.datasets["train"][0]["depth"][0]
+    assert torch.isnan(h[0, 0])  # DTM nodata
+    torch.testing.assert_close(h[15, 15], torch.tensor(8.0), atol=1e-3, rtol=0)
+    assert torch.isfinite(h[40, 40]) and abs(float(h[40, 40])) < 1e-3  # ground: 0 is valid
+    with pytest.raises(DensekitError, match=r"subtract gives heights above ground: set height"):
+        DepthDataModule(images="a", depths="b", subtract="c")
+
+
+def test_height_task_trains_and_refuses_log_losses(tmp_path):
+    make_scene(tmp_path, n=4)
+    tiny = {
+        "weights": str(FIXTURES / "tiny" / "dinov2_vits14_tiny.pth"),
+        "backbone_overrides": {**TINY_DIMS, "mlp_ratio": 4},
+        "scale": 1 / 255,
+    }
+    with pytest.raises(DensekitError, match=r"heights above ground .* need 'l1'"):
+        DepthTask(height=True, loss="silog", **tiny)
+    task = DepthTask(
+        height=True, loss="l1+grad", depth_mode="regression", min_depth=0.0, layers="last4", **tiny
+    )
+    dm = DepthDataModule(
+        images=str(tmp_path / "img_*.tif"),
+        depths=str(tmp_path / "dsm_*.tif"),
+        subtract=str(tmp_path / "dtm_*.tif"),
+        height=True,
+        split=[0.5, 0.5],
+        batch_size=4,
+    )
+    trainer = L.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, dm)
+        metrics = trainer.validate(task, dm, verbose=False)[0]
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+
+
+def test_height_metrics_keep_ground_pixels():
+    m = DepthMetrics(height=True)
+    target = torch.tensor([[[[0.0, 0.0, 4.0, float("nan")]]]])
+    pred = torch.tensor([[[[1.0, 0.0, 4.0, 9.0]]]])
+    m.update(pred, target)
+    out = {k: float(v) for k, v in m.compute().items()}
+    assert out["mae"] == pytest.approx(1 / 3) and out["absrel"] == pytest.approx(0.0)
