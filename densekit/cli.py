@@ -109,9 +109,10 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    outputs = [Path(args.out)] + ([Path(args.pca)] if args.pca else [])
-    for path, flag in zip(outputs, ("--out", "--pca"), strict=False):
+    named = [(Path(args.out), "--out")] + ([(Path(args.pca), "--pca")] if args.pca else [])
+    for path, flag in named:
         _check_writable(path, flag)
+    outputs = [path for path, _ in named]
     resolved = [p.expanduser().resolve() for p in outputs]
     if len(set(resolved)) != len(resolved):
         raise DensekitError(f"--out and --pca name the same file {args.out}")

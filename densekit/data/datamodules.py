@@ -19,127 +19,35 @@ labelled (or valid depth) pixel are skipped. Training windows are the same grid,
 
 from __future__ import annotations
 
-import glob
-import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader
 
 from densekit.data.augment import Augmentation
-from densekit.data.bands import BandRef
 from densekit.data.datasets import Sample, TaskKind, WindowDataset, band_table, reference_grid
+from densekit.data.files import Files, pair_files
 from densekit.data.grids import Grid, check_alignable, grid_of
-from densekit.data.vectors import VECTOR_SUFFIXES, is_vector, vector_bounds
+from densekit.data.vectors import is_vector, vector_bounds
 from densekit.data.windows import grid_windows, split_columns
 from densekit.errors import DensekitError
 
-RASTER_SUFFIXES = (
-    ".tif",
-    ".tiff",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".jp2",
-    ".img",
-    ".vrt",
-    *VECTOR_SUFFIXES,
-)
-Files = str | list[str]
-STAGES = ("fit", "validate", "test")
-
-
-def _glob_key(pattern: str, match: str) -> str:
-    """The pairing key of a pattern match: the text the first wildcard (``*`` or ``?``) matched,
-    in the first path component that has one (file suffixes dropped), e.g. ``001`` for
-    ``img_*.tif`` and ``img_001.tif``; ``hongkong`` for ``images/*/imgs_1``."""
-    parts, matched = Path(pattern).parts, Path(match).parts
-    for i, part in enumerate(parts):
-        if not any(c in part for c in "*?[") or i >= len(matched):
-            continue
-        regex, j = "", 0
-        while j < len(part):
-            c = part[j]
-            if c == "*":
-                regex += "(.*)"
-            elif c == "?":
-                regex += "(.)"
-            elif c == "[" and "]" in part[j + 1 :]:
-                end = part.index("]", j + 1)
-                regex += "[" + part[j + 1 : end].replace("!", "^", 1) + "]"
-                j = end
-            else:
-                regex += re.escape(c)
-            j += 1
-        m = re.fullmatch(regex, matched[i])
-        if m and m.groups():
-            return Path(m.group(1)).stem if i == len(parts) - 1 else m.group(1)
-        return Path(matched[i]).stem if i == len(parts) - 1 else matched[i]
-    return Path(match).stem
-
-
-def list_rasters(spec: Files, what: str) -> tuple[list[str], list[str] | None]:
-    """Images named by ``spec`` and their pairing keys (None: pair by position).
-
-    A folder string lists its raster files (keys: file stems); a pattern lists its matches, which
-    may be folders of single-band files (keys: what the first wildcard matched); a list names the
-    files or band folders themselves (paired by position).
-    """
-    if isinstance(spec, list):
-        missing = [f for f in spec if not Path(f).exists()]
-        if missing:
-            raise DensekitError(f"{what}: no such file(s): {missing[:5]}")
-        return [str(f) for f in spec], None
-    path = Path(spec)
-    if path.is_file():
-        return [str(path)], None
-    if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
-        if not files:
-            raise DensekitError(
-                f"{what}: folder {path} holds no raster files ({', '.join(RASTER_SUFFIXES)})"
-            )
-        return files, [Path(f).stem for f in files]
-    files = sorted(glob.glob(spec))
-    if not files:
-        raise DensekitError(f"{what}: {spec} is not a file or folder and matches no file")
-    return files, [_glob_key(spec, f) for f in files]
-
-
-def pair_files(specs: Sequence[tuple[str, Files]]) -> list[tuple[str, ...]]:
-    """Pair the files of several inputs (e.g. images and labels) into tuples."""
-    lists = [list_rasters(spec, name) for name, spec in specs]
-    names = [name for name, _ in specs]
-    if any(keys is not None for _, keys in lists):
-        if any(keys is None for _, keys in lists):
-            raise DensekitError(
-                f"{' and '.join(names)}: give all of them as folders/patterns or all as lists"
-            )
-        by_key = []
-        for name, (files, keys) in zip(names, lists, strict=True):
-            table = dict(zip(keys or [], files, strict=True))
-            if len(table) != len(files):
-                raise DensekitError(f"{name}: several files share a pairing key: {files[:5]}")
-            by_key.append(table)
-        common = set(by_key[0]).intersection(*by_key[1:])
-        unpaired = {n: sorted(set(t) - common)[:5] for n, t in zip(names, by_key, strict=True)}
-        if any(unpaired.values()):
-            raise DensekitError(
-                f"{' and '.join(names)} do not pair up by file name; unpaired: {unpaired}"
-            )
-        return [tuple(t[k] for t in by_key) for k in sorted(common)]
-    counts = [len(files) for files, _ in lists]
-    if len(set(counts)) != 1:
-        raise DensekitError(
-            f"{' and '.join(names)} do not pair up: {dict(zip(names, counts, strict=True))} files"
-        )
-    return list(zip(*(files for files, _ in lists), strict=True))
-
 
 class DenseDataModule(L.LightningDataModule):
-    """Shared machinery of the three data modules (not used directly)."""
+    """Shared machinery and arguments of the three data modules (not used directly).
+
+    Args (every data module):
+        split: column fractions (train, val[, test]) of each training raster, instead of
+            separate val/test files.
+        window: side of the grid windows (None: whole files).
+        bands: image bands in model order, 1-based indices or names (None: all).
+        nodata: image nodata value overriding the files' own (None: the files' value).
+        batch_size, num_workers: DataLoader settings.
+        train_windows: ``"grid"`` or ``"random"`` training windows (random needs ``window``).
+        samples_per_epoch: random windows per epoch (default: as many as grid windows).
+        augment: training augmentation (flips, rotations, gain), or None.
+    """
 
     kind: ClassVar[TaskKind]
     n_images: ClassVar[int] = 1
@@ -147,12 +55,13 @@ class DenseDataModule(L.LightningDataModule):
     def __init__(
         self,
         splits: Mapping[str, Sequence[tuple[str, Files]] | None],
-        split: Sequence[float] | None,
-        window: int | None,
-        bands: Sequence[BandRef] | None,
-        batch_size: int,
-        num_workers: int,
         dataset_kwargs: Mapping[str, Any],
+        split: list[float] | None = None,
+        window: int | None = None,
+        bands: list[int | str] | None = None,
+        nodata: float | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
         train_windows: Literal["grid", "random"] = "grid",
         samples_per_epoch: int | None = None,
         augment: Augmentation | None = None,
@@ -173,7 +82,7 @@ class DenseDataModule(L.LightningDataModule):
         self.bands = list(bands) if bands is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.dataset_kwargs = dict(dataset_kwargs)
+        self.dataset_kwargs = {**dataset_kwargs, "nodata": nodata}
         self.datasets: dict[str, WindowDataset] = {}
 
     def _samples(self, groups: list[tuple[str, ...]], block_index: int | None) -> list[Sample]:
@@ -351,44 +260,24 @@ class SegmentationDataModule(DenseDataModule):
         val_labels: Files | None = None,
         test_images: Files | None = None,
         test_labels: Files | None = None,
-        split: list[float] | None = None,
-        window: int | None = None,
-        bands: list[int | str] | None = None,
         label_map: dict[int, int] | None = None,
         ignore_index: int = 255,
         vector_field: str | None = None,
         sparse_vectors: bool = False,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        train_windows: Literal["grid", "random"] = "grid",
-        samples_per_epoch: int | None = None,
-        augment: Augmentation | None = None,
-        nodata: float | None = None,
+        **kwargs: Any,
     ) -> None:
         splits = {
             "train": [("images", images), ("labels", labels)],
             "val": _maybe([("val_images", val_images), ("val_labels", val_labels)]),
             "test": _maybe([("test_images", test_images), ("test_labels", test_labels)]),
         }
-        kwargs = {
+        dataset_kwargs = {
             "label_map": label_map,
             "ignore_index": ignore_index,
             "vector_field": vector_field,
             "sparse_vectors": sparse_vectors,
-            "nodata": nodata,
         }
-        super().__init__(
-            splits,
-            split,
-            window,
-            bands,
-            batch_size,
-            num_workers,
-            kwargs,
-            train_windows,
-            samples_per_epoch,
-            augment,
-        )
+        super().__init__(splits, dataset_kwargs, **kwargs)
 
 
 class DepthDataModule(DenseDataModule):
@@ -410,18 +299,10 @@ class DepthDataModule(DenseDataModule):
         val_depths: Files | None = None,
         test_images: Files | None = None,
         test_depths: Files | None = None,
-        split: list[float] | None = None,
-        window: int | None = None,
-        bands: list[int | str] | None = None,
         depth_scale: float = 1.0,
         subtract: Files | None = None,
         height: bool = False,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        train_windows: Literal["grid", "random"] = "grid",
-        samples_per_epoch: int | None = None,
-        augment: Augmentation | None = None,
-        nodata: float | None = None,
+        **kwargs: Any,
     ) -> None:
         if subtract is not None and (val_images is not None or test_images is not None):
             raise DensekitError("subtract (DTM) works with split fractions, not val/test files")
@@ -433,18 +314,7 @@ class DepthDataModule(DenseDataModule):
             "val": _maybe([("val_images", val_images), ("val_depths", val_depths)]),
             "test": _maybe([("test_images", test_images), ("test_depths", test_depths)]),
         }
-        super().__init__(
-            splits,
-            split,
-            window,
-            bands,
-            batch_size,
-            num_workers,
-            {"depth_scale": depth_scale, "nodata": nodata, "height": height},
-            train_windows,
-            samples_per_epoch,
-            augment,
-        )
+        super().__init__(splits, {"depth_scale": depth_scale, "height": height}, **kwargs)
 
 
 class ChangeDataModule(DenseDataModule):
@@ -470,17 +340,9 @@ class ChangeDataModule(DenseDataModule):
         test_images1: Files | None = None,
         test_images2: Files | None = None,
         test_labels: Files | None = None,
-        split: list[float] | None = None,
-        window: int | None = None,
-        bands: list[int | str] | None = None,
         label_map: dict[int, int] | None = None,
         ignore_index: int = 255,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        train_windows: Literal["grid", "random"] = "grid",
-        samples_per_epoch: int | None = None,
-        augment: Augmentation | None = None,
-        nodata: float | None = None,
+        **kwargs: Any,
     ) -> None:
         splits = {
             "train": [("images1", images1), ("images2", images2), ("labels", labels)],
@@ -499,16 +361,4 @@ class ChangeDataModule(DenseDataModule):
                 ]
             ),
         }
-        kwargs = {"label_map": label_map, "ignore_index": ignore_index, "nodata": nodata}
-        super().__init__(
-            splits,
-            split,
-            window,
-            bands,
-            batch_size,
-            num_workers,
-            kwargs,
-            train_windows,
-            samples_per_epoch,
-            augment,
-        )
+        super().__init__(splits, {"label_map": label_map, "ignore_index": ignore_index}, **kwargs)

@@ -191,7 +191,7 @@ def test_non_square_items_are_flipped_not_turned():
 
 
 def test_pattern_pairing_uses_what_the_wildcard_matched(tmp_path):
-    from densekit.data.datamodules import _glob_key
+    from densekit.data.files import _glob_key
 
     assert _glob_key("data/img_*.tif", "data/img_001.tif") == "001"
     assert _glob_key("labels/lbl_*.tif", "labels/lbl_001.tif") == "001"
