@@ -3,6 +3,7 @@
 This is what ``densekit features`` runs; it is also usable from a notebook::
 
     from densekit import load_backbone
+    from densekit.data.images import read_image
     from densekit.features import prepare_input, extract_features, pca_picture
     bb = load_backbone("dinov2_vits14", weights="dinov2_vits14_pretrain.pth", layers="last")
     x, info = prepare_input(read_image("scene.tif"), bb, bands=(4, 3, 2), scale=1e-4)

@@ -80,3 +80,27 @@ def rank_confusion_accuracy(rank: int, port: int, results) -> None:
         m.update(torch.tensor([0, 0, 0, 0, 1, 1]), torch.tensor([1, 1, 1, 1, 1, 1]))
     results[rank] = m.scores()["acc_micro"]
     dist.destroy_process_group()
+
+
+def write_raster(path, data, crs=None, transform=None, **profile) -> None:
+    """Write ``data`` ((C, H, W) or (H, W)) as a GeoTIFF; georeferenced when ``crs`` is given
+    (10 m pixels at UTM 500000 E, 4600000 N unless ``transform`` says otherwise)."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = np.asarray(data)
+    data = data if data.ndim == 3 else data[None]
+    if crs is not None:
+        profile.update(crs=crs, transform=transform or from_origin(500000, 4600000, 10, 10))
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=data.shape[1],
+        width=data.shape[2],
+        count=data.shape[0],
+        dtype=data.dtype.name,
+        **profile,
+    ) as dst:
+        dst.write(data)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 
 from densekit.backbones.arch import Arch
 from densekit.backbones.checkpoint import sha256_file
-from densekit.backbones.registry import NORMALIZATIONS, BackboneSpec, Normalization
+from densekit.backbones.registry import BackboneSpec, Normalization
 from densekit.errors import DensekitError, InputImageError
 
 
@@ -139,10 +138,6 @@ class Backbone(nn.Module, abc.ABC):
     @property
     def strides(self) -> list[int]:
         return [self.layer_stride(i) for i in self.layers]
-
-    @functools.cached_property
-    def default_normalization(self) -> Normalization:
-        return NORMALIZATIONS[self.spec.normalization]
 
     # -- frozen ------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Backbone:

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 from helpers import TEST_DATA
+from helpers import write_raster as write
 
 from densekit.data import ChangeDataModule, DepthDataModule, SegmentationDataModule
 from densekit.data.datasets import Sample, WindowDataset, reference_grid
@@ -17,21 +17,6 @@ def one(image, target):
     """A sample reading the whole 20 x 20 raster."""
     grid, _ = reference_grid(str(image))
     return Sample((str(image),), str(target), (0, 0, 20, 20), (0, 0, 20, 20), grid)
-
-
-def write(path, data, **kw):
-    data = data if data.ndim == 3 else data[None]
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=data.shape[1],
-        width=data.shape[2],
-        count=data.shape[0],
-        dtype=data.dtype.name,
-        **kw,
-    ) as dst:
-        dst.write(data)
 
 
 def test_folders_pair_by_name_and_items_have_the_right_types():

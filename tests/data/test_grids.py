@@ -4,7 +4,7 @@ warped onto it; what cannot be aligned is an error stating both grids."""
 import numpy as np
 import pytest
 import rasterio
-from helpers import needs_shared_data
+from helpers import needs_shared_data, write_raster
 from rasterio.transform import from_origin
 
 from densekit.data import ChangeDataModule, SegmentationDataModule
@@ -15,21 +15,8 @@ from densekit.errors import DensekitError
 UTM = "EPSG:32633"
 
 
-def write(path, data, crs=UTM, transform=None, **kw):
-    data = data if data.ndim == 3 else data[None]
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=data.shape[1],
-        width=data.shape[2],
-        count=data.shape[0],
-        dtype=data.dtype.name,
-        crs=crs,
-        transform=transform or from_origin(500000, 4600000, 10, 10),
-        **kw,
-    ) as dst:
-        dst.write(data)
+def write(path, data, crs=UTM, **kw):
+    write_raster(path, data, crs=crs, **kw)
 
 
 def test_band_folder_at_several_resolutions(tmp_path):

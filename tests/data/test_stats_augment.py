@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 import yaml
 from helpers import SHARED_DATA, TEST_DATA, needs_shared_data
+from helpers import write_raster as write
 
 from densekit.cli import main
 from densekit.data import SegmentationDataModule
@@ -14,20 +14,6 @@ from densekit.data.augment import apply as apply_augmentation
 from densekit.data.stats import band_statistics
 
 CHIPS = TEST_DATA / "chips"
-
-
-def write(path, data, **kw):
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=data.shape[1],
-        width=data.shape[2],
-        count=data.shape[0],
-        dtype=data.dtype.name,
-        **kw,
-    ) as dst:
-        dst.write(data)
 
 
 def test_statistics_match_numpy_and_skip_nodata(tmp_path):

@@ -5,9 +5,8 @@ import warnings
 import lightning as L
 import numpy as np
 import pytest
-import rasterio
 import torch
-from helpers import FIXTURES, TINY_DIMS
+from helpers import FIXTURES, TINY_DIMS, write_raster
 from rasterio.transform import from_origin
 
 from densekit.data import DepthDataModule
@@ -17,20 +16,7 @@ from densekit.tasks.metrics import DepthMetrics
 
 
 def write(path, data, **kw):
-    data = data if data.ndim == 3 else data[None]
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=data.shape[1],
-        width=data.shape[2],
-        count=data.shape[0],
-        dtype=data.dtype.name,
-        crs="EPSG:32633",
-        transform=from_origin(500000, 4600000, 1, 1),
-        **kw,
-    ) as dst:
-        dst.write(data)
+    write_raster(path, data, crs="EPSG:32633", transform=from_origin(500000, 4600000, 1, 1), **kw)
 
 
 def make_scene(tmp_path, n=2):
