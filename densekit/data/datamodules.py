@@ -2,10 +2,11 @@
 
 Files are given as a folder, a glob pattern, one file or a list of files; an image may also be a
 folder of single-band files (Sentinel-2 as in OSCD: ``..._B04.tif``), read on the grid of its
-finest band. Images pair with their targets by file stem (folders) or by what the first wildcard
-of a pattern matched (``images/*/imgs_1`` and ``labels/*/cm/*-cm.tif`` pair by city), by position
-when lists are given; any mismatch is an error that names the unpaired files. Targets and second
-dates are read on the first image's grid (see :mod:`densekit.data.grids`).
+finest band. Images pair with their targets by file stem (folders) or by what the first run of
+wildcards of a pattern matched (``images/*/imgs_1`` and ``labels/*/cm/*-cm.tif`` pair by city;
+see :mod:`densekit.data.files`), by position when lists are given; any mismatch is an error that
+names the unpaired files. Targets and second dates are read on the first image's grid (see
+:mod:`densekit.data.grids`).
 
 Each split either has its own files (``val_*``, ``test_*``) or comes from ``split``: fractions
 of every raster's columns, left to right, for training, validation and testing (see
@@ -43,6 +44,10 @@ class DenseDataModule(L.LightningDataModule):
         window: side of the grid windows (None: whole files).
         bands: image bands in model order, 1-based indices or names (None: all).
         nodata: image nodata value overriding the files' own (None: the files' value).
+        target_nodata: nodata value of the raster targets (labels, depths, DSM/nDSM) and the
+            ``subtract`` DTMs, overriding the files' own, e.g. -9999 for a fill the files do not
+            tag (None: the files' value). Height targets need it for such fills: there, only
+            nodata and NaN are invalid.
         batch_size, num_workers: DataLoader settings.
         train_windows: ``"grid"`` or ``"random"`` training windows (random needs ``window``).
         samples_per_epoch: random windows per epoch (default: as many as grid windows).
@@ -60,6 +65,7 @@ class DenseDataModule(L.LightningDataModule):
         window: int | None = None,
         bands: list[int | str] | None = None,
         nodata: float | None = None,
+        target_nodata: float | None = None,
         batch_size: int = 8,
         num_workers: int = 0,
         train_windows: Literal["grid", "random"] = "grid",
@@ -82,7 +88,11 @@ class DenseDataModule(L.LightningDataModule):
         self.bands = list(bands) if bands is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.dataset_kwargs = {**dataset_kwargs, "nodata": nodata}
+        self.dataset_kwargs = {
+            **dataset_kwargs,
+            "nodata": nodata,
+            "target_nodata": target_nodata,
+        }
         self.datasets: dict[str, WindowDataset] = {}
 
     def _samples(self, groups: list[tuple[str, ...]], block_index: int | None) -> list[Sample]:
@@ -248,6 +258,7 @@ class SegmentationDataModule(DenseDataModule):
         samples_per_epoch: random windows per epoch (default: as many as grid windows).
         augment: training augmentation (flips, rotations, gain), or None.
         nodata: image nodata value overriding the files' own (None: the files' value).
+        target_nodata: label nodata value overriding the files' own (None: the files' value).
     """
 
     kind = "segmentation"
@@ -286,7 +297,9 @@ class DepthDataModule(DenseDataModule):
     Args as :class:`SegmentationDataModule`, with ``depths`` for ``labels`` and
     ``depth_scale`` multiplying the depth values (e.g. 0.001 for millimetres). For heights above
     ground give ``height: true`` (0 is a valid value) and either nDSM rasters as ``depths``, or
-    DSM rasters as ``depths`` with the matching DTM rasters as ``subtract``.
+    DSM rasters as ``depths`` with the matching DTM rasters as ``subtract``; then only nodata
+    and NaN are invalid, so give ``target_nodata`` for a fill value the files do not tag. The
+    task must agree: ``DepthTask(height=...)`` is checked against ``height`` when fitting.
     """
 
     kind = "depth"
@@ -315,6 +328,7 @@ class DepthDataModule(DenseDataModule):
             "test": _maybe([("test_images", test_images), ("test_depths", test_depths)]),
         }
         super().__init__(splits, {"depth_scale": depth_scale, "height": height}, **kwargs)
+        self.height = height  # checked against the task's (DepthTask.setup)
 
 
 class ChangeDataModule(DenseDataModule):

@@ -108,7 +108,8 @@ def read_box(
 
     Returns ``(values (C, h, w) float32, inside (h, w), invalid (h, w))``: ``inside`` marks the
     pixels read; ``invalid`` those any chosen band marks as nodata or does not cover. ``nodata``
-    overrides the files' own nodata value (pixels equal to it in any band are invalid).
+    overrides the files' own nodata value (pixels equal to it in any band are invalid, and
+    resampling onto the reference grid leaves them out).
     """
     table = band_table(spec)
     idx = (
@@ -134,7 +135,7 @@ def read_box(
         by_file.setdefault(path, []).append((k, band))
     try:
         for path, pairs in by_file.items():
-            with open_on_grid(path, reference, categorical) as (src, warped):
+            with open_on_grid(path, reference, categorical, nodata) as (src, warped):
                 indexes = [band for _, band in pairs]
                 data = src.read(indexes, window=rw)
                 for (k, _), plane in zip(pairs, data, strict=True):
@@ -161,12 +162,15 @@ class WindowDataset(Dataset):
         label_map: raw label value -> class (e.g. ``{0: 0, 255: 1}``); values not in the map
             are an error naming the file. None keeps the values.
         nodata: image nodata value overriding the files' own (None: the files' value).
+        target_nodata: the same for the raster targets (labels, depth, DSM/nDSM) and the
+            ``subtract`` DTMs, e.g. an untagged -9999 fill (None: the files' value).
         vector_field, sparse_vectors: for vector label files, the attribute holding the class
             (None: every feature is 1) and whether uncovered pixels are unlabelled (sparse) or
             background 0 (see :mod:`densekit.data.vectors`).
         ignore_index: label of ignored pixels.
         depth_scale: multiplies depth rasters (e.g. 0.001 for millimetres).
-        height: height targets (0 and below are valid values; only NaN/nodata are invalid).
+        height: height targets (0 and below are valid values; only NaN/nodata are invalid, so
+            a fill value the file does not tag needs ``target_nodata``).
     """
 
     def __init__(
@@ -184,8 +188,10 @@ class WindowDataset(Dataset):
         sparse_vectors: bool = False,
         nodata: float | None = None,
         height: bool = False,
+        target_nodata: float | None = None,
     ) -> None:
         self.nodata = nodata
+        self.target_nodata = target_nodata
         self.height = height
         self.vector_field = vector_field
         self.sparse_vectors = sparse_vectors
@@ -285,13 +291,21 @@ class WindowDataset(Dataset):
             )
         else:
             raw, inside, target_nodata = read_box(
-                s.target, s.window, s.region, [1], s.grid, categorical=self.kind != "depth"
+                s.target,
+                s.window,
+                s.region,
+                [1],
+                s.grid,
+                categorical=self.kind != "depth",
+                nodata=self.target_nodata,
             )
         valid &= inside & ~target_nodata  # the target's own nodata is no label either
         if self.kind == "depth":
             depth = raw[0] * np.float32(self.depth_scale)
             if s.subtract is not None:  # height above ground: DSM - DTM
-                dtm, dtm_inside, dtm_nodata = read_box(s.subtract, s.window, s.region, [1], s.grid)
+                dtm, dtm_inside, dtm_nodata = read_box(
+                    s.subtract, s.window, s.region, [1], s.grid, nodata=self.target_nodata
+                )
                 depth = depth - dtm[0] * np.float32(self.depth_scale)
                 valid &= dtm_inside & ~dtm_nodata
             bad = ~valid | ~np.isfinite(depth)

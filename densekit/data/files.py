@@ -1,8 +1,9 @@
 """Naming the files of a dataset: folders, patterns or lists, and pairing them up.
 
-Images pair with their targets by file stem (folders), by what the first wildcard of a pattern
-matched (``images/*/imgs_1`` with ``labels/*/cm/*-cm.tif`` pair by city), or by position (lists);
-any mismatch is an error naming the unpaired files.
+Images pair with their targets by file stem (folders), by what the first run of wildcards of a
+pattern matched (``images/*/imgs_1`` with ``labels/*/cm/*-cm.tif`` pair by city; ``img_[0-9]*``
+keys ``img_12.tif`` as ``12``), or by position (lists); any mismatch is an error naming the
+unpaired files.
 """
 
 from __future__ import annotations
@@ -29,32 +30,64 @@ RASTER_SUFFIXES = (
 Files = str | list[str]
 
 
+def _class_end(part: str, start: int) -> int | None:
+    """Index of the ``]`` closing the ``[`` at ``start`` (as :mod:`fnmatch` reads it), or None
+    when there is none and the ``[`` is a literal."""
+    i = start + 1
+    if i < len(part) and part[i] == "!":
+        i += 1
+    if i < len(part) and part[i] == "]":
+        i += 1  # a leading ] is a member of the class
+    end = part.find("]", i)
+    return end if end >= 0 else None
+
+
+def _component_regex(part: str) -> str:
+    """Regex of one glob path component in which each run of consecutive wildcards (``*``,
+    ``?``, ``[...]``) is one group: ``img_[0-9]*.tif`` -> ``img_([0-9].*)\\.tif``."""
+    out, run, j = "", "", 0
+    while j < len(part):
+        c = part[j]
+        end = _class_end(part, j) if c == "[" else None
+        if c == "*":
+            run += ".*"
+        elif c == "?":
+            run += "."
+        elif end is not None:
+            inner = part[j + 1 : end]
+            negate = inner.startswith("!")
+            inner = re.sub(r"([\\\[&~|^])", r"\\\1", inner[1:] if negate else inner)
+            run += "[" + ("^" if negate else "") + inner + "]"
+            j = end
+        else:
+            if run:
+                out, run = out + f"({run})", ""
+            out += re.escape(c)
+        j += 1
+    return out + (f"({run})" if run else "")
+
+
 def _glob_key(pattern: str, match: str) -> str:
-    """The pairing key of a pattern match: the text the first wildcard (``*`` or ``?``) matched,
-    in the first path component that has one (file suffixes dropped), e.g. ``001`` for
-    ``img_*.tif`` and ``img_001.tif``; ``hongkong`` for ``images/*/imgs_1``."""
+    """The pairing key of a pattern match: the text the first run of wildcards (``*``, ``?``,
+    ``[...]``) matched, in the first path component that has one, e.g. ``001`` for
+    ``img_*.tif`` and ``img_001.tif``, ``12`` for ``img_[0-9]*.tif`` and ``img_12.tif``;
+    ``hongkong`` for ``images/*/imgs_1``. A file suffix is dropped only when the wildcards
+    matched it (``*`` and ``a.tif`` give ``a``; ``*_dsm.tif`` and ``tile.v2_dsm.tif`` give
+    ``tile.v2``)."""
     parts, matched = Path(pattern).parts, Path(match).parts
     for i, part in enumerate(parts):
         if not any(c in part for c in "*?[") or i >= len(matched):
             continue
-        regex, j = "", 0
-        while j < len(part):
-            c = part[j]
-            if c == "*":
-                regex += "(.*)"
-            elif c == "?":
-                regex += "(.)"
-            elif c == "[" and "]" in part[j + 1 :]:
-                end = part.index("]", j + 1)
-                regex += "[" + part[j + 1 : end].replace("!", "^", 1) + "]"
-                j = end
-            else:
-                regex += re.escape(c)
-            j += 1
-        m = re.fullmatch(regex, matched[i])
-        if m and m.groups():
-            return Path(m.group(1)).stem if i == len(parts) - 1 else m.group(1)
-        return Path(matched[i]).stem if i == len(parts) - 1 else matched[i]
+        last = i == len(parts) - 1
+        name = matched[i]
+        m = re.fullmatch(_component_regex(part), name)
+        if not m or not m.groups():
+            return Path(name).stem if last else name
+        key = m.group(1)
+        suffix = Path(name).suffix
+        if last and suffix and m.end(1) > len(name) - len(suffix):
+            key = Path(key).stem  # the wildcards matched the file suffix too
+        return key
     return Path(match).stem
 
 
@@ -62,8 +95,8 @@ def list_rasters(spec: Files, what: str) -> tuple[list[str], list[str] | None]:
     """Images named by ``spec`` and their pairing keys (None: pair by position).
 
     A folder string lists its raster files (keys: file stems); a pattern lists its matches, which
-    may be folders of single-band files (keys: what the first wildcard matched); a list names the
-    files or band folders themselves (paired by position).
+    may be folders of single-band files (keys: what the first run of wildcards matched); a list
+    names the files or band folders themselves (paired by position).
     """
     if isinstance(spec, list):
         missing = [f for f in spec if not Path(f).exists()]

@@ -25,6 +25,7 @@ from typing import Any
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.dtypes import in_dtype_range
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.vrt import WarpedVRT
@@ -106,10 +107,14 @@ def check_alignable(path: str, grid: Grid, reference: Grid, reference_path: str)
 
 
 @contextlib.contextmanager
-def open_on_grid(path: str, reference: Grid, categorical: bool) -> Iterator[tuple[Any, bool]]:
+def open_on_grid(
+    path: str, reference: Grid, categorical: bool, nodata: float | None = None
+) -> Iterator[tuple[Any, bool]]:
     """Yield ``(reader, warped)``: a dataset whose pixel grid is ``reference``.
 
-    ``warped`` readers carry an alpha band (coverage): use ``read_masks`` for validity.
+    ``warped`` readers mark the pixels without data (nodata, or outside the raster) in
+    ``read_masks``. ``nodata`` overrides the file's nodata value as the warp's source nodata,
+    so resampling leaves those pixels out instead of blending the fill value into valid ones.
     """
     with _open(path) as src:
         grid = Grid(src.crs, src.transform, src.width, src.height)
@@ -117,6 +122,9 @@ def open_on_grid(path: str, reference: Grid, categorical: bool) -> Iterator[tupl
             yield src, False
             return
         resampling = Resampling.nearest if categorical else Resampling.bilinear
+        source_nodata = src.nodata
+        if nodata is not None:  # replaces the file's value; one the type cannot hold marks none
+            source_nodata = nodata if in_dtype_range(nodata, src.dtypes[0]) else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with WarpedVRT(
@@ -126,6 +134,7 @@ def open_on_grid(path: str, reference: Grid, categorical: bool) -> Iterator[tupl
                 width=reference.width,
                 height=reference.height,
                 resampling=resampling,
-                add_alpha=src.nodata is None,
+                src_nodata=source_nodata,
+                add_alpha=source_nodata is None,
             ) as vrt:
                 yield vrt, True

@@ -5,7 +5,8 @@ are left out. Mean and standard deviation are merged block by block (Chan et al.
 update, in float64). Percentiles are exact for integer bands of at most 16 bits (a histogram of
 every value) and otherwise come from a uniform sample of at most ``sample_size`` values per band
 (bottom-k: the values with the smallest random keys). Memory is one block plus the histogram or
-the sample, whatever the raster size.
+the sample, whatever the raster size. A band must have one data type in every file (mixed types
+are an error naming both files, whatever their order).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class _Accumulator:
     offset: int = 0
     sample: list[np.ndarray] = field(default_factory=list)
     keys: list[np.ndarray] = field(default_factory=list)
+    dtype: np.dtype | None = None  # the band's type in the first file, ``origin``
+    origin: str = ""
 
     def add(self, values: np.ndarray, rng: np.random.Generator, sample_size: int) -> None:
         n = values.size
@@ -98,22 +101,16 @@ def band_statistics(
             path, band, _ = table[i]
             with _quiet_open(path) as src:
                 dtype = np.dtype(src.dtypes[band - 1])
-                if (
-                    acc.hist is None
-                    and acc.count == 0
-                    and dtype.kind in "iu"
-                    and dtype.itemsize <= 2
-                ):
-                    info = np.iinfo(dtype)
-                    acc.hist = np.zeros(int(info.max) - int(info.min) + 1, np.int64)
-                    acc.offset = int(info.min)
-                elif acc.hist is not None and (
-                    dtype.kind not in "iu"
-                    or int(np.iinfo(dtype).min) != acc.offset
-                    or int(np.iinfo(dtype).max) - acc.offset + 1 != acc.hist.size
-                ):
+                if acc.dtype is None:
+                    acc.dtype, acc.origin = dtype, f"band {band} of {path}"
+                    if dtype.kind in "iu" and dtype.itemsize <= 2:
+                        info = np.iinfo(dtype)
+                        acc.hist = np.zeros(int(info.max) - int(info.min) + 1, np.int64)
+                        acc.offset = int(info.min)
+                elif dtype != acc.dtype:
                     raise DensekitError(
-                        f"{path}: band {band} is {dtype}, unlike the same band of the first file"
+                        f"{path}: band {band} is {dtype}, unlike {acc.origin} ({acc.dtype}), "
+                        "the first file: statistics need one data type per band in every file"
                     )
                 for row in range(0, src.height, block_rows):
                     win = Window(0, row, src.width, min(block_rows, src.height - row))

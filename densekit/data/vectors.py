@@ -4,17 +4,22 @@ Features are read with fiona, reprojected to the grid's CRS, and burnt with rast
 ``features.rasterize`` into each window (pixels whose centre lies in a polygon; the pixel holding a
 point; the pixels a line crosses). A feature's value is its ``field`` attribute (integer-like) or
 1 when no field is given. Pixels no feature covers are background (0) for dense labels, such as
-building footprints, or ``ignore_index`` for sparse labels (points, a few polygons).
+building footprints, or ``ignore_index`` for sparse labels (points, a few polygons). Geometry
+collections are burnt whole; features without a geometry or with an empty one are skipped, and
+invalid ones too, with a warning; a geometry that cannot be read or reprojected is an error naming
+the file and the feature.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio.features import rasterize
+from rasterio.features import is_valid_geom, rasterize
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
@@ -46,17 +51,45 @@ def vector_bounds(path: str, reference: Grid) -> tuple[float, float, float, floa
         raise InputImageError(f"{path}: not a readable vector file ({e})") from None
 
 
-def _bounds(coords: Any) -> tuple[float, float, float, float]:
-    flat = np.asarray(list(_points(coords)), dtype=np.float64)
-    return (flat[:, 0].min(), flat[:, 1].min(), flat[:, 0].max(), flat[:, 1].max())
+def _mapping(geom: Any) -> dict[str, Any]:
+    """A plain GeoJSON-like mapping of a fiona geometry, geometry collections included."""
+    if geom["type"] == "GeometryCollection":
+        return {"type": geom["type"], "geometries": [_mapping(g) for g in geom["geometries"]]}
+    return {"type": geom["type"], "coordinates": geom["coordinates"]}
 
 
-def _points(coords: Any) -> Any:
-    if isinstance(coords[0], int | float):
+def _points(geom: dict[str, Any]) -> Iterator[Sequence[float]]:
+    """Every vertex of a geometry mapping (none for an empty geometry)."""
+    if geom["type"] == "GeometryCollection":
+        for g in geom["geometries"]:
+            yield from _points(g)
+    else:
+        yield from _vertices(geom["coordinates"])
+
+
+def _vertices(coords: Any) -> Iterator[Sequence[float]]:
+    if len(coords) and isinstance(coords[0], int | float):
         yield coords[:2]
     else:
         for c in coords:
-            yield from _points(c)
+            yield from _vertices(c)
+
+
+def _feature(
+    geom: Any, src_crs: Any, crs_wkt: str
+) -> tuple[dict[str, Any], tuple[float, float, float, float]] | None:
+    """A feature's geometry in ``crs_wkt`` and its bounds; None for an empty geometry."""
+    from fiona.transform import transform_geom
+
+    geom = _mapping(geom)
+    points = np.asarray(list(_points(geom)), dtype=np.float64)
+    if points.size == 0:
+        return None
+    if src_crs.to_wkt() != crs_wkt:
+        geom = _mapping(transform_geom(src_crs, crs_wkt, geom))
+        points = np.asarray(list(_points(geom)), dtype=np.float64)
+    xs, ys = points[:, 0], points[:, 1]
+    return geom, (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
 
 
 @functools.lru_cache(maxsize=16)
@@ -64,18 +97,31 @@ def load_features(
     path: str, crs_wkt: str, field: str | None
 ) -> tuple[tuple[dict, int, tuple[float, float, float, float]], ...]:
     """All features of ``path`` in the CRS ``crs_wkt``: ``(geometry, value, bounds)``, read once
-    per process (windows then only select and burn)."""
+    per process (windows then only select and burn). Features without a geometry or with an
+    empty one are skipped; invalid ones (a polygon ring of fewer than 4 points) are skipped with
+    a warning naming them; a geometry that cannot be read or reprojected is an error naming the
+    feature."""
     import fiona
-    from fiona.transform import transform_geom
 
     out = []
+    invalid = []
     with fiona.open(path) as src:
         for feature in src:
-            geom = feature["geometry"]
-            if geom is None:
+            if feature["geometry"] is None:
                 continue
-            geom = transform_geom(src.crs, crs_wkt, geom) if src.crs.to_wkt() != crs_wkt else geom
-            geom = {"type": geom["type"], "coordinates": geom["coordinates"]}
+            try:
+                found = _feature(feature["geometry"], src.crs, crs_wkt)
+            except (TypeError, ValueError, IndexError, KeyError, fiona.errors.FionaError) as e:
+                kind = feature["geometry"].get("type")
+                raise DensekitError(
+                    f"{path}: feature {feature.id}: its {kind} geometry cannot be read or "
+                    f"reprojected to the image CRS ({e})"
+                ) from None
+            if found is None:
+                continue
+            if not is_valid_geom(found[0]):
+                invalid.append(feature.id)
+                continue
             if field is None:
                 value = 1
             else:
@@ -86,7 +132,13 @@ def load_features(
                     raise DensekitError(
                         f"{path}: feature {feature.id} has {field}={raw!r}, not a class number"
                     ) from None
-            out.append((geom, value, _bounds(geom["coordinates"])))
+            out.append((found[0], value, found[1]))
+    if invalid:
+        warnings.warn(
+            f"{path}: {len(invalid)} feature(s) with an invalid geometry are not burnt: "
+            f"{invalid[:10]}",
+            stacklevel=2,
+        )
     return tuple(out)
 
 

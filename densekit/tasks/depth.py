@@ -22,8 +22,11 @@ class DepthTask(DenseTask):
 
     Args:
         depth_mode: ``"bins"`` (softmax over bin centres) or ``"regression"`` (ReLU + min_depth).
-        num_bins, bin_spacing: bins and their spacing (``"linear"`` or ``"log"``).
-        min_depth, max_depth: range of the bins (and the floor of regression).
+        num_bins, bin_spacing: bins and their spacing (``"linear"`` or ``"log"``; log needs
+            ``min_depth > 0``, so heights from 0 use linear bins).
+        min_depth, max_depth: range of the bins (and the floor of regression). ``max_depth`` is
+            the top of the range: bins predict nothing above it, so set it above the largest
+            target (for heights, the tallest building); regression has no top.
         loss: ``"silog"``, ``"silog+grad"``, ``"l1"`` or ``"l1+grad"``.
         grad_weight: weight of the gradient-matching term.
         scale_shift_invariant: align each prediction to its target by least squares (scale
@@ -52,6 +55,16 @@ class DepthTask(DenseTask):
             raise DensekitError(
                 f"loss {loss!r} works on log depths > 0; heights above ground (0 = ground) need "
                 "'l1' or 'l1+grad'"
+            )
+        if depth_mode == "bins" and bin_spacing == "log" and min_depth <= 0:
+            raise DensekitError(
+                f"log-spaced bins need min_depth > 0, got model.init_args.min_depth={min_depth}: "
+                "raise it or set model.init_args.bin_spacing: linear (heights from 0 = ground)"
+            )
+        if depth_mode == "bins" and max_depth <= min_depth:
+            raise DensekitError(
+                f"model.init_args.max_depth ({max_depth}) must be above model.init_args.min_depth "
+                f"({min_depth}): the bins span min_depth to max_depth"
             )
         super().__init__(**kwargs)
 
@@ -95,6 +108,18 @@ class DepthTask(DenseTask):
         scores = {k: float(v) for k, v in self.metric(stage).compute().items()}
         self.metric(stage).reset()
         return scores
+
+    def setup(self, stage: str) -> None:
+        """Check that the data module reads the targets this task expects (depth or height)."""
+        super().setup(stage)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_height = getattr(dm, "height", None)
+        if data_height is not None and bool(data_height) != bool(self.hp.height):
+            raise DensekitError(
+                f"the model has height={self.hp.height} (model.init_args.height) but the data has "
+                f"height={data_height} (data.init_args.height): set both to true for heights "
+                "above ground (0 = ground is valid) or both to false for depths"
+            )
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         """Depth ``(B, 1, H, W)`` in the target's units."""

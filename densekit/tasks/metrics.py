@@ -8,7 +8,8 @@ of correct pixels (named micro: it is dominated by large classes).
 
 Depth metrics are computed per image on its valid pixels and averaged over images (the NYU /
 KITTI convention): RMSE, MAE, AbsRel = mean(|p - g| / g), and delta_k = fraction of pixels with
-max(p / g, g / p) < 1.25^k.
+max(p / g, g / p) < 1.25^k. For heights (0 = ground), AbsRel and delta_k use the pixels above 0
+and are averaged over the images that have such pixels (NaN when none has).
 """
 
 from __future__ import annotations
@@ -70,11 +71,21 @@ class DepthMetrics(Metric):
     delta2: Tensor
     delta3: Tensor
     images: Tensor
+    ratio_images: Tensor  # images with pixels > 0, over which AbsRel and delta are averaged
 
     def __init__(self, height: bool = False) -> None:
         super().__init__()
         self.height = height  # heights: RMSE/MAE on all finite pixels, ratios on those > 0
-        for name in ("rmse", "mae", "absrel", "delta1", "delta2", "delta3", "images"):
+        for name in (
+            "rmse",
+            "mae",
+            "absrel",
+            "delta1",
+            "delta2",
+            "delta3",
+            "images",
+            "ratio_images",
+        ):
             self.add_state(
                 name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
             )
@@ -96,10 +107,13 @@ class DepthMetrics(Metric):
                 self.delta1 += (ratio < 1.25).double().mean()
                 self.delta2 += (ratio < 1.25**2).double().mean()
                 self.delta3 += (ratio < 1.25**3).double().mean()
+                self.ratio_images += 1
             self.images += 1
 
     def compute(self) -> dict[str, Tensor]:
         n = self.images.clamp_min(1)
-        return {
-            k: getattr(self, k) / n for k in ("rmse", "mae", "absrel", "delta1", "delta2", "delta3")
-        }
+        out = {k: getattr(self, k) / n for k in ("rmse", "mae")}
+        m = self.ratio_images
+        for k in ("absrel", "delta1", "delta2", "delta3"):
+            out[k] = getattr(self, k) / m if m > 0 else torch.full_like(m, float("nan"))
+        return out

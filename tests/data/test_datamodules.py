@@ -250,3 +250,19 @@ def test_nodata_value_given_by_the_user(tmp_path):
     item = dm.datasets["train"][0]
     assert (item["mask"][:2] == 255).all() and (item["mask"][2:] == 1).all()
     assert torch.isnan(item["image"][:, :2]).all()
+
+
+def test_target_nodata_given_by_the_user(tmp_path):
+    write(tmp_path / "i.tif", np.full((3, 20, 20), 10, np.uint8))
+    lab = np.ones((20, 20), np.uint8)
+    lab[:3] = 200  # a fill the file does not tag
+    write(tmp_path / "l.tif", lab)
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "i.tif")],
+        labels=[str(tmp_path / "l.tif")],
+        label_map={1: 1},
+        target_nodata=200,
+    )
+    dm.setup("fit")
+    mask = dm.datasets["train"][0]["mask"]
+    assert (mask[:3] == 255).all() and (mask[3:] == 1).all()

@@ -4,6 +4,7 @@ warped onto it; what cannot be aligned is an error stating both grids."""
 import numpy as np
 import pytest
 import rasterio
+import torch
 from helpers import needs_shared_data, write_raster
 from rasterio.transform import from_origin
 
@@ -143,3 +144,26 @@ def test_real_oscd_city_with_a_smaller_second_date():
     item = dm.datasets["train"][0]
     assert item["image1"].shape == item["image2"].shape == (13, 128, 128)
     assert set(item["mask"].unique().tolist()) <= {0, 1, 255}
+
+
+def test_nodata_override_is_left_out_when_a_band_is_resampled(tmp_path):
+    """A 20 m band with an untagged -9999 fill, warped onto the 10 m grid: with ``nodata`` the
+    fill is the warp's source nodata, so no blend of -9999 and valid values becomes a pixel."""
+    folder = tmp_path / "img"
+    folder.mkdir()
+    b02 = np.full((40, 40), 500, np.int16)
+    b02[:, :10] = -9999
+    b05 = np.full((20, 20), 700, np.int16)
+    b05[:, :5] = -9999  # no nodata tag in either file
+    write(folder / "x_B02.tif", b02)
+    write(folder / "x_B05.tif", b05, transform=from_origin(500000, 4600000, 20, 20))
+    write(tmp_path / "lbl.tif", np.ones((40, 40), np.uint8))
+    dm = SegmentationDataModule(
+        images=[str(folder)], labels=[str(tmp_path / "lbl.tif")], nodata=-9999
+    )
+    dm.setup("fit")
+    item = dm.datasets["train"][0]
+    x, valid = item["image"], item["mask"] != 255
+    assert (x[0][valid] == 500).all() and (x[1][valid] == 700).all()
+    assert torch.isnan(x[:, ~valid]).all()
+    assert not valid[:, :10].any() and valid[:, 12:].all()

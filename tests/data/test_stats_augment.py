@@ -159,12 +159,19 @@ def test_float_sample_is_uniform_across_blocks(tmp_path):
     assert 0.47 < share < 0.53, share
 
 
-def test_stats_of_files_with_different_types_is_an_error(tmp_path):
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("uint8", "uint16"), ("uint16", "uint8"), ("uint8", "float32"), ("float32", "uint8")],
+)
+def test_stats_of_files_with_different_types_is_an_error(tmp_path, first, second):
+    """Whatever the order of the files (a float first file used to take integers silently)."""
     from densekit.errors import DensekitError
 
-    write(tmp_path / "a.tif", np.ones((1, 10, 10), np.uint8))
-    write(tmp_path / "b.tif", np.ones((1, 10, 10), np.uint16))
-    with pytest.raises(DensekitError, match=r"b.tif: band 1 is uint16, unlike"):
+    write(tmp_path / "a.tif", np.ones((1, 10, 10), first))
+    write(tmp_path / "b.tif", np.ones((1, 10, 10), second))
+    with pytest.raises(
+        DensekitError, match=rf"b.tif: band 1 is {second}, unlike band 1 of .*a.tif \({first}\)"
+    ):
         band_statistics([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")])
 
 
@@ -187,17 +194,67 @@ def test_pattern_pairing_uses_what_the_wildcard_matched(tmp_path):
     assert _glob_key("oscd/labels/*/cm/*-cm.tif", "oscd/labels/paris/cm/paris-cm.tif") == "paris"
 
 
-def test_dataloader_workers_draw_different_augmentations(tmp_path):
+def test_pairing_keys_keep_what_character_classes_matched(tmp_path):
+    from densekit.data.files import _glob_key, pair_files
+    from densekit.errors import DensekitError
+
+    assert _glob_key("d/img_[0-9]*.tif", "d/img_12.tif") == "12"
+    assert _glob_key("d/img_[!a-z]?.tif", "d/img_12.tif") == "12"
+    assert _glob_key("d/img_[0-9]*_x*.tif", "d/img_12_x3.tif") == "12"  # the first run only
+    for name in ("img_12.tif", "img_23.tif", "lbl_2.tif", "lbl_3.tif"):
+        (tmp_path / name).touch()
+    with pytest.raises(DensekitError, match=r"do not pair up by file name; unpaired: .*'12'"):
+        pair_files(
+            [("images", str(tmp_path / "img_[0-9]*.tif")), ("labels", str(tmp_path / "lbl_*.tif"))]
+        )
+    for name in ("lbl_12.tif", "lbl_23.tif"):
+        (tmp_path / name).touch()
+    pairs = pair_files(
+        [("images", str(tmp_path / "img_[0-9]*.tif")), ("labels", str(tmp_path / "lbl_??.tif"))]
+    )
+    assert [(a[-10:], b[-10:]) for a, b in pairs] == [
+        ("img_12.tif", "lbl_12.tif"),
+        ("img_23.tif", "lbl_23.tif"),
+    ]
+
+
+def test_pairing_keys_drop_a_suffix_only_when_the_wildcard_matched_it():
+    from densekit.data.files import _glob_key
+
+    assert _glob_key("d/*_dsm.tif", "d/tile.v2_dsm.tif") == "tile.v2"
+    assert _glob_key("d/*.tif", "d/tile.v2.tif") == "tile.v2"
+    assert _glob_key("d/*", "d/tile.v2.tif") == "tile.v2"
+    assert _glob_key("d/img_*", "d/img_001.tif") == "001"
+    assert _glob_key("d/*.v2/img.tif", "d/tile.v2/img.tif") == "tile"
+
+
+def test_dataloader_workers_draw_different_augmentations(tmp_path, monkeypatch):
+    """Forked workers start from the parent's augmentation state: without the per-worker reseed
+    (``_seed_worker``) both workers draw the same transforms, so their batches of one repeated
+    item are equal. The test checks that control first, then that reseeding tells them apart."""
+    import densekit.data.datamodules as datamodules
+
     img = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16)
     write(tmp_path / "i.tif", img)
     write(tmp_path / "l.tif", np.ones((1, 16, 16), np.uint8))
-    dm = SegmentationDataModule(
-        images=[str(tmp_path / "i.tif")] * 8,
-        labels=[str(tmp_path / "l.tif")] * 8,
-        batch_size=4,
-        num_workers=2,
-        augment=Augmentation(0.5, 0.5, 1.0),
-    )
-    dm.setup("fit")
-    batches = [b["image"] for b in dm.train_dataloader()]
-    assert len(batches) == 2 and not torch.equal(batches[0], batches[1])
+
+    def batches() -> list[torch.Tensor]:
+        dm = SegmentationDataModule(
+            images=[str(tmp_path / "i.tif")] * 16,
+            labels=[str(tmp_path / "l.tif")] * 16,
+            batch_size=8,
+            num_workers=2,
+            augment=Augmentation(0.5, 0.5, 1.0),
+        )
+        dm.setup("fit")
+        return [b["image"] for b in dm.train_dataloader()]
+
+    seed_worker = datamodules._seed_worker
+    monkeypatch.setattr(datamodules, "_seed_worker", lambda worker_id: None)
+    same = batches()
+    assert len(same) == 2 and torch.equal(same[0], same[1])  # the control: no reseed
+    monkeypatch.setattr(datamodules, "_seed_worker", seed_worker)
+    apart = batches()
+    assert len(apart) == 2 and not torch.equal(apart[0], apart[1])
+    # each worker's 8 items vary too (not one transform repeated)
+    assert len({tuple(x.flatten()[:3].tolist()) for x in apart[0]}) > 1

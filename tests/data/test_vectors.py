@@ -155,3 +155,72 @@ def test_real_nc_polygons_as_sparse_labels():
     labelled = values[values != 255]
     assert labelled.size > 500 and set(np.unique(labelled)) <= set(range(7))
     assert (values == 255).mean() > 0.5  # sparse
+
+
+def test_geometry_collections_and_empty_geometries(tmp_path):
+    write_image(tmp_path / "i.tif")
+    inner = square(500000, 4599900, 500100, 4600000)["geometry"]  # 10 x 10 pixels
+    other = square(500200, 4599700, 500300, 4599800)["geometry"]
+    features = [
+        {
+            "type": "Feature",
+            "properties": {},
+            "geometry": {"type": "GeometryCollection", "geometries": [inner, other]},
+        },
+        {
+            "type": "Feature",
+            "properties": {},
+            "geometry": {"type": "MultiPolygon", "coordinates": []},
+        },
+        {"type": "Feature", "properties": {}, "geometry": None},
+    ]
+    write_geojson(tmp_path / "l.geojson", features)
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "i.tif")], labels=[str(tmp_path / "l.geojson")]
+    )
+    dm.setup("fit")
+    mask = dm.datasets["train"][0]["mask"].numpy()
+    assert (mask[:10, :10] == 1).all() and (mask[20:30, 20:30] == 1).all()
+    assert (mask == 1).sum() == 200
+
+
+def test_bad_geometries_name_the_file_and_the_feature(tmp_path):
+    write_image(tmp_path / "i.tif")
+    ring = [[500000, 4600000], [500100, 4599900]]  # two points: not a polygon ring
+    features = [
+        square(500000, 4599900, 500100, 4600000),
+        {
+            "type": "Feature",
+            "properties": {},
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+        },
+    ]
+    write_geojson(tmp_path / "flat.geojson", features)
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "i.tif")], labels=[str(tmp_path / "flat.geojson")]
+    )
+    with pytest.warns(
+        UserWarning, match=r"flat.geojson: 1 feature\(s\) with an invalid geometry .*\['1'\]"
+    ):
+        dm.setup("fit")
+    assert (dm.datasets["train"][0]["mask"] == 1).sum() == 100  # the valid square
+    from rasterio.warp import transform
+
+    xs, ys = transform("EPSG:32633", "EPSG:4326", [500000, 500100], [4599900, 4600000])
+    features = [
+        square(xs[0], ys[0], xs[1], ys[1]),
+        {
+            "type": "Feature",
+            "properties": {},
+            "geometry": {"type": "Point", "coordinates": [1000, 1000]},
+        },
+    ]
+    write_geojson(tmp_path / "far.geojson", features, crs="EPSG:4326")
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "i.tif")], labels=[str(tmp_path / "far.geojson")]
+    )
+    with pytest.raises(
+        DensekitError,
+        match=r"far.geojson: feature 1: its Point geometry cannot be read or reprojected",
+    ):
+        dm.setup("fit")
