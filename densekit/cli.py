@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "training (LightningCLI, see `densekit fit --help`):\n"
-            "  fit|validate|test|predict --config FILE.yaml   train or evaluate a head"
+            "  fit|validate|test|predict --config FILE.yaml   train or evaluate a head\n"
+            "  pretrain --config FILE.yaml                    DINO self-supervised pretraining"
         ),
     )
     parser.add_argument("--version", action="version", version=f"densekit {__version__}")
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "pretrain")
 
 
 def _densekit_cause(exc: BaseException | None) -> DensekitError | None:
@@ -331,13 +332,28 @@ def _densekit_cause(exc: BaseException | None) -> DensekitError | None:
     return None
 
 
-def run_lightning(argv: Sequence[str], from_command_line: bool) -> int:
+def run_lightning(argv: Sequence[str]) -> int:
     """``densekit fit|validate|test|predict --config FILE.yaml``: LightningCLI on the tasks."""
     from lightning.pytorch.cli import LightningCLI
 
     from densekit.data.datamodules import DenseDataModule
     from densekit.tasks import DenseTask
 
+    argv = list(argv)
+    if len(argv) > 1 and not any(a.startswith("--weights_only") for a in argv):
+        # Checkpoints given with --ckpt_path are read without running code from them.
+        argv.append("--weights_only=true")
+    if argv and argv[0] == "pretrain":  # LightningCLI's fit on the DINO module
+        from densekit.pretrain import DinoPretrainTask, PretrainDataModule
+
+        LightningCLI(
+            DinoPretrainTask,
+            PretrainDataModule,
+            args=["fit", *argv[1:]],
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "densekit pretrain"},
+        )
+        return 0
     trainer_defaults: dict[str, Any] = {}
     if argv and argv[0] == "predict":
         from densekit.tasks.writer import PredictionWriter
@@ -349,7 +365,7 @@ def run_lightning(argv: Sequence[str], from_command_line: bool) -> int:
         trainer_defaults=trainer_defaults,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=None if from_command_line else list(argv),  # None: LightningCLI reads sys.argv
+        args=argv,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": f"densekit {argv[0]}" if argv else "densekit"},
@@ -358,11 +374,10 @@ def run_lightning(argv: Sequence[str], from_command_line: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
         try:
-            return run_lightning(argv, from_command_line)
+            return run_lightning(argv)
         except Exception as e:
             cause = _densekit_cause(e)
             if cause is None:

@@ -45,6 +45,7 @@ from densekit.backbones.hf import hf_to_official, hf_weights_file, is_hf_layout,
 from densekit.backbones.layout import layout_differences, official_layout
 from densekit.backbones.registry import (
     NORMALIZATIONS,
+    REGISTRY,
     BackboneSpec,
     LayerSet,
     Normalization,
@@ -170,6 +171,8 @@ def resolve_weights(spec: BackboneSpec, weights: str) -> tuple[Path, str]:
     path = Path(weights).expanduser()
     if path.exists():
         return path, "hf" if path.is_dir() or path.suffix == ".safetensors" else "official"
+    if weights == "bundled" or (weights == "official" and spec.bundled_file):
+        return bundled_weights(spec), "bundled"
     if weights == "official":
         if spec.weight_urls:
             return _download(spec.weight_urls[0], spec), "official"
@@ -181,8 +184,29 @@ def resolve_weights(spec: BackboneSpec, weights: str) -> tuple[Path, str]:
     raise WeightsError(
         f"weights {weights!r} for {spec.name}: no such file or folder. Give a local official "
         f".pth (e.g. {spec.weight_files[0]}), a Hugging Face folder or .safetensors file, "
-        "'official', a URL or 'hf:<org>/<name>' to download, or 'random'"
+        "'official', a URL or 'hf:<org>/<name>' to download, 'bundled' (densekit_vitt16), "
+        "or 'random'"
     )
+
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def bundled_weights(spec: BackboneSpec) -> Path:
+    """The weights file shipped inside the package for ``spec``."""
+    if not spec.bundled_file:
+        names = [s.name for s in REGISTRY.values() if s.bundled_file]
+        raise WeightsError(
+            f"weights 'bundled': densekit ships no weights for {spec.name}; bundled "
+            f"backbones: {names}"
+        )
+    path = BUNDLED_DIR / spec.bundled_file
+    if not path.is_file():
+        raise WeightsError(
+            f"{spec.name}: the bundled weights file {path} is missing from this installation; "
+            "reinstall densekit"
+        )
+    return path
 
 
 def _download(url: str, spec: BackboneSpec) -> Path:

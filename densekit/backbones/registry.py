@@ -41,6 +41,7 @@ BackboneName = Literal[
     "dinov3_convnext_base",
     "dinov3_convnext_large",
     "rad_dino",
+    "densekit_vitt16",
 ]
 
 
@@ -113,6 +114,8 @@ class BackboneSpec:
     dims: tuple[int, ...] = ()
     stage_depths: tuple[int, ...] = ()
     timm_kwargs: dict[str, object] = field(default_factory=dict)
+    # A weights file shipped inside the package (densekit/weights/), loaded by "bundled".
+    bundled_file: str = ""
 
     @property
     def is_vit(self) -> bool:
@@ -321,6 +324,15 @@ REGISTRY: dict[str, BackboneSpec] = {
         num_register_tokens=0, img_size=518, normalization="rad_dino", num_params=86_580_480,
         weight_files=("model.safetensors", "backbone_compatible.safetensors"),
         hf_ids=("microsoft/rad-dino",), dpt_layers=_S3,
+    ),
+    # densekit's own ViT-Tiny/16 in the DINOv2 layout, pretrained with `densekit pretrain` on
+    # redistributable imagery and shipped in the package (card: densekit/weights/README.md).
+    "densekit_vitt16": BackboneSpec(
+        name="densekit_vitt16", family="dinov2", timm_name="vit_small_patch14_dinov2",
+        patch_size=16, embed_dim=192, depth=12, num_heads=3, ffn="mlp", ffn_ratio=4.0,
+        num_register_tokens=0, img_size=224, normalization="imagenet", num_params=5_529_216,
+        weight_files=("densekit_vitt16.pth",), dpt_layers=_S3,
+        timm_kwargs={"patch_size": 16}, bundled_file="densekit_vitt16.pth",
     ),
 }
 # fmt: on

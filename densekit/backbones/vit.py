@@ -89,12 +89,21 @@ class DinoViT(Backbone):
         return out
 
     # -- tokens ------------------------------------------------------------------------------
-    def _embed(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _embed(
+        self, x: Tensor, masks: Tensor | None = None, mask_token: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Prefix + patch tokens with positions (and the RoPE table for DINOv3).
+
+        ``masks`` ``(B, h*w)`` replaces the marked patch embeddings by ``mask_token`` before the
+        positions are added, as the official code does for iBOT (pretraining only).
+        """
         m = self.model
         b = x.shape[0]
         x = m.patch_embed(x)  # (B, h, w, C) with timm's dynamic_img_size
         _, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
+        if masks is not None and mask_token is not None:
+            x = torch.where(masks[..., None], mask_token.to(x.dtype).view(1, 1, -1), x)
         cls = m.cls_token.expand(b, -1, -1)
         prefix = [cls]
         if m.reg_token is not None:
@@ -127,6 +136,17 @@ class DinoViT(Backbone):
             if len(outs) == len(wanted):
                 break
         return [outs[i] for i in take]
+
+    def encode(
+        self, x: Tensor, masks: Tensor | None = None, mask_token: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Normed class token ``(B, C)`` and patch tokens ``(B, h*w, C)`` of the last block,
+        with autograd (for pretraining; sides must be multiples of the patch)."""
+        x, rope = self._embed(x, masks, mask_token)
+        for blk in self.model.blocks:
+            x = blk(x, rope=rope) if self.dinov3 else blk(x)
+        x = self.model.norm(x)
+        return x[:, 0], x[:, self.num_prefix :]
 
     def get_intermediate_layers(
         self,
