@@ -235,6 +235,39 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tile(args: argparse.Namespace) -> int:
+    from densekit.tiling import StoppedEarly, tile
+
+    inputs = args.input[0] if len(args.input) == 1 else args.input
+    inputs2 = None
+    if args.input2:
+        inputs2 = args.input2[0] if len(args.input2) == 1 else args.input2
+    try:
+        records = tile(
+            args.checkpoint,
+            inputs,
+            args.output,
+            inputs2,
+            tile=args.tile,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            probabilities=args.probabilities,
+            device=args.device,
+            precision=args.precision,
+            prefetch=args.prefetch,
+            resume=args.resume,
+            stop_after_strips=args.stop_after_strips,
+            progress=not args.no_progress,
+        )
+    except StoppedEarly as e:
+        print(f"densekit tile: {e}", file=sys.stderr)
+        return 3
+    for r in records:
+        if r:  # rank 0
+            print(f"wrote {', '.join(r['outputs'])} ({r['megapixels_per_s']} Mpx/s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="densekit",
@@ -297,6 +330,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .pt with the features")
     p.add_argument("--pca", default=None, help="also write the PCA picture as PNG")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser(
+        "tile",
+        help="apply a trained head to whole rasters: tiled, blended, streamed, COG output",
+        description=(
+            "Tiled inference with a densekit checkpoint (see densekit.tiling). Under torchrun "
+            "the strips are split between the processes."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of densekit fit")
+    p.add_argument("--input", required=True, nargs="+", help="raster(s) or a folder of rasters")
+    p.add_argument("--input2", nargs="+", help="second dates (change detection), paired by order")
+    p.add_argument("--output", required=True, help="output .tif (a folder with several inputs)")
+    p.add_argument("--tile", type=int, default=512, help="tile side in pixels (default 512)")
+    p.add_argument("--overlap", type=int, default=64, help="overlap of tiles (default 64)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward (default 4)")
+    p.add_argument("--probabilities", action="store_true", help="also write <output>_probs.tif")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--precision", choices=("32", "bf16"), default="32")
+    p.add_argument("--prefetch", type=int, default=2, help="batches read ahead (default 2)")
+    p.add_argument("--resume", action="store_true", help="continue a killed or stopped run")
+    p.add_argument(
+        "--stop-after-strips",
+        type=int,
+        default=None,
+        help="stop after N strips, keeping the partial output (exit status 3); --resume goes on",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tile)
 
     p = sub.add_parser(
         "stats",

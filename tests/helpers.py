@@ -104,3 +104,16 @@ def write_raster(path, data, crs=None, transform=None, **profile) -> None:
         **profile,
     ) as dst:
         dst.write(data)
+
+
+def rank_tile(rank: int, port: int, ckpt: str, src: str, out: str) -> None:
+    """mp.spawn worker: one of two processes of ``densekit.tiling.tile``."""
+    import os
+
+    from densekit.tiling import tile
+
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    tile(ckpt, src, out, tile=56, overlap=14, probabilities=True, progress=False)

@@ -10,6 +10,7 @@ carries its own normalisation.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections.abc import Mapping, Sequence
@@ -94,6 +95,34 @@ def reference_grid(spec: str) -> tuple[Grid, str]:
     return min(grids, key=lambda g: g[0].resolution if g[0].georeferenced else 0.0)
 
 
+class RasterReaders:
+    """Open readers (warped onto a reference grid where needed), kept for many reads."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._open: dict[tuple[str, bool, float | None], tuple[Any, bool]] = {}
+
+    def get(
+        self, path: str, reference: Grid, categorical: bool, nodata: float | None
+    ) -> tuple[Any, bool]:
+        key = (path, categorical, nodata)
+        if key not in self._open:
+            self._open[key] = self._stack.enter_context(
+                open_on_grid(path, reference, categorical, nodata)
+            )
+        return self._open[key]
+
+    def close(self) -> None:
+        self._stack.close()
+        self._open.clear()
+
+    def __enter__(self) -> RasterReaders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_box(
     spec: str,
     window: Box,
@@ -103,6 +132,7 @@ def read_box(
     categorical: bool = False,
     fill: float = 0.0,
     nodata: float | None = None,
+    readers: RasterReaders | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read ``window`` (on the ``reference`` grid) clipped to ``region`` and the grid.
 
@@ -135,7 +165,12 @@ def read_box(
         by_file.setdefault(path, []).append((k, band))
     try:
         for path, pairs in by_file.items():
-            with open_on_grid(path, reference, categorical, nodata) as (src, warped):
+            opened = (
+                open_on_grid(path, reference, categorical, nodata)
+                if readers is None
+                else contextlib.nullcontext(readers.get(path, reference, categorical, nodata))
+            )
+            with opened as (src, warped):
                 indexes = [band for _, band in pairs]
                 data = src.read(indexes, window=rw)
                 for (k, _), plane in zip(pairs, data, strict=True):

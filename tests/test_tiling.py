@@ -1,0 +1,368 @@
+"""Tiled inference: blending, streaming output, georeferencing, resume, distribution, errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import lightning as L
+import numpy as np
+import pytest
+import rasterio
+import torch
+import torch.multiprocessing as mp
+from helpers import TEST_DATA, free_port, needs_shared_data, rank_tile, write_raster
+from rasterio.transform import from_origin
+from torch import nn
+
+from densekit.backbones import load_backbone
+from densekit.backbones.export import official_state_dict, save_official
+from densekit.cli import main
+from densekit.data import ChangeDataModule, DepthDataModule, SegmentationDataModule
+from densekit.errors import DensekitError, InputImageError
+from densekit.tasks import ChangeDetectionTask, DepthTask, SegmentationTask
+from densekit.tiling import (
+    CLASS_NODATA,
+    StoppedEarly,
+    TileModel,
+    TileOptions,
+    hann_window,
+    tile,
+    tile_positions,
+    tile_raster,
+)
+
+CHIPS = TEST_DATA / "chips"
+TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+QUIET = {"progress": False}
+
+
+def _fit(task, data, path):
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=path.parent,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, data)
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = load_backbone("dinov2_vits14", "random", **TINY)
+    weights = str(save_official(official_state_dict(b.arch, b.model), root / "tiny.pth"))
+    common = dict(weights=weights, backbone_overrides=TINY, scale=1 / 255)
+    seg = SegmentationTask(num_classes=3, class_names=["bg", "road", "roof"], **common)
+    seg_data = SegmentationDataModule(
+        images=str(CHIPS / "seg/images"), labels=str(CHIPS / "seg/labels"), batch_size=4
+    )
+    depth = DepthTask(**common)
+    depth_data = DepthDataModule(
+        images=str(CHIPS / "depth/images"), depths=str(CHIPS / "depth/depths"), batch_size=4
+    )
+    change = ChangeDetectionTask(**common)
+    change_data = ChangeDataModule(
+        images1=str(CHIPS / "change/a"),
+        images2=str(CHIPS / "change/b"),
+        labels=str(CHIPS / "change/labels"),
+        batch_size=4,
+    )
+    return {
+        "seg": _fit(seg, seg_data, root / "seg.ckpt"),
+        "depth": _fit(depth, depth_data, root / "depth.ckpt"),
+        "change": _fit(change, change_data, root / "change.ckpt"),
+        "weights": weights,
+    }
+
+
+def _raster(path, w=150, h=130, bands=3, nodata_box=True, seed=0, transform=None):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    data = np.stack(
+        [((xx // 9 + yy // 7 + b) % 5) * 40 + rng.integers(1, 30, (h, w)) for b in range(bands)]
+    ).astype(np.uint8)
+    if nodata_box:
+        data[:, :20, :30] = 0
+    write_raster(path, data, crs="EPSG:32633", transform=transform, nodata=0)
+    return str(path)
+
+
+# -- pieces ------------------------------------------------------------------------------------
+def test_hann_window_is_positive_symmetric_and_peaks_in_the_middle():
+    w = hann_window(64)
+    assert float(w.min()) > 0 and torch.allclose(w, w.flip(0))
+    assert int(w.argmax()) in (31, 32) and float(w.max()) > 0.99
+
+
+def test_tile_positions_cover_the_raster_without_shifting():
+    pos = tile_positions(1000, 224, 192)
+    assert pos[0] == 0 and all(b - a == 192 for a, b in itertools.pairwise(pos))
+    assert pos[-1] + 224 >= 1000 > pos[-2] + 224
+    assert tile_positions(224, 224, 192) == [0]
+
+
+class PixelTask(nn.Module):
+    """Exactly translation-equivariant: a 1x1 conv on per-pixel features."""
+
+    kind = "depth"
+    backbone = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Tanh(), nn.Conv2d(8, 1, 1))
+        self.hparams = {"in_channels": 3, "bands": None}
+
+    def forward(self, x):
+        return self.conv(torch.nan_to_num(x / 255, nan=0.0))
+
+
+class _HP(dict):
+    __getattr__ = dict.get
+
+
+def pixel_model() -> TileModel:
+    task = PixelTask()
+    task.hparams = _HP(task.hparams)
+    return TileModel(task, None, "cpu", "32")
+
+
+def test_translation_equivariant_model_gives_the_untiled_result(tmp_path):
+    src = _raster(tmp_path / "in.tif", w=300, h=260, nodata_box=False)
+    model = pixel_model()
+    tile_raster(model, src, tmp_path / "out.tif", options=TileOptions(tile=64, overlap=16, **QUIET))
+    with rasterio.open(src) as s:
+        x = torch.from_numpy(s.read().astype(np.float32))[None]
+    with torch.no_grad():
+        full = model.task(x)[0, 0].numpy()
+    with rasterio.open(tmp_path / "out.tif") as s:
+        tiled = s.read(1)
+    assert tiled.shape == full.shape
+    assert np.abs(tiled - full).max() <= 4 * np.finfo(np.float32).eps * np.abs(full).max()
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def test_segmentation_output_is_a_georeferenced_cog(ckpts, tmp_path):
+    src = _raster(tmp_path / "in.tif", transform=from_origin(400000, 5000000, 2.5, 2.5))
+    out = tmp_path / "seg.tif"
+    [record] = tile(ckpts["seg"], src, out, tile=56, overlap=14, probabilities=True, **QUIET)
+    with rasterio.open(src) as s, rasterio.open(out) as o:
+        assert (o.crs, o.transform, o.width, o.height) == (s.crs, s.transform, s.width, s.height)
+        assert o.dtypes[0] == "uint8" and o.nodata == CLASS_NODATA
+        assert json.loads(o.tags()["CLASS_NAMES"]) == ["bg", "road", "roof"]
+        assert o.colorinterp[0].name == "palette" and o.colormap(1)[1][:3] == (230, 25, 75)
+        assert o.block_shapes[0] == (512, 512) and o.profile["compress"] == "deflate"
+        assert o.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        classes = o.read(1)
+    assert (classes[:20, :30] == CLASS_NODATA).all()  # input nodata -> output nodata
+    assert set(np.unique(classes[20:])) <= {0, 1, 2}
+    with rasterio.open(tmp_path / "seg_probs.tif") as p:
+        probs = p.read()
+    assert probs.shape == (3, 130, 150) and np.isnan(probs[:, :20, :30]).all()
+    np.testing.assert_allclose(probs[:, 20:].sum(0), 1, atol=1e-5)
+    np.testing.assert_array_equal(probs[:, 20:].argmax(0), classes[20:])
+    side = json.loads((tmp_path / "seg.json").read_text())
+    assert side["backbone"]["sha256"] and side["checkpoint_sha256"] and side["tiles"] == 4 * 3
+    assert record["timings"]["total_s"] > 0 and not (tmp_path / "seg.tif.partial").exists()
+
+
+def test_depth_output_is_float_with_nan_nodata(ckpts, tmp_path):
+    src = _raster(tmp_path / "in.tif")
+    tile(ckpts["depth"], src, tmp_path / "d.tif", tile=56, overlap=14, **QUIET)
+    with rasterio.open(tmp_path / "d.tif") as o:
+        d = o.read(1)
+        assert o.dtypes[0] == "float32" and np.isnan(o.nodata)
+    assert np.isnan(d[:20, :30]).all() and np.isfinite(d[20:]).all() and (d[20:] > 0).all()
+
+
+def test_change_detection_aligns_date_two_on_date_one(ckpts, tmp_path):
+    a = _raster(tmp_path / "a.tif", transform=from_origin(500000, 4600000, 10, 10))
+    # date 2: 5 m pixels, shifted by 3 pixels of date 1
+    b = _raster(
+        tmp_path / "b.tif",
+        w=320,
+        h=280,
+        seed=1,
+        nodata_box=False,
+        transform=from_origin(500030, 4600000, 5, 5),
+    )
+    tile(ckpts["change"], a, tmp_path / "c.tif", inputs2=b, tile=56, overlap=14, **QUIET)
+    with rasterio.open(tmp_path / "c.tif") as o:
+        c = o.read(1)
+        assert (o.width, o.height) == (150, 130)
+    assert (c[:, :3] == CLASS_NODATA).all()  # date 2 does not cover these columns
+    assert set(np.unique(c[20:, 30:])) <= {0, 1}
+    far = _raster(tmp_path / "far.tif", transform=from_origin(900000, 4600000, 10, 10))
+    with pytest.raises(DensekitError, match=r"does not overlap.*far.tif"):
+        tile(ckpts["change"], a, tmp_path / "c2.tif", inputs2=far, tile=56, **QUIET)
+    assert not (tmp_path / "c2.tif").exists()
+
+
+def test_many_inputs_in_one_call(ckpts, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        _raster(folder / f"r{i}.tif", seed=i)
+    records = tile(ckpts["seg"], folder, tmp_path / "out", tile=56, overlap=14, **QUIET)
+    assert len(records) == 2
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["r0.tif", "r1.tif"]
+
+
+# -- resume and distribution -------------------------------------------------------------------
+def test_resume_after_a_stop_gives_the_same_bytes(ckpts, tmp_path):
+    src = _raster(tmp_path / "in.tif", w=200, h=260)
+    opts = dict(tile=56, overlap=14, probabilities=True, **QUIET)
+    tile(ckpts["seg"], src, tmp_path / "full.tif", **opts)
+    with pytest.raises(StoppedEarly):
+        tile(ckpts["seg"], src, tmp_path / "part.tif", stop_after_strips=2, **opts)
+    assert not (tmp_path / "part.tif").exists()
+    progress = json.loads((tmp_path / "part.tif.partial" / "progress-0.json").read_text())
+    assert progress["strips_done"] == 2
+    with pytest.raises(DensekitError, match=r"other settings.*overlap"):
+        tile(ckpts["seg"], src, tmp_path / "part.tif", resume=True, **{**opts, "overlap": 8})
+    tile(ckpts["seg"], src, tmp_path / "part.tif", resume=True, **opts)
+    for a, b in (("full.tif", "part.tif"), ("full_probs.tif", "part_probs.tif")):
+        assert (tmp_path / a).read_bytes() == (tmp_path / b).read_bytes()
+
+
+def test_resume_after_a_kill_gives_the_same_bytes(ckpts, tmp_path):
+    src = _raster(tmp_path / "in.tif", w=240, h=1400, nodata_box=False)
+    args = [
+        "--checkpoint",
+        ckpts["seg"],
+        "--input",
+        src,
+        "--tile",
+        "56",
+        "--overlap",
+        "14",
+        "--no-progress",
+        "--batch-size",
+        "1",
+    ]
+    assert main(["tile", *args, "--output", str(tmp_path / "full.tif")]) == 0
+    out = tmp_path / "killed.tif"
+    cmd = [sys.executable, "-m", "densekit.cli", "tile", *args, "--output", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "killed.tif.partial" / "progress-0.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())["strips_done"] >= 3:
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail("the run ended before it could be killed; make the raster larger")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert main(["tile", *args, "--output", str(out), "--resume"]) == 0
+    assert out.read_bytes() == (tmp_path / "full.tif").read_bytes()
+
+
+def test_two_processes_give_the_same_output_as_one(ckpts, tmp_path):
+    src = _raster(tmp_path / "in.tif", w=200, h=300)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: CPU kernels may round differently per thread count
+    try:
+        tile(
+            ckpts["seg"],
+            src,
+            tmp_path / "one.tif",
+            tile=56,
+            overlap=14,
+            probabilities=True,
+            **QUIET,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    mp.spawn(rank_tile, args=(free_port(), ckpts["seg"], src, str(tmp_path / "two.tif")), nprocs=2)
+    for a, b in (("one.tif", "two.tif"), ("one_probs.tif", "two_probs.tif")):
+        assert (tmp_path / a).read_bytes() == (tmp_path / b).read_bytes()
+    side = json.loads((tmp_path / "two.json").read_text())
+    assert side["world_size"] == 2
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_bad_inputs_fail_clearly_and_write_nothing(ckpts, tmp_path):
+    src = _raster(tmp_path / "in.tif")
+    out = tmp_path / "o.tif"
+    with pytest.raises(InputImageError, match=r"missing.tif"):
+        tile(ckpts["seg"], tmp_path / "missing.tif", out, **QUIET)
+    (tmp_path / "corrupt.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(InputImageError, match=r"corrupt.tif"):
+        tile(ckpts["seg"], tmp_path / "corrupt.tif", out, **QUIET)
+    four = _raster(tmp_path / "four.tif", bands=4)
+    with pytest.raises(
+        DensekitError, match=r"four.tif: 4 bands; the checkpoint .*seg.ckpt was trained on 3"
+    ):
+        tile(ckpts["seg"], four, out, **QUIET)
+    with pytest.raises(DensekitError, match=r"150x130 is smaller than one tile \(504x504\)"):
+        tile(ckpts["seg"], src, out, tile=512, **QUIET)
+    with pytest.raises(DensekitError, match="does not exist"):
+        tile(ckpts["seg"], src, tmp_path / "no" / "o.tif", tile=56, **QUIET)
+    with pytest.raises(DensekitError, match="change model and takes two dates"):
+        tile(ckpts["change"], src, out, tile=56, **QUIET)
+    with pytest.raises(DensekitError, match="not a checkpoint of densekit fit"):
+        torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+        tile(tmp_path / "other.ckpt", src, out, tile=56, **QUIET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "corrupt.tif",
+        "four.tif",
+        "in.tif",
+        "other.ckpt",
+    ]
+
+
+def test_cli_tile_exit_codes(ckpts, tmp_path):
+    src = _raster(tmp_path / "in.tif", w=150, h=300)
+    base = [
+        "tile",
+        "--checkpoint",
+        ckpts["seg"],
+        "--input",
+        src,
+        "--tile",
+        "56",
+        "--overlap",
+        "14",
+        "--no-progress",
+    ]
+    assert main([*base, "--output", str(tmp_path / "a.tif")]) == 0
+    assert main([*base, "--output", str(tmp_path / "b.tif"), "--stop-after-strips", "1"]) == 3
+    assert main([*base, "--output", str(tmp_path / "b.tif"), "--resume"]) == 0
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+    assert main([*base, "--output", str(tmp_path / "nowhere" / "c.tif")]) == 2
+
+
+def test_tiles_the_real_blue_marble(ckpts, tmp_path):
+    src = needs_shared_data("bluemarble-large-geotiff") / "bluemarble_200412_5400x2700_epsg4326.tif"
+    # a 600 x 400 piece around the Mediterranean
+    with rasterio.open(src) as s:
+        win = rasterio.windows.Window(2700, 600, 600, 400)
+        profile = s.profile
+        transform = s.window_transform(win)
+        data = s.read(window=win)
+    profile.update(width=600, height=400, transform=transform)
+    piece = tmp_path / "piece.tif"
+    with rasterio.open(piece, "w", **profile) as d:
+        d.write(data)
+    [rec] = tile(ckpts["seg"], piece, tmp_path / "bm.tif", tile=112, overlap=28, **QUIET)
+    with rasterio.open(tmp_path / "bm.tif") as o:
+        assert o.crs.to_epsg() == 4326 and o.transform == transform
+        assert o.overviews(1) == [2]  # COG overviews down to one 512-pixel block
+        assert set(np.unique(o.read(1))) <= {0, 1, 2}
+    assert rec["size"] == [600, 400]
