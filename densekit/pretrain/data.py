@@ -16,10 +16,16 @@ standardised values directly (albumentations' float transforms clip to [0, 1]): 
 shift, a contrast factor and a per-band gain, grey for three-band images with probability
 ``grey_p``, and a Gaussian blur (probability 1.0 / 0.1 for the two global views, 0.5 for the
 local ones, as in DINO).
+
+Randomness: the window draws, crops and jitter come from the dataset's own generators, seeded
+from the process's torch seed (``seed_everything``), the global rank and the DataLoader worker,
+so every DDP rank and worker draws different windows and a run with a seed is reproducible.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -154,25 +160,29 @@ class MultiCrop:
             [A.RandomResizedCrop(size=(local_size, local_size), scale=local_scale), *geometric]
         )
         self.local_crops = local_crops
-        self.global_size = global_size
         self.grey_p = grey_p
+        self.generator = torch.Generator()
+        self.reseed(int(torch.randint(0, 2**31, ())))
 
     def reseed(self, seed: int) -> None:
-        self.global_crop.set_random_seed(seed)
-        self.local_crop.set_random_seed(seed + 1)
+        """Seed the crops (albumentations) and the jitter (torch)."""
+        self.generator.manual_seed(seed)
+        self.global_crop.set_random_seed(seed + 1)
+        self.local_crop.set_random_seed(seed + 2)
 
     def _jitter(self, x: torch.Tensor, blur_p: float) -> torch.Tensor:
-        u = torch.rand(4)
+        g = self.generator
+        u = torch.rand(4, generator=g)
         if u[0] < 0.8:
-            shift = (torch.rand(()) - 0.5) * 0.8
-            contrast = 0.6 + torch.rand(()) * 0.8
-            gain = 1 + (torch.rand(x.shape[0], 1, 1) - 0.5) * 0.4
+            shift = (torch.rand((), generator=g) - 0.5) * 0.8
+            contrast = 0.6 + torch.rand((), generator=g) * 0.8
+            gain = 1 + (torch.rand(x.shape[0], 1, 1, generator=g) - 0.5) * 0.4
             x = (x - x.mean()) * contrast + x.mean() + shift
             x = x * gain
         if x.shape[0] == 3 and u[1] < self.grey_p:
             x = x.mean(0, keepdim=True).expand(3, -1, -1).clone()
         if u[2] < blur_p:
-            sigma = float(0.1 + torch.rand(()) * 1.9)
+            sigma = float(0.1 + torch.rand((), generator=g) * 1.9)
             x = TF.gaussian_blur(x, kernel_size=[9, 9], sigma=[sigma, sigma])
         return x
 
@@ -209,15 +219,23 @@ class UnlabelledWindows(Dataset):
         self.max_invalid = max_invalid
         areas = np.array([1.0 if uniform else s.width * s.height for s in sources], np.float64)
         self.weights = torch.from_numpy(areas / areas.sum())
+        self.generator = torch.Generator()
+        self.reseed(int(torch.randint(0, 2**31, ())))
+
+    def reseed(self, seed: int) -> None:
+        """Seed the window draws and the crops."""
+        self.generator.manual_seed(seed)
+        self.crops.reseed(seed + 1)
 
     def __len__(self) -> int:
         return self.length
 
     def draw(self) -> tuple[Source, tuple[int, int, int, int]]:
-        s = self.sources[int(torch.multinomial(self.weights, 1))]
+        g = self.generator
+        s = self.sources[int(torch.multinomial(self.weights, 1, generator=g))]
         w, h = min(self.window, s.width), min(self.window, s.height)
-        col = int(torch.randint(0, s.width - w + 1, ()))
-        row = int(torch.randint(0, s.height - h + 1, ()))
+        col = int(torch.randint(0, s.width - w + 1, (), generator=g))
+        row = int(torch.randint(0, s.height - h + 1, (), generator=g))
         return s, (col, row, w, h)
 
     def __getitem__(self, i: int) -> list[torch.Tensor]:
@@ -240,11 +258,16 @@ def _collate(items: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     return [torch.stack(views) for views in zip(*items, strict=True)]
 
 
-def _seed_worker(worker_id: int) -> None:
+def seed_for(*values: int) -> int:
+    """A 31-bit seed mixing ``values`` (the process's torch seed, rank, worker)."""
+    return int(np.random.SeedSequence(list(values)).generate_state(1)[0] >> 1)
+
+
+def _seed_worker(worker_id: int, rank: int = 0) -> None:
     info = torch.utils.data.get_worker_info()
-    if info is not None:
+    if info is not None:  # a worker's torch seed is the loader's base seed + worker_id
         dataset: Any = info.dataset
-        dataset.crops.reseed(int(info.seed % 2**31))
+        dataset.reseed(seed_for(torch.initial_seed(), rank, worker_id))
 
 
 class PretrainDataModule(L.LightningDataModule):
@@ -299,6 +322,8 @@ class PretrainDataModule(L.LightningDataModule):
         self.in_channels = in_channels
         self.nodata = nodata
         self.window = window
+        self.global_size = global_size
+        self.local_size = local_size
         self.crops = MultiCrop(global_size, local_size, local_crops, global_scale, local_scale)
         self.max_invalid = max_invalid
         self.source_sampling = source_sampling
@@ -320,7 +345,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.sources = [
             Source(f, self.bands, self.nodata, self.in_channels) for f in self.list_files()
         ]
-        side = self.crops.global_size
+        side = self.global_size
         for s in self.sources:
             if min(s.width, s.height) < side:
                 raise DensekitError(
@@ -329,6 +354,9 @@ class PretrainDataModule(L.LightningDataModule):
                 )
 
     def train_dataloader(self) -> DataLoader:
+        """Random windows; seeded per global rank (and per worker; see the module docstring)."""
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else int(os.environ.get("RANK", 0))
         dataset = UnlabelledWindows(
             self.sources,
             self.window,
@@ -338,12 +366,13 @@ class PretrainDataModule(L.LightningDataModule):
             self.max_invalid,
             uniform=self.source_sampling == "uniform",
         )
+        dataset.reseed(seed_for(torch.initial_seed(), rank))  # for num_workers 0
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,
-            worker_init_fn=_seed_worker,
+            worker_init_fn=functools.partial(_seed_worker, rank=rank),
             drop_last=True,
             persistent_workers=self.num_workers > 0,
         )

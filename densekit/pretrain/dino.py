@@ -9,13 +9,20 @@ The recipe follows the DINO and DINOv2 papers:
   the teacher's centred, sharpened distribution (temperature warmed up from
   ``warmup_teacher_temp`` to ``teacher_temp``) and the student's (``student_temp``) over every
   pair of different views; the centre is an EMA of the teacher's outputs (``center_momentum``);
-* iBOT (``ibot_weight`` > 0): in half the global crops a random ``mask_ratio`` of patches is
-  replaced by a learnt mask token in the student; a separate patch head is distilled from the
-  teacher's unmasked patch tokens on those positions (its own centre);
+* iBOT (``ibot_weight`` > 0): in ``int(B * mask_probability)`` of the ``B`` global crops of a
+  batch (at least one) a random fraction in ``mask_ratio`` of the patches (at least one) is
+  replaced by a learnt mask token in the student, as DINOv2 (a fixed count, so every DDP rank
+  runs the same collectives); a separate patch head is distilled from the teacher's unmasked
+  patch tokens on those positions (its own centre), each image's patches weighted by 1 / its
+  masked count and the result averaged over the masked images. With ``ibot_weight`` 0 the patch
+  heads are not built and the mask token stays frozen (every trainable parameter gets a
+  gradient, as DDP needs);
 * KoLeo (``koleo_weight`` > 0): ``-mean(log(nearest-neighbour distance))`` of the student's
-  l2-normalised class tokens within each global crop set, spreading features;
+  l2-normalised class tokens within each global crop set, spreading features (0 for a per-rank
+  batch of one);
 * AdamW with linear warm-up then cosine decay of the learning rate and a cosine weight-decay
-  schedule; the prototypes are frozen for ``freeze_last_layer_steps`` steps.
+  schedule; the prototypes are frozen for ``freeze_last_layer_steps`` steps; the teacher's EMA
+  follows each optimizer step (not each micro-batch under ``accumulate_grad_batches``).
 
 Continued pretraining starts the backbone from any registry entry's weights with fresh heads;
 the backbone's learning rate is held at 0 for ``backbone_warmup_steps`` steps while the heads
@@ -27,13 +34,15 @@ its batch-mean distribution (both divided by log K), and ``feature_std``, the pe
 standard deviation of the teacher's normalised class tokens times sqrt(C) (about 1 when spread,
 0 when collapsed). A warning is raised at the end of an epoch when the batch entropy or the
 feature std falls below ``collapse_threshold``: the features have collapsed to a point.
-Optionally a k-NN check on a small labelled raster (``probe_*``): teacher patch features of the
-left half's windows label those of the right half by a similarity-weighted vote of ``probe_k``
+Optionally a k-NN check on a small labelled raster (``probe_*``, read and checked when the task
+is built; see ``densekit.pretrain.probe``), run on rank 0: teacher patch features of the left
+half's windows label those of the right half by a similarity-weighted vote of ``probe_k``
 neighbours; the macro IoU of the patch labels is logged as ``probe_miou``.
 
-At the end of training the teacher backbone (DINO evaluates the teacher) is written in its
+At the end of training rank 0 writes the teacher backbone (DINO evaluates the teacher) in its
 family's official layout to ``export_path`` (default ``<run folder>/export/<backbone>.pth``),
-with ``card.json`` beside it; ``load_backbone(<backbone>, weights=<that file>)`` reads it.
+with ``card.json`` beside it, and every rank waits for it; ``load_backbone(<backbone>,
+weights=<that file>)`` reads it. The global and local crop sizes must be multiples of the patch.
 """
 
 from __future__ import annotations
@@ -43,54 +52,25 @@ import functools
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-import rasterio
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics.functional.classification import multiclass_jaccard_index
 
 from densekit.backbones import load_backbone
 from densekit.backbones.checkpoint import sha256_file
 from densekit.backbones.export import official_state_dict, save_official
 from densekit.backbones.vit import DinoViT
 from densekit.errors import DensekitError
-
-
-class DINOHead(nn.Module):
-    """MLP -> bottleneck -> l2 norm -> weight-normalised prototypes (norm fixed to 1)."""
-
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim),
-        )
-        for m in self.mlp:
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-        self.last_layer = nn.utils.parametrizations.weight_norm(
-            nn.Linear(bottleneck_dim, out_dim, bias=False)
-        )
-        g = self.last_layer.parametrizations.weight.original0
-        g.data.fill_(1.0)
-        g.requires_grad_(False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1, eps=1e-6))
+from densekit.pretrain.objective import DINOHead, dino_loss, ibot_loss, koleo_loss
+from densekit.pretrain.probe import Probe
 
 
 def cosine(step: int, total: int, start: float, end: float) -> float:
@@ -98,14 +78,6 @@ def cosine(step: int, total: int, start: float, end: float) -> float:
     if total <= 0 or step >= total:
         return end
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * step / total))
-
-
-def koleo_loss(x: Tensor) -> Tensor:
-    """Kozachenko-Leonenko entropy estimate (negated) of l2-normalised rows of ``x``."""
-    x = F.normalize(x.float(), dim=-1, eps=1e-8)
-    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    dist_ = torch.cdist(x, x).masked_fill(eye, float("inf"))
-    return -torch.log(dist_.min(dim=1).values + 1e-8).mean()
 
 
 class DinoPretrainTask(L.LightningModule):
@@ -124,9 +96,9 @@ class DinoPretrainTask(L.LightningModule):
             temperatures and the teacher's linear warm-up.
         center_momentum: EMA factor of the centres.
         momentum: the teacher's EMA factor at step 0 (cosine to 1 at the last step).
-        ibot_weight: weight of the iBOT masked-patch loss (0 disables it).
+        ibot_weight: weight of the iBOT masked-patch loss (0 disables it and its heads).
         mask_ratio: range of the fraction of patches masked in a masked crop.
-        mask_probability: fraction of global crops that are masked.
+        mask_probability: fraction of global crops that are masked (at least one per batch).
         koleo_weight: weight of the KoLeo regulariser (0 disables it).
         lr: peak learning rate (for a batch of 256; scaled linearly by the batch size, as DINO).
         min_lr: final learning rate.
@@ -136,7 +108,8 @@ class DinoPretrainTask(L.LightningModule):
         backbone_warmup_steps: steps the backbone's learning rate is 0 (continued pretraining).
         backbone_lr_scale: the backbone's learning rate relative to the heads'.
         collapse_threshold: warn when batch entropy or feature std falls below it.
-        probe_image, probe_label: a small labelled raster pair for the k-NN check (None: off).
+        probe_image, probe_label: a small labelled raster pair for the k-NN check (None: off;
+            read and checked here).
         probe_label_map: raw label value -> class for the probe (values not in it are ignored).
         probe_num_classes: classes of the probe.
         probe_window: side of the probe windows (a multiple of the patch).
@@ -193,11 +166,22 @@ class DinoPretrainTask(L.LightningModule):
         self.student = student
         self.teacher = copy.deepcopy(student).requires_grad_(False)
         dim = student.arch.embed_dim
-        self.mask_token = nn.Parameter(torch.zeros(1, dim))
+        ibot = ibot_weight > 0
+        lo, hi = mask_ratio
+        if ibot and not (0 < mask_probability <= 1 and 0 <= lo <= hi <= 1):
+            raise DensekitError(
+                f"model.init_args.mask_probability {mask_probability} / mask_ratio {mask_ratio}: "
+                "need 0 < mask_probability <= 1 and 0 <= low <= high <= 1"
+            )
+        # Exported with the backbone (the official layout has it); trained only with iBOT.
+        self.mask_token = nn.Parameter(torch.zeros(1, dim), requires_grad=ibot)
         self.student_head = DINOHead(dim, out_dim, hidden_dim, bottleneck_dim)
         self.teacher_head = copy.deepcopy(self.student_head).requires_grad_(False)
-        self.student_patch_head = DINOHead(dim, out_dim, hidden_dim, bottleneck_dim)
-        self.teacher_patch_head = copy.deepcopy(self.student_patch_head).requires_grad_(False)
+        self.student_patch_head: DINOHead | None = None
+        self.teacher_patch_head: DINOHead | None = None
+        if ibot:
+            self.student_patch_head = DINOHead(dim, out_dim, hidden_dim, bottleneck_dim)
+            self.teacher_patch_head = copy.deepcopy(self.student_patch_head).requires_grad_(False)
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("patch_center", torch.zeros(1, out_dim))
         self.weights_sha256 = student.weights.sha256 if weights != "random" else None
@@ -205,6 +189,37 @@ class DinoPretrainTask(L.LightningModule):
         self.collapsed = False
         self.history: list[dict[str, float]] = []
         self._started = time.time()
+        self.probe: Probe | None = None
+        if probe_image is not None or probe_label is not None:
+            missing = "probe_label" if probe_image is not None else "probe_image"
+            if probe_image is None or probe_label is None:
+                raise DensekitError(
+                    f"model.init_args.{missing} is missing; the k-NN check needs both"
+                )
+            self.probe = Probe(
+                probe_image,
+                probe_label,
+                probe_label_map,
+                probe_num_classes,
+                student.in_chans,
+                student.patch_size,
+                probe_window,
+            )
+
+    def setup(self, stage: str) -> None:
+        """Check the data module's crop sizes against the backbone's patch."""
+        dm = getattr(self.trainer, "datamodule", None)
+        p = self.student.patch_size
+        sizes = {k: getattr(dm, k, None) for k in ("global_size", "local_size")}
+        bad = {k: v for k, v in sizes.items() if isinstance(v, int) and v % p}
+        if bad:
+            near = [sorted({max(v // p, 1) * p, (v // p + 1) * p}) for v in bad.values()]
+            raise DensekitError(
+                ", ".join(f"data.{k} {v}" for k, v in bad.items())
+                + f": not a multiple of the patch {p} of {self.hp.backbone} (e.g. "
+                + ", ".join(" or ".join(map(str, n)) for n in near)
+                + ")"
+            )
 
     @property
     def hp(self) -> Any:
@@ -270,11 +285,13 @@ class DinoPretrainTask(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------------
     def _masks(self, b: int, n: int, device: torch.device) -> Tensor:
+        """``(b, n)`` iBOT masks: ``int(b * mask_probability)`` random images (at least one),
+        each with a random fraction in ``mask_ratio`` of its patches masked (at least one)."""
         lo, hi = self.hp.mask_ratio
-        masked = torch.rand(b, device=device) < self.hp.mask_probability
-        ratio = lo + (hi - lo) * torch.rand(b, device=device)
-        masks = torch.rand(b, n, device=device) < ratio[:, None]
-        return masks & masked[:, None]
+        count = (n * (lo + (hi - lo) * torch.rand(b, device=device))).long().clamp(1, n)
+        count[torch.randperm(b, device=device)[max(int(b * self.hp.mask_probability), 1) :]] = 0
+        rank = torch.rand(b, n, device=device).argsort(1).argsort(1)  # a random order per image
+        return rank < count[:, None]
 
     def _reduce_mean(self, x: Tensor) -> Tensor:
         if dist.is_available() and dist.is_initialized():
@@ -296,11 +313,10 @@ class DinoPretrainTask(L.LightningModule):
             t_probs = F.softmax((t_out - self.center) / temp, dim=-1)
         p = self.student.patch_size
         n_patches = (globals_.shape[-2] // p) * (globals_.shape[-1] // p)
-        masks = (
-            self._masks(globals_.shape[0], n_patches, globals_.device)
-            if hp.ibot_weight > 0
-            else None
-        )
+        s_patch_head, t_patch_head = self.student_patch_head, self.teacher_patch_head
+        masks = None
+        if s_patch_head is not None:
+            masks = self._masks(globals_.shape[0], n_patches, globals_.device)
         s_cls, s_patch = self.student.encode(globals_, masks, self.mask_token)
         s_out = [self.student_head(s_cls)]
         for local in batch[n_global:]:
@@ -308,22 +324,16 @@ class DinoPretrainTask(L.LightningModule):
             s_out.append(self.student_head(cls))
         s_logp = [F.log_softmax(o / hp.student_temp, dim=-1) for o in s_out]
         s_views = list(s_logp[0].chunk(n_global)) + s_logp[1:]
-        t_views = t_probs.chunk(n_global)
-        terms = [
-            -(t * s).sum(-1).mean()
-            for i, t in enumerate(t_views)
-            for j, s in enumerate(s_views)
-            if i != j
-        ]
-        dino = torch.stack(terms).mean()
+        dino = dino_loss(list(t_probs.chunk(n_global)), s_views)
         loss = dino
         logs = {"dino_loss": dino.detach()}
-        if masks is not None and bool(masks.any()):
+        if masks is not None and s_patch_head is not None and t_patch_head is not None:
+            # every batch has masked patches: all ranks run the same collectives below
             with torch.no_grad():
-                t_pout = self.teacher_patch_head(t_patch[masks])
+                t_pout = t_patch_head(t_patch[masks])
                 t_pprobs = F.softmax((t_pout - self.patch_center) / temp, dim=-1)
-            s_pout = self.student_patch_head(s_patch[masks])
-            ibot = -(t_pprobs * F.log_softmax(s_pout / hp.student_temp, dim=-1)).sum(-1).mean()
+            s_plogp = F.log_softmax(s_patch_head(s_patch[masks]) / hp.student_temp, dim=-1)
+            ibot = ibot_loss(t_pprobs, s_plogp, masks)
             loss = loss + hp.ibot_weight * ibot
             logs["ibot_loss"] = ibot.detach()
             self._update_center("patch_center", t_pout)
@@ -369,22 +379,28 @@ class DinoPretrainTask(L.LightningModule):
                 g["weight_decay"] = wd
         if step < hp.freeze_last_layer_steps:
             for head in (self.student_head, self.student_patch_head):
-                for p in head.last_layer.parameters():
+                for p in head.last_layer.parameters() if head is not None else []:
                     p.grad = None
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer's step, then the teacher's EMA (once per step, not per micro-batch)."""
+        super().optimizer_step(*args, **kwargs)
+        self.update_teacher()
+
     @torch.no_grad()
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def update_teacher(self) -> None:
+        """EMA of the student into the teacher (backbone and heads)."""
         m = self.teacher_momentum(self.global_step)
-        pairs = [
+        pairs: list[tuple[nn.Module, nn.Module]] = [
             (self.student.model, self.teacher.model),
             (self.student_head, self.teacher_head),
-            (self.student_patch_head, self.teacher_patch_head),
         ]
+        if self.student_patch_head is not None and self.teacher_patch_head is not None:
+            pairs.append((self.student_patch_head, self.teacher_patch_head))
         for student, teacher in pairs:
-            s_params = list(student.parameters())
-            t_params = list(teacher.parameters())
+            t_params: list[Tensor] = list(teacher.parameters())
             torch._foreach_mul_(t_params, m)
-            torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1 - m)
+            torch._foreach_add_(t_params, [p.detach() for p in student.parameters()], alpha=1 - m)
 
     def on_train_epoch_end(self) -> None:
         summary = {"epoch": float(self.current_epoch), "step": float(self.global_step)}
@@ -406,92 +422,18 @@ class DinoPretrainTask(L.LightningModule):
                 "temperature, raise center_momentum's effect (smaller value) or the learning rate "
                 "warm-up"
             )
-        hp = self.hp
-        if hp.probe_image and (self.current_epoch + 1) % hp.probe_every_n_epochs == 0:
+        due = (self.current_epoch + 1) % self.hp.probe_every_n_epochs == 0
+        if self.probe is not None and due and self.trainer.is_global_zero:
             summary["probe_miou"] = self.knn_probe()
-            self.log("probe_miou", summary["probe_miou"], prog_bar=True)
+            self.log("probe_miou", summary["probe_miou"], prog_bar=True, rank_zero_only=True)
         self.history.append(summary)
 
     # -- k-NN check --------------------------------------------------------------------------
-    def _probe_data(self) -> tuple[Tensor, Tensor]:
-        hp = self.hp
-        from densekit.pretrain.data import Source
-
-        source = Source(str(hp.probe_image), None, None, self.student.in_chans)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(str(hp.probe_label)) as src:
-                    raw = src.read(1)
-        except RasterioIOError as e:
-            raise DensekitError(
-                f"model.init_args.probe_label: {hp.probe_label} is not a readable raster ({e})"
-            ) from None
-        if raw.shape != (source.height, source.width):
-            raise DensekitError(
-                f"model.init_args.probe_label: {hp.probe_label} is {raw.shape[1]}x{raw.shape[0]}, "
-                f"the probe image {hp.probe_image} is {source.width}x{source.height}"
-            )
-        x, invalid = source.read((0, 0, source.width, source.height))
-        if x.shape[0] == 1:
-            x = np.repeat(x, self.student.in_chans, axis=0)
-        labels = np.full(raw.shape, -1, np.int64)
-        mapping = hp.probe_label_map or {v: v for v in range(hp.probe_num_classes)}
-        for value, cls in mapping.items():  # YAML/CLI keys may arrive as strings
-            if not 0 <= int(cls) < hp.probe_num_classes:
-                raise DensekitError(
-                    f"model.init_args.probe_label_map: class {cls} for value {value} is outside "
-                    f"0..{hp.probe_num_classes - 1} (probe_num_classes)"
-                )
-            labels[raw == int(value)] = int(cls)
-        labels[invalid] = -1
-        return torch.from_numpy(x), torch.from_numpy(labels)
-
-    @torch.no_grad()
     def knn_probe(self) -> float:
         """Macro IoU of k-NN patch labels, right half of the probe raster from the left half."""
-        hp = self.hp
-        x, labels = self._probe_data()
-        p = self.student.patch_size
-        win = hp.probe_window - hp.probe_window % p
-        h, w = labels.shape
-        half = (w // 2) // win * win
-        feats: dict[str, list[Tensor]] = {"bank": [], "query": []}
-        targets: dict[str, list[Tensor]] = {"bank": [], "query": []}
-        for r in range(0, h - win + 1, win):
-            for c in range(0, w - win + 1, win):
-                part = "bank" if c + win <= half else "query" if c >= half else None
-                if part is None:
-                    continue
-                tile = x[None, :, r : r + win, c : c + win].to(self.device)
-                _, patches = self.teacher.encode(tile)
-                lab = labels[r : r + win, c : c + win].reshape(win // p, p, win // p, p)
-                lab = lab.permute(0, 2, 1, 3).reshape(-1, p * p)
-                votes = F.one_hot(lab.clamp(min=0), hp.probe_num_classes) * (lab >= 0)[..., None]
-                counts = votes.sum(1)
-                ok = counts.sum(1) > (p * p) // 2
-                feats[part].append(F.normalize(patches[0].float(), dim=-1).cpu()[ok])
-                targets[part].append(counts.argmax(1)[ok])
-        if (
-            not feats["bank"]
-            or not sum(len(t) for t in targets["bank"])
-            or not sum(len(t) for t in targets["query"])
-        ):
-            raise DensekitError(
-                f"the probe raster {hp.probe_image} ({w}x{h}) has no labelled patch in one of its "
-                f"halves with {win}-pixel windows (check probe_label_map, or lower "
-                "model.init_args.probe_window)"
-            )
-        bank, bank_y = torch.cat(feats["bank"]), torch.cat(targets["bank"])
-        query, query_y = torch.cat(feats["query"]), torch.cat(targets["query"])
-        sim = query @ bank.T
-        k = min(hp.probe_k, bank.shape[0])
-        top, idx = sim.topk(k, dim=1)
-        weight = torch.exp(top / 0.07)
-        scores = torch.zeros(query.shape[0], hp.probe_num_classes)
-        scores.scatter_add_(1, bank_y[idx], weight)
-        pred = scores.argmax(1)
-        return float(multiclass_jaccard_index(pred, query_y, hp.probe_num_classes, average="macro"))
+        if self.probe is None:
+            raise DensekitError("model.init_args.probe_image/probe_label: no probe raster given")
+        return self.probe.miou(lambda t: self.teacher.encode(t.to(self.device))[1], self.hp.probe_k)
 
     # -- export and resume -------------------------------------------------------------------
     def export_file(self) -> Path:
@@ -534,10 +476,10 @@ class DinoPretrainTask(L.LightningModule):
         card_path.write_text(json.dumps(card, indent=1, default=str))
         return path
 
-    @rank_zero_only
     def on_train_end(self) -> None:
-        path = self.export()
-        print(f"exported the teacher backbone to {path}")
+        if self.trainer.is_global_zero:
+            print(f"exported the teacher backbone to {self.export()}")
+        self.trainer.strategy.barrier("densekit_export")  # no rank ends before the file exists
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hp = checkpoint.get("hyper_parameters", {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 
@@ -17,7 +18,7 @@ from densekit.cli import main
 from densekit.errors import DensekitError, InputImageError
 from densekit.pretrain import DinoPretrainTask, PretrainDataModule
 from densekit.pretrain.data import MultiCrop, Source, UnlabelledWindows
-from densekit.pretrain.dino import DINOHead, koleo_loss
+from densekit.pretrain.objective import DINOHead, ibot_loss, koleo_loss
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 HEAD = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
@@ -83,6 +84,34 @@ def _fit(task, dm, steps=3, ckpt_path=None, **kwargs):
     return trainer
 
 
+def _step(task, monkeypatch, seed=0):
+    """One training_step without a trainer: the loss and the names it logged."""
+    monkeypatch.setattr(DinoPretrainTask, "total_steps", property(lambda self: 10))
+    logged = []
+    task.log = lambda name, *a, **k: logged.append(name)
+    task.log_dict = lambda d, *a, **k: logged.extend(d)
+    torch.manual_seed(seed)
+    views = [torch.randn(4, 3, 28, 28), torch.randn(4, 3, 28, 28), torch.randn(4, 3, 14, 14)]
+    return task.training_step(views, 0), logged
+
+
+def _watch(task, value):
+    """``value()`` recorded before every training_step (micro-batch)."""
+    seen = []
+    step = task.training_step
+
+    def spy(*args):
+        seen.append(value())
+        return step(*args)
+
+    task.training_step = spy
+    return seen
+
+
+def _changes(seen):
+    return [not torch.equal(a, b) for a, b in itertools.pairwise(seen)]
+
+
 # -- export ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name",
@@ -119,12 +148,11 @@ def test_export_round_trip_is_exact(tmp_path, name):
 
 
 def test_export_keeps_the_mask_token(tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        b = load_backbone("dinov2_vits14", "random", **TINY)
-    token = torch.randn(1, 32)
-    sd = official_state_dict(b.arch, b.model, mask_token=token)
-    assert torch.equal(sd["mask_token"], token)
+    task = _task(tmp_path)
+    with torch.no_grad():
+        task.mask_token.normal_()
+    sd = torch.load(task.export(tmp_path / "b.pth"), weights_only=True)
+    assert torch.equal(sd["mask_token"], task.mask_token.detach())
 
 
 # -- pieces ------------------------------------------------------------------------------------
@@ -141,6 +169,15 @@ def test_koleo_prefers_spread_features():
     spread = torch.randn(32, 8)
     clustered = torch.randn(1, 8) + 0.01 * torch.randn(32, 8)
     assert koleo_loss(spread) < koleo_loss(clustered)
+    assert koleo_loss(torch.randn(1, 8)) == 0  # a per-rank batch of one has no neighbour
+
+
+def test_ibot_loss_weighs_each_masked_image_equally():
+    masks = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    torch.manual_seed(0)
+    t, s = torch.softmax(torch.randn(4, 5), -1), torch.log_softmax(torch.randn(4, 5), -1)
+    ce = -(t * s).sum(-1)  # masked patches in order: image 0's one, image 1's three
+    assert torch.allclose(ibot_loss(t, s, masks), (ce[0] + ce[1:].mean()) / 2)
 
 
 def test_multicrop_shapes_and_one_band_repeat(tmp_path):
@@ -165,7 +202,7 @@ def test_nodata_windows_are_redrawn(tmp_path):
     write_raster(path, data, crs="EPSG:32633", nodata=0)
     source = Source(str(path), None, None, 1)
     ds = UnlabelledWindows([source], 32, 4, 1, MultiCrop(32, 16, 1), max_invalid=0.25)
-    torch.manual_seed(0)
+    ds.reseed(0)
     for _ in range(20):
         s, window = ds.draw()
         _, invalid = s.read(window)
@@ -189,7 +226,51 @@ def test_nodata_windows_are_redrawn(tmp_path):
     assert len(kept) == 10  # one accepted window per item; the others were redrawn
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_each_rank_draws_its_own_reproducible_batches(tmp_path, monkeypatch, workers):
+    paths = _images(tmp_path, n=1)
+
+    def first_batch(rank):
+        monkeypatch.setenv("RANK", str(rank))
+        torch.manual_seed(0)  # seed_everything: the same seed on every rank
+        dm = _data(paths, num_workers=workers)
+        dm.setup()
+        return next(iter(dm.train_dataloader()))
+
+    rank0, rank1, again = first_batch(0), first_batch(1), first_batch(0)
+    assert not any(torch.equal(a, b) for a, b in zip(rank0, rank1, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(rank0, again, strict=True))
+
+
 # -- training ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("ibot_weight", [0.0, 1.0])
+def test_every_trainable_parameter_gets_a_gradient(tmp_path, monkeypatch, ibot_weight):
+    """DDP needs a gradient for every parameter that requires one; the mask token learns."""
+    task = _task(tmp_path, ibot_weight=ibot_weight)
+    loss, _ = _step(task, monkeypatch)
+    loss.backward()
+    assert not [n for n, p in task.named_parameters() if p.requires_grad and p.grad is None]
+    assert task.mask_token.requires_grad == (ibot_weight > 0)
+    if ibot_weight:
+        assert task.mask_token.grad.abs().sum() > 0
+    else:
+        assert task.student_patch_head is None
+
+
+def test_a_fixed_number_of_crops_is_masked(tmp_path, monkeypatch):
+    """Every batch masks int(B * mask_probability) crops (at least one), so every rank runs
+    the patch centre's all_reduce and logs the iBOT loss."""
+    task = _task(tmp_path, mask_probability=0.01, mask_ratio=(0.1, 0.5))
+    for seed in range(4):
+        _, logged = _step(task, monkeypatch, seed=seed)
+        assert "train/ibot_loss" in logged
+        masks = task._masks(8, 4, torch.device("cpu"))
+        assert (masks.sum(1) > 0).sum() == 1 and masks.sum(1).max() <= 2
+    assert task.patch_center.abs().sum() > 0
+    task.hparams.mask_probability = 0.5
+    assert (task._masks(8, 4, torch.device("cpu")).sum(1) > 0).sum() == 4
+
+
 def test_pretraining_updates_student_and_teacher_and_exports(tmp_path):
     paths = _images(tmp_path)
     task = _task(tmp_path)
@@ -215,6 +296,45 @@ def test_pretraining_updates_student_and_teacher_and_exports(tmp_path):
     loaded = load_backbone("dinov2_vits14", str(export), layers="last", **TINY)
     x = torch.randn(1, 3, 28, 28)
     assert torch.equal(loaded(x)[0], task.teacher(x)[0])
+
+
+def test_teacher_follows_optimizer_steps_not_micro_batches(tmp_path):
+    task = _task(tmp_path)
+    seen = _watch(task, lambda: task.teacher.model.blocks[0].attn.qkv.weight.clone())
+    _fit(task, _data(_images(tmp_path)), steps=2, accumulate_grad_batches=2)
+    assert task.global_step == 2 and len(seen) == 4
+    # one EMA update between micro-batches 2 and 3 (after step 1), none inside a step
+    assert _changes(seen) == [False, True, False]
+
+
+def test_prototypes_stay_fixed_for_freeze_last_layer_steps(tmp_path):
+    task = _task(tmp_path, freeze_last_layer_steps=2)
+    heads = (task.student_head, task.student_patch_head)
+
+    def prototypes():
+        return torch.cat([h.last_layer.parametrizations.weight.original1.flatten() for h in heads])
+
+    seen = _watch(task, lambda: prototypes().clone())
+    _fit(task, _data(_images(tmp_path)), steps=3)
+    seen.append(prototypes())
+    assert _changes(seen) == [False, False, True]
+
+
+def test_every_rank_waits_for_the_export(tmp_path):
+    task = _task(tmp_path)
+    calls = []
+
+    class _Strategy:
+        def barrier(self, name=None):
+            calls.append(name)
+
+    class _Trainer:  # rank 1: does not export, waits for rank 0
+        is_global_zero = False
+        strategy = _Strategy()
+
+    task.trainer = _Trainer()  # type: ignore[assignment]
+    task.on_train_end()
+    assert calls and not (tmp_path / "export").exists()
 
 
 def test_backbone_warmup_protects_pretrained_weights(tmp_path):
@@ -248,13 +368,17 @@ def test_collapse_is_detected(tmp_path):
     assert task.collapsed
 
 
-def test_knn_probe_separates_classes_that_differ_in_colour(tmp_path):
+def _probe_pair(tmp_path):
     yy, xx = np.mgrid[0:128, 0:128]
     label = (((xx // 16) + (yy // 16)) % 3 == 0).astype(np.uint8)
     rng = np.random.default_rng(0)
     image = np.stack([label * 150 + 40 + rng.integers(0, 20, label.shape) for _ in range(3)])
     write_raster(tmp_path / "img.tif", image.astype(np.uint8), crs="EPSG:32633")
     write_raster(tmp_path / "lab.tif", label * 255, crs="EPSG:32633")
+
+
+def test_knn_probe_separates_classes_that_differ_in_colour(tmp_path):
+    _probe_pair(tmp_path)
     task = _task(
         tmp_path,
         backbone="densekit_vitt16",
@@ -275,6 +399,27 @@ def test_knn_probe_separates_classes_that_differ_in_colour(tmp_path):
         probe_k=5,
     )
     assert swapped.knn_probe() > 0.9  # the labels' names do not matter, only their consistency
+
+    class _Rank1:  # on_train_epoch_end reads only these
+        global_step = 0
+        current_epoch = 0
+        is_global_zero = False
+
+    swapped.trainer = _Rank1()  # type: ignore[assignment]
+    swapped.knn_probe = lambda: pytest.fail("the probe ran on rank 1")
+    swapped.on_train_epoch_end()
+    assert "probe_miou" not in swapped.history[-1]
+
+
+def test_probe_files_are_checked_when_the_task_is_built(tmp_path):
+    _probe_pair(tmp_path)
+    image, label = str(tmp_path / "img.tif"), str(tmp_path / "lab.tif")
+    with pytest.raises(DensekitError, match=r"model.init_args.probe_label is missing"):
+        _task(tmp_path, probe_image=image)
+    with pytest.raises(DensekitError, match=r"probe_label: .*nothing.tif is not a readable"):
+        _task(tmp_path, probe_image=image, probe_label=str(tmp_path / "nothing.tif"))
+    with pytest.raises(DensekitError, match=r"probe_label_map: class 2 for value 255"):
+        _task(tmp_path, probe_image=image, probe_label=label, probe_label_map={0: 0, 255: 2})
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -298,6 +443,17 @@ def test_crops_larger_than_window_or_image(tmp_path):
     paths = _images(tmp_path, n=1, size=40)
     with pytest.raises(DensekitError, match=r"img0.tif: 40x40 is smaller than data.global_size 48"):
         _data(paths, window=64, global_size=48).setup()
+
+
+def test_crops_not_a_multiple_of_the_patch_are_named(tmp_path):
+    paths = _images(tmp_path, n=1, size=112)
+    dm = _data(paths, window=112, global_size=96, local_size=48)
+    with pytest.raises(
+        DensekitError,
+        match=r"data.global_size 96, data.local_size 48: not a multiple of the patch 14 of "
+        r"dinov2_vits14 \(e.g. 84 or 98, 42 or 56\)",
+    ):
+        _fit(_task(tmp_path), dm, steps=1)
 
 
 def test_band_count_mismatch_is_named(tmp_path):
@@ -327,7 +483,7 @@ def test_resume_from_another_architecture_fails_clearly(tmp_path):
         _fit(other, _data(paths), steps=2, ckpt_path=str(ckpt))
     renamed = _task(tmp_path, backbone="densekit_vitt16", arch=TINY)
     with pytest.raises(DensekitError, match=r"pretrains dinov2_vits14.*densekit_vitt16"):
-        _fit(renamed, _data(paths), steps=2, ckpt_path=str(ckpt))
+        _fit(renamed, _data(paths, global_size=32, local_size=16), steps=2, ckpt_path=str(ckpt))
 
 
 def test_cli_pretrain_writes_export_and_card(tmp_path):
