@@ -81,7 +81,8 @@ class TileOptions:
         overlap: pixels shared by neighbouring tiles (less than half the tile).
         batch_size: tiles per forward pass (batches never span two strips).
         probabilities: also write the probabilities to ``<output stem>_probs.tif``.
-        device: torch device, e.g. ``cpu`` or ``cuda``.
+        device: torch device, e.g. ``cpu`` or ``cuda`` (under torchrun ``cuda`` means the GPU
+            of the process's ``LOCAL_RANK``).
         precision: ``32`` or ``bf16`` (autocast; on GPUs).
         prefetch: batches read ahead by the background thread.
         resume: continue from the progress of a killed run with the same settings.
@@ -523,7 +524,6 @@ class _PartWriter:
 
 def _accumulate(
     acc: torch.Tensor,
-    wsum: torch.Tensor,
     valid: torch.Tensor,
     out: torch.Tensor,
     ok: np.ndarray,
@@ -533,7 +533,6 @@ def _accumulate(
     t = out.shape[-1]
     for k, c in enumerate(cols):
         acc[:, :, c : c + t] += out[k] * window
-        wsum[:, c : c + t] += window
         valid[:, c : c + t] |= torch.from_numpy(ok[k])
 
 
@@ -552,9 +551,17 @@ def _run_part(
     width = plan.cols[-1] + t
     k = model.channels
     acc = torch.zeros(k, t, width)
-    wsum = torch.zeros(t, width)
-    valid = torch.zeros(t, width, dtype=torch.bool)
     w1 = hann_window(t)
+    # The weights are separable and the tiles form a full grid, so the summed weight at (r, c)
+    # is (sum over tile rows covering r) x (sum over tile columns covering c): two 1-D tables.
+    wrows = torch.zeros(plan.rows[-1] + t)
+    for r in plan.rows:
+        wrows[r : r + t] += w1
+    wcols = torch.zeros(width)
+    for c in plan.cols:
+        wcols[c : c + t] += w1
+    wsum = (wrows, wcols[: plan.width])
+    valid = torch.zeros(t, width, dtype=torch.bool)
     window = w1[:, None] * w1[None, :]
     start = first + writer.done
     seed = start - 1 if start > 0 else None  # its tiles overlap the first rows of ``start``
@@ -573,7 +580,7 @@ def _run_part(
         tic = time.perf_counter()
         out = model(*inputs).cpu()
         timings["model_s"] += time.perf_counter() - tic
-        _accumulate(acc, wsum, valid, out, ok, cols, window)
+        _accumulate(acc, valid, out, ok, cols, window)
         if bar is not None:
             bar.update(len(cols))
     if len(strips):
@@ -588,7 +595,7 @@ def _finish_strip(
     plan: Plan,
     writer: _PartWriter,
     acc: torch.Tensor,
-    wsum: torch.Tensor,
+    wsum: tuple[torch.Tensor, torch.Tensor],
     valid: torch.Tensor,
     s: int,
     seed: int | None,
@@ -601,20 +608,22 @@ def _finish_strip(
     wrote = 0
     if s != seed:
         tic = time.perf_counter()
-        blended = (acc[:, :n, : plan.width] / wsum[:n, : plan.width]).numpy()
+        weight = wsum[0][a:b, None] * wsum[1][None, :]
+        blended = (acc[:, :n, : plan.width] / weight).numpy()
         ok = valid[:n, : plan.width].numpy()
         values = model.finish(blended)
         if model.kind == "depth":
             values[~ok] = np.nan
         else:
             values[~ok] = CLASS_NODATA
-        blended = np.where(ok[None], blended, np.float32(np.nan)).astype(np.float32)
+        if writer.probs is not None:
+            blended = np.where(ok[None], blended, np.float32(np.nan)).astype(np.float32)
         writer.write((a, b), values, blended)
         writer.strip_done(s - first + 1)
         timings["write_s"] += time.perf_counter() - tic
         wrote = 1
     step = plan.step
-    for buf in (acc, wsum, valid):
+    for buf in (acc, valid):
         view = buf if buf.ndim == 3 else buf[None]
         view[:, : plan.tile - step] = view[:, step:].clone()
         view[:, plan.tile - step :] = 0
@@ -793,7 +802,10 @@ def tile(
     :class:`TileOptions` fields.
     """
     opts = TileOptions(**options)
-    model = load_tile_model(checkpoint, opts.device, opts.precision)
+    device = opts.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    model = load_tile_model(checkpoint, device, opts.precision)
     firsts = _expand(inputs, "--input")
     seconds = _expand(inputs2, "--input2") if inputs2 is not None else [None] * len(firsts)
     if len(seconds) != len(firsts):

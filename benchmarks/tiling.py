@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""Tiled inference benchmark on the real Blue Marble GeoTIFF; every ratio measured in one run.
+
+It prints (and writes as JSON with --out):
+
+1. throughput: ``densekit.tiling.tile_raster`` end to end (read, model, blend, write the COG)
+   in megapixels/s, divided by the same model's forward on the same tiles, batched the same,
+   already in memory (goal >= 0.9);
+2. memory: peak RSS of a ``tile`` run on a 20000 x 20000 VRT that repeats the Blue Marble,
+   divided by that on a 2000 x 2000 crop, each in its own process (goal <= 1.2);
+3. exactness: a model that is exactly translation-equivariant (1x1 convolutions on pixels)
+   tiled and untiled: max abs difference, in units of float32 eps times the largest value;
+4. other tools with the same model on the same raster: MONAI ``sliding_window_inference`` and
+   TerraTorch ``tiled_inference`` (when ``--terratorch-python`` names an environment with it;
+   it is not a densekit dependency), at densekit's tile and overlap and at each tool's
+   defaults. They hold the whole raster and output in memory; their time includes reading the
+   raster and the class map (no file written), densekit's includes writing the COG.
+
+The throughput model is a frozen ``densekit_vitt16`` (ViT-Tiny/16, random weights) with a
+linear head; the memory runs use a 2-block, 32-wide DINOv2-layout ViT so the 400-megapixel run
+takes minutes on 2 cores.
+
+Usage: python benchmarks/tiling.py [--tile 224] [--overlap 32] [--batch 8] [--device cpu]
+       [--bf16] [--skip-memory] [--terratorch-python PATH] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+from densekit.backbones import load_backbone
+from densekit.backbones.export import official_state_dict, save_official
+from densekit.tasks import SegmentationTask
+from densekit.tiling import TileModel, TileOptions, make_plan, tile_raster
+
+ROOT = Path(__file__).resolve().parent.parent
+BLUE_MARBLE = (
+    ROOT.parent / "shared/data/bluemarble-large-geotiff/bluemarble_200412_5400x2700_epsg4326.tif"
+)
+TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def build_model(kind: str, folder: Path, device: str, bf16: bool) -> TileModel:
+    """A segmentation task (2 classes, linear head) on a frozen random backbone, seeded."""
+    torch.manual_seed(0)
+    name, overrides = ("densekit_vitt16", {}) if kind == "vitt" else ("dinov2_vits14", TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = load_backbone(name, "random", **overrides)
+    weights = save_official(official_state_dict(b.arch, b.model), folder / f"{kind}.pth")
+    task = SegmentationTask(
+        num_classes=2,
+        backbone=name,
+        weights=str(weights),
+        backbone_overrides=overrides,
+        scale=1 / 255,
+    )
+    return TileModel(task, None, device, "bf16" if bf16 else "32")
+
+
+def repeat_vrt(src: Path, width: int, height: int, dest: Path) -> None:
+    """A VRT of ``width x height`` that repeats ``src`` (keeps its bands and georeference)."""
+    with rasterio.open(src) as s:
+        w, h, count = s.width, s.height, s.count
+        gt = s.transform.to_gdal()
+        wkt = s.crs.to_wkt().replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    lines = [
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+        f"<SRS>{wkt}</SRS>",
+        "<GeoTransform>" + ", ".join(repr(v) for v in gt) + "</GeoTransform>",
+    ]
+    for b in range(1, count + 1):
+        lines.append(f'<VRTRasterBand dataType="Byte" band="{b}">')
+        for y in range(0, height, h):
+            for x in range(0, width, w):
+                cw, ch = min(w, width - x), min(h, height - y)
+                lines += [
+                    "<SimpleSource>",
+                    f'<SourceFilename relativeToVRT="0">{src}</SourceFilename>',
+                    f"<SourceBand>{b}</SourceBand>",
+                    f'<SrcRect xOff="0" yOff="0" xSize="{cw}" ySize="{ch}"/>',
+                    f'<DstRect xOff="{x}" yOff="{y}" xSize="{cw}" ySize="{ch}"/>',
+                    "</SimpleSource>",
+                ]
+        lines.append("</VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    dest.write_text("\n".join(lines))
+
+
+def forward_in_memory(model: TileModel, src: Path, opts: TileOptions) -> tuple[float, int]:
+    """Seconds of the model alone on the tiles ``tile_raster`` would make, batched the same."""
+    with rasterio.open(src) as s:
+        grid_w, grid_h = s.width, s.height
+        data = s.read().astype(np.float32)
+    from densekit.data.grids import grid_of
+
+    plan = make_plan(grid_of(str(src)), opts, model.patch, str(src))
+    t = plan.tile
+    padded = np.zeros((data.shape[0], plan.rows[-1] + t, plan.cols[-1] + t), np.float32)
+    padded[:, :grid_h, :grid_w] = data
+    batches = []
+    for r in plan.rows:
+        for i in range(0, len(plan.cols), opts.batch_size):
+            cols = plan.cols[i : i + opts.batch_size]
+            batches.append(
+                torch.from_numpy(np.stack([padded[:, r : r + t, c : c + t] for c in cols]))
+            )
+    model(batches[0])  # warm-up
+    tic = time.perf_counter()
+    for x in batches:
+        model(x).cpu()
+    return time.perf_counter() - tic, sum(len(b) for b in batches)
+
+
+def equivariance(folder: Path) -> float:
+    """Max |tiled - untiled| / (eps * max|untiled|) for 1x1 convolutions on pixels."""
+    from torch import nn
+
+    class PixelTask(nn.Module):
+        kind = "depth"
+        backbone = None
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Conv2d(3, 16, 1), nn.GELU(), nn.Conv2d(16, 1, 1))
+            self.hparams = type("HP", (dict,), {"__getattr__": dict.get})(in_channels=3, bands=None)
+
+        def forward(self, x):
+            return self.net(torch.nan_to_num(x / 255, nan=0.0))
+
+    crop = folder / "crop1024.tif"
+    with rasterio.open(BLUE_MARBLE) as s:
+        win = rasterio.windows.Window(2200, 600, 1024, 1024)
+        profile = dict(s.profile, width=1024, height=1024, transform=s.window_transform(win))
+        data = s.read(window=win)
+    with rasterio.open(crop, "w", **profile) as d:
+        d.write(data)
+    model = TileModel(PixelTask(), None, "cpu", "32")
+    tile_raster(
+        model, crop, folder / "eq.tif", options=TileOptions(tile=224, overlap=32, progress=False)
+    )
+    with torch.no_grad():
+        full = model.task(torch.from_numpy(data.astype(np.float32))[None])[0, 0].numpy()
+    with rasterio.open(folder / "eq.tif") as o:
+        tiled = o.read(1)
+    return float(np.abs(tiled - full).max() / (np.finfo(np.float32).eps * np.abs(full).max()))
+
+
+def monai_run(
+    model: TileModel, src: Path, tile: int, overlap: float, batch: int, mode: str
+) -> float:
+    from monai.inferers import sliding_window_inference
+
+    tic = time.perf_counter()
+    with rasterio.open(src) as s:
+        x = torch.from_numpy(s.read().astype(np.float32))[None]
+    out = sliding_window_inference(
+        x, roi_size=(tile, tile), sw_batch_size=batch, predictor=model, overlap=overlap, mode=mode
+    )
+    out.argmax(1).to(torch.uint8)
+    return time.perf_counter() - tic
+
+
+def memory_child(size: int, vrt: str, out: str, tile: int, overlap: int) -> None:
+    """Run in a child process: tile ``vrt`` with the small model; print peak RSS (MiB)."""
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model("tiny", Path(tmp), "cpu", False)
+        tic = time.perf_counter()
+        tile_raster(
+            model,
+            vrt,
+            out,
+            options=TileOptions(tile=tile, overlap=overlap, batch_size=4, progress=False),
+        )
+        seconds = time.perf_counter() - tic
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"size": size, "peak_rss_mib": peak, "seconds": seconds}))
+
+
+def measure_memory(folder: Path, tile: int, overlap: int) -> dict:
+    results = {}
+    for size in (2000, 20000):
+        vrt = folder / f"bm_{size}.vrt"
+        repeat_vrt(BLUE_MARBLE, size, size, vrt)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--_memory-child",
+            str(size),
+            str(vrt),
+            str(folder / f"mem_{size}.tif"),
+            str(tile),
+            str(overlap),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[size] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(
+            f"  {size} x {size}: peak RSS {results[size]['peak_rss_mib']:.0f} MiB, "
+            f"{results[size]['seconds']:.0f} s",
+            flush=True,
+        )
+    ratio = results[20000]["peak_rss_mib"] / results[2000]["peak_rss_mib"]
+    return {"runs": results, "ratio_20000_over_2000": ratio}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tile", type=int, default=224)
+    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--memory-tile", type=int, default=504)
+    p.add_argument("--terratorch-python", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--_memory-child", nargs=5, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._memory_child:
+        size, vrt, out, tile, overlap = args._memory_child
+        memory_child(int(size), vrt, out, int(tile), int(overlap))
+        return
+    if not BLUE_MARBLE.is_file():
+        sys.exit(f"needs {BLUE_MARBLE} (../shared/data beside the repository)")
+    results: dict = {
+        "device": args.device,
+        "bf16": args.bf16,
+        "torch_threads": torch.get_num_threads(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = build_model("vitt", folder, args.device, args.bf16)
+        opts = TileOptions(
+            tile=args.tile,
+            overlap=args.overlap,
+            batch_size=args.batch,
+            progress=False,
+            device=args.device,
+        )
+        with rasterio.open(BLUE_MARBLE) as s:
+            mpx = s.width * s.height / 1e6
+        print(
+            f"Blue Marble {mpx:.1f} Mpx, densekit_vitt16 + linear head, tile {args.tile}, "
+            f"overlap {args.overlap}, batch {args.batch}, {args.device}",
+            flush=True,
+        )
+        tic = time.perf_counter()
+        tile_raster(model, BLUE_MARBLE, folder / "bm.tif", options=opts)
+        e2e = time.perf_counter() - tic
+        fwd, tiles = forward_in_memory(model, BLUE_MARBLE, opts)
+        results["throughput"] = {
+            "tiles": tiles,
+            "tile_mpx_per_s": mpx / e2e,
+            "forward_mpx_per_s": mpx / fwd,
+            "tile_s": e2e,
+            "forward_s": fwd,
+            "ratio": fwd / e2e,
+        }
+        print(
+            f"1. tile {mpx / e2e:.3f} Mpx/s end to end, forward alone {mpx / fwd:.3f} Mpx/s "
+            f"on the same {tiles} tiles: ratio {fwd / e2e:.3f} (goal >= 0.9)",
+            flush=True,
+        )
+        results["equivariance_eps_units"] = equivariance(folder)
+        print(
+            f"3. translation-equivariant model, tiled vs untiled: max diff "
+            f"{results['equivariance_eps_units']:.2f} x eps x max|y|",
+            flush=True,
+        )
+        others = {}
+        frac = args.overlap / args.tile
+        for label, kw in (
+            ("monai_same", dict(tile=args.tile, overlap=frac, batch=args.batch, mode="gaussian")),
+            ("monai_defaults", dict(tile=args.tile, overlap=0.25, batch=1, mode="constant")),
+        ):
+            t = monai_run(model, BLUE_MARBLE, **kw)
+            others[label] = {"seconds": t, "mpx_per_s": mpx / t, "densekit_speedup": t / e2e, **kw}
+            print(
+                f"4. MONAI sliding_window_inference ({label}): {mpx / t:.3f} Mpx/s; "
+                f"densekit x{t / e2e:.2f}",
+                flush=True,
+            )
+        if args.terratorch_python:
+            cmd = [
+                args.terratorch_python,
+                str(ROOT / "benchmarks" / "tiling_terratorch.py"),
+                "--tile",
+                str(args.tile),
+                "--overlap",
+                str(args.overlap),
+                "--batch",
+                str(args.batch),
+            ]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+            if done.returncode or not lines:
+                others["terratorch"] = {"error": (done.stderr or done.stdout)[-800:]}
+                print(f"4. TerraTorch failed: {(done.stderr or done.stdout)[-300:]}", flush=True)
+            else:
+                for label, rec in json.loads(lines[-1]).items():
+                    if "seconds" in rec:
+                        rec["densekit_speedup"] = rec["seconds"] / e2e
+                        print(
+                            f"4. TerraTorch tiled_inference ({label}): {mpx / rec['seconds']:.3f} "
+                            f"Mpx/s; densekit x{rec['seconds'] / e2e:.2f}",
+                            flush=True,
+                        )
+                    else:
+                        print(f"4. TerraTorch ({label}): {rec}", flush=True)
+                    others[f"terratorch_{label}"] = rec
+        results["others"] = others
+        if not args.skip_memory:
+            print("2. memory (each size in its own process):", flush=True)
+            results["memory"] = measure_memory(folder, args.memory_tile, args.overlap)
+            print(
+                f"2. peak RSS 20000^2 / 2000^2 = {results['memory']['ratio_20000_over_2000']:.3f} "
+                "(goal <= 1.2)",
+                flush=True,
+            )
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
