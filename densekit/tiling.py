@@ -42,6 +42,7 @@ import queue
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -259,7 +260,39 @@ def open_input(model: TileModel, path: str, path2: str | None) -> RasterInput:
             resolve_band_indices(model.bands, names2, path2)
         elif len(names2) != count:
             raise DensekitError(f"--input2 {path2}: {len(names2)} bands, --input has {count}")
-    return RasterInput(path, path2, grid, idx)
+    raster = RasterInput(path, path2, grid, idx)
+    _check_statistics(model, raster)
+    return raster
+
+
+def _check_statistics(model: TileModel, raster: RasterInput, side: int = 256) -> None:
+    """Warn when the input's band means sit far outside what the model was trained on (another
+    unit or scaling, e.g. reflectance x 10000 against 8-bit data); read decimated."""
+    table = band_table(raster.path)
+    idx = raster.band_idx if raster.band_idx is not None else list(range(len(table)))
+    means = []
+    for i in idx:
+        file, band, _ = table[i]
+        with rasterio.open(file) as src:
+            f = min(1.0, side / max(src.width, src.height))
+            shape = (max(1, int(src.height * f)), max(1, int(src.width * f)))
+            data = src.read(band, out_shape=shape, masked=True).astype(np.float64)
+        values = data.compressed()
+        values = values[np.isfinite(values)]
+        means.append(values.mean() if values.size else np.nan)
+    task = model.task
+    mean = task.input_mean.flatten().cpu().numpy()
+    std = task.input_std.flatten().cpu().numpy()
+    z = (np.array(means) * task.input_scale - mean) / std
+    far = [(i, float(v)) for i, v in enumerate(z) if np.isfinite(v) and abs(v) > 4]
+    if far:
+        bands = ", ".join(f"band {i + 1} at {v:+.1f} std" for i, v in far)
+        warnings.warn(
+            f"--input {raster.path}: band means far from the checkpoint's training statistics "
+            f"({bands}); check the bands and units the model was trained on",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 # -- writing ---------------------------------------------------------------------------------

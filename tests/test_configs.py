@@ -2,6 +2,7 @@
 a tiny backbone; config mistakes fail with a message that names the key; multi-process training
 is Lightning's job (2 CPU processes, gloo)."""
 
+import json
 import subprocess
 import warnings
 
@@ -107,6 +108,48 @@ def test_config_runs_with_fast_dev_run(config, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(argv) == 0
+
+
+BUNDLED_CONFIGS = sorted((REPO / "configs" / "bundled").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", BUNDLED_CONFIGS, ids=lambda p: p.stem)
+def test_bundled_backbone_configs_run_on_their_real_data(config, tmp_path):
+    """The configs of the bundled backbone (its own weights, shipped in the package)."""
+    needs_shared_data()
+    argv = [
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--data.init_args.batch_size",
+        "2",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+
+
+def test_pretraining_config_runs_on_its_real_data(tmp_path):
+    """The recipe of the bundled backbone, one step on its real images (small batch)."""
+    needs_shared_data()
+    config = REPO / "configs" / "pretrain" / "bundled_vitt16.yaml"
+    argv = [
+        "pretrain", "--config", str(config), "--trainer.max_steps", "1",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--model.export_path", str(tmp_path / "export" / "b.pth"),
+        "--model.probe_every_n_epochs", "1", "--model.probe_window", "448",
+        "--data.batch_size", "2", "--data.local_crops", "1",
+        "--data.samples_per_epoch", "2", "--data.num_workers", "0",
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    card = json.loads((tmp_path / "export" / "card.json").read_text())
+    assert len(card["data"]) == 11 and card["history"][0]["probe_miou"] >= 0
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -366,3 +366,14 @@ def test_tiles_the_real_blue_marble(ckpts, tmp_path):
         assert o.overviews(1) == [2]  # COG overviews down to one 512-pixel block
         assert set(np.unique(o.read(1))) <= {0, 1, 2}
     assert rec["size"] == [600, 400]
+
+
+def test_input_in_other_units_than_the_training_data_warns(ckpts, tmp_path):
+    data = (np.random.default_rng(0).integers(3000, 9000, (3, 130, 150))).astype(np.uint16)
+    write_raster(tmp_path / "refl.tif", data, crs="EPSG:32633")
+    with pytest.warns(UserWarning, match=r"refl.tif: band means far from .*band 1 at \+"):
+        tile(ckpts["seg"], tmp_path / "refl.tif", tmp_path / "o.tif", tile=56, overlap=14, **QUIET)
+    src = _raster(tmp_path / "in.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        tile(ckpts["seg"], src, tmp_path / "ok.tif", tile=56, overlap=14, **QUIET)
