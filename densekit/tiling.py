@@ -47,13 +47,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import rasterio
 import rasterio.shutil
 import torch
 from affine import Affine
-from rasterio.windows import Window
 from tqdm import tqdm
 
 from densekit import __version__
@@ -134,11 +134,14 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _init_distributed(world: int) -> None:
+def _init_distributed(world: int) -> bool:
+    """Join the process group torchrun describes; True when this call created it."""
     import torch.distributed as dist
 
     if world > 1 and dist.is_available() and not dist.is_initialized():
         dist.init_process_group("gloo")
+        return True
+    return False
 
 
 # -- the model side --------------------------------------------------------------------------
@@ -217,16 +220,17 @@ class RasterInput:
     path2: str | None
     grid: Grid
     band_idx: list[int] | None
+    band_idx2: list[int] | None = None
 
     def read(self, readers: RasterReaders, col: int, row: int, size: int) -> list[np.ndarray]:
         """The tile at ``(col, row)`` of each date as ``(C, size, size)`` with NaN for nodata."""
         region = (0, 0, self.grid.width, self.grid.height)
         window = (col, row, size, size)
         out = []
-        for path in (self.path, self.path2):
+        for path, idx in ((self.path, self.band_idx), (self.path2, self.band_idx2)):
             if path is None:
                 continue
-            bands = None if self.band_idx is None else [i + 1 for i in self.band_idx]
+            bands = None if idx is None else [i + 1 for i in idx]
             x, inside, invalid = read_box(path, window, region, bands, self.grid, readers=readers)
             x[:, ~inside | invalid] = np.nan
             out.append(x)
@@ -250,17 +254,18 @@ def open_input(model: TileModel, path: str, path2: str | None) -> RasterInput:
     if (model.kind == "change") != (path2 is not None):
         need = "two dates (--input and --input2)" if model.kind == "change" else "one input"
         raise DensekitError(f"the checkpoint is a {model.kind} model and takes {need}")
+    idx2 = None
     if path2 is not None:
         if not Path(path2).exists():
             raise InputImageError(f"--input2 {path2}: no such file")
         grid2, _ = reference_grid(path2)
         check_alignable(path2, grid2, grid, path)
         names2 = [name for _, _, name in band_table(path2)]
-        if model.bands is not None:
-            resolve_band_indices(model.bands, names2, path2)
+        if model.bands is not None:  # each date's own positions of the named bands
+            idx2 = resolve_band_indices(model.bands, names2, path2)
         elif len(names2) != count:
             raise DensekitError(f"--input2 {path2}: {len(names2)} bands, --input has {count}")
-    raster = RasterInput(path, path2, grid, idx)
+    raster = RasterInput(path, path2, grid, idx, idx2)
     _check_statistics(model, raster)
     return raster
 
@@ -268,6 +273,9 @@ def open_input(model: TileModel, path: str, path2: str | None) -> RasterInput:
 def _check_statistics(model: TileModel, raster: RasterInput, side: int = 256) -> None:
     """Warn when the input's band means sit far outside what the model was trained on (another
     unit or scaling, e.g. reflectance x 10000 against 8-bit data); read decimated."""
+    task = model.task
+    if not hasattr(task, "input_mean"):  # a model without recorded statistics
+        return
     table = band_table(raster.path)
     idx = raster.band_idx if raster.band_idx is not None else list(range(len(table)))
     means = []
@@ -280,7 +288,6 @@ def _check_statistics(model: TileModel, raster: RasterInput, side: int = 256) ->
         values = data.compressed()
         values = values[np.isfinite(values)]
         means.append(values.mean() if values.size else np.nan)
-    task = model.task
     mean = task.input_mean.flatten().cpu().numpy()
     std = task.input_std.flatten().cpu().numpy()
     z = (np.array(means) * task.input_scale - mean) / std
@@ -339,19 +346,17 @@ def _vrt(parts: list[tuple[Path, int]], template: Path, grid: Grid, dest: Path) 
     gdal_type = {"uint8": "Byte", "float32": "Float32"}[dtype]
     lines = [f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">']
     if crs_wkt:
-        wkt = crs_wkt.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        lines.append(f"  <SRS>{wkt}</SRS>")
+        lines.append(f"  <SRS>{escape(crs_wkt)}</SRS>")
         lines.append("  <GeoTransform>" + ", ".join(repr(v) for v in gt) + "</GeoTransform>")
     if tags:
         lines.append("  <Metadata>")
         for k, v in tags.items():
-            v = v.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            lines.append(f'    <MDI key="{k}">{v}</MDI>')
+            lines.append(f"    <MDI key={quoteattr(k)}>{escape(v)}</MDI>")
         lines.append("  </Metadata>")
     for b in range(1, count + 1):
         lines.append(f'  <VRTRasterBand dataType="{gdal_type}" band="{b}">')
         if descriptions[b - 1]:
-            lines.append(f"    <Description>{descriptions[b - 1]}</Description>")
+            lines.append(f"    <Description>{escape(descriptions[b - 1])}</Description>")
         nd = "nan" if nodata is not None and math.isnan(nodata) else repr(nodata)
         lines.append(f"    <NoDataValue>{nd}</NoDataValue>")
         if cmap is not None and b == 1:
@@ -366,7 +371,7 @@ def _vrt(parts: list[tuple[Path, int]], template: Path, grid: Grid, dest: Path) 
                 h = p.height
             lines += [
                 "    <SimpleSource>",
-                f'      <SourceFilename relativeToVRT="0">{path}</SourceFilename>',
+                f'      <SourceFilename relativeToVRT="0">{escape(str(path))}</SourceFilename>',
                 f"      <SourceBand>{b}</SourceBand>",
                 f'      <SrcRect xOff="0" yOff="0" xSize="{grid.width}" ySize="{h}"/>',
                 f'      <DstRect xOff="0" yOff="{row0}" xSize="{grid.width}" ySize="{h}"/>',
@@ -430,6 +435,16 @@ def _batches(
     q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        """Queue ``item`` unless the consumer has stopped; False when it has."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             with RasterReaders() as readers:
@@ -443,17 +458,11 @@ def _batches(
                             torch.from_numpy(np.stack([d[k] for d in dates]))
                             for k in range(len(dates[0]))
                         ]
-                        while not stop.is_set():
-                            try:
-                                q.put((s, cols, inputs, valid), timeout=0.1)
-                                break
-                            except queue.Full:
-                                continue
-                        if stop.is_set():
+                        if not put((s, cols, inputs, valid)):
                             return
-            q.put(None)
+            put(None)
         except BaseException as e:  # surfaced in the consumer
-            q.put(e)
+            put(e)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -467,34 +476,33 @@ def _batches(
             yield item
     finally:
         stop.set()
-        thread.join(timeout=5)
+        thread.join()
 
 
-class _PartWriter:
-    """The part of the output rows ``[row0, row1)`` one process writes, and its progress."""
+class _StripWriter:
+    """Writes each finished strip of one process to its own files, then records the progress.
+
+    Every strip goes to new files (``map-<strip>.tif``, ``probs-<strip>.tif``) that are closed
+    before the progress record names the strip done, so a kill can only lose the strip being
+    written, never damage a finished one; rank 0 mosaics the strips at the end.
+    """
 
     def __init__(
         self,
         folder: Path,
         rank: int,
         grid: Grid,
-        row0: int,
-        row1: int,
         model: TileModel,
         probabilities: bool,
         signature: dict[str, Any],
         resume: bool,
     ) -> None:
         self.folder = folder
-        self.rank = rank
-        self.row0 = row0
+        self.grid = grid
+        self.model = model
+        self.probabilities = probabilities and model.kind != "depth"
         self.progress_file = folder / f"progress-{rank}.json"
-        self.map_file = folder / f"map-{rank}.tif"
-        self.probs_file = folder / f"probs-{rank}.tif"
         self.signature = signature
-        part = Grid(
-            grid.crs, grid.transform @ Affine.translation(0, row0), grid.width, max(row1 - row0, 1)
-        )
         self.done = 0
         if resume and self.progress_file.is_file():
             state = json.loads(self.progress_file.read_text())
@@ -507,52 +515,36 @@ class _PartWriter:
                     "run without --resume to start again"
                 )
             self.done = int(state["strips_done"])
-            mode = "r+"
-        else:
-            mode = "w"
-        if model.kind == "depth":
-            map_profile = _profile(part, 1, "float32", float("nan"))
-        else:
-            map_profile = _profile(part, 1, "uint8", CLASS_NODATA)
-        self.map = rasterio.open(self.map_file, mode, **(map_profile if mode == "w" else {}))
-        if mode == "w":
-            self.map.set_band_description(1, "depth" if model.kind == "depth" else "class")
-            if model.kind != "depth":
-                self.map.update_tags(**_class_metadata(model.class_names))
-                self.map.write_colormap(1, _colormap(len(model.class_names)))
-        self.probs = None
-        if probabilities and model.kind != "depth":
-            prof = _profile(part, model.channels, "float32", float("nan"))
-            self.probs = rasterio.open(self.probs_file, mode, **(prof if mode == "w" else {}))
-            if mode == "w":
-                names = ["change"] if model.channels == 1 else model.class_names
-                for b, name in enumerate(names, start=1):
-                    self.probs.set_band_description(b, f"p_{name}")
 
-    def write(self, rows: tuple[int, int], values: np.ndarray, blended: np.ndarray) -> None:
+    def write(self, s: int, rows: tuple[int, int], values: np.ndarray, blended: np.ndarray) -> None:
         a, b = rows
-        window = Window(0, a - self.row0, values.shape[1], b - a)
-        self.map.write(values, 1, window=window)
-        if self.probs is not None:
-            self.probs.write(blended, window=window)
+        g = self.grid
+        part = Grid(g.crs, g.transform @ Affine.translation(0, a), g.width, b - a)
+        model = self.model
+        if model.kind == "depth":
+            profile = _profile(part, 1, "float32", float("nan"))
+        else:
+            profile = _profile(part, 1, "uint8", CLASS_NODATA)
+        with rasterio.open(self.folder / f"map-{s:06d}.tif", "w", **profile) as dst:
+            dst.write(values, 1)
+            dst.set_band_description(1, "depth" if model.kind == "depth" else "class")
+            if model.kind != "depth":
+                dst.update_tags(**_class_metadata(model.class_names))
+                dst.write_colormap(1, _colormap(len(model.class_names)))
+        if self.probabilities:
+            profile = _profile(part, model.channels, "float32", float("nan"))
+            with rasterio.open(self.folder / f"probs-{s:06d}.tif", "w", **profile) as dst:
+                dst.write(blended)
+                names = ["change"] if model.channels == 1 else model.class_names
+                for band, name in enumerate(names, start=1):
+                    dst.set_band_description(band, f"p_{name}")
 
     def strip_done(self, count: int) -> None:
-        """Flush the finished strips, then record them (a kill loses at most one strip)."""
-        self.map.close()
-        if self.probs is not None:
-            self.probs.close()
+        """Record ``count`` finished strips (their files are closed)."""
         state = {"signature": self.signature, "strips_done": count}
         tmp = self.progress_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.progress_file)
-        self.map = rasterio.open(self.map_file, "r+")
-        if self.probs is not None:
-            self.probs = rasterio.open(self.probs_file, "r+")
-
-    def close(self) -> None:
-        self.map.close()
-        if self.probs is not None:
-            self.probs.close()
 
 
 def _accumulate(
@@ -574,7 +566,7 @@ def _run_part(
     raster: RasterInput,
     plan: Plan,
     opts: TileOptions,
-    writer: _PartWriter,
+    writer: _StripWriter,
     first: int,
     last: int,
     bar: Any,
@@ -614,7 +606,7 @@ def _run_part(
         out = model(*inputs).cpu()
         timings["model_s"] += time.perf_counter() - tic
         _accumulate(acc, valid, out, ok, cols, window)
-        if bar is not None:
+        if bar is not None and s != seed:  # the seed strip was counted by the earlier run
             bar.update(len(cols))
     if len(strips):
         processed += _finish_strip(
@@ -626,7 +618,7 @@ def _run_part(
 def _finish_strip(
     model: TileModel,
     plan: Plan,
-    writer: _PartWriter,
+    writer: _StripWriter,
     acc: torch.Tensor,
     wsum: tuple[torch.Tensor, torch.Tensor],
     valid: torch.Tensor,
@@ -649,9 +641,9 @@ def _finish_strip(
             values[~ok] = np.nan
         else:
             values[~ok] = CLASS_NODATA
-        if writer.probs is not None:
+        if writer.probabilities:
             blended = np.where(ok[None], blended, np.float32(np.nan)).astype(np.float32)
-        writer.write((a, b), values, blended)
+        writer.write(s, (a, b), values, blended)
         writer.strip_done(s - first + 1)
         timings["write_s"] += time.perf_counter() - tic
         wrote = 1
@@ -696,10 +688,43 @@ def tile_raster(
         raise DensekitError(f"--output {output}: the folder {output.parent} does not exist")
     if not os.access(output.parent, os.W_OK):
         raise DensekitError(f"--output {output}: the folder {output.parent} is not writable")
+    if output.is_dir() or (output.exists() and not os.access(output, os.W_OK)):
+        raise DensekitError(f"--output {output}: exists and is a folder or not writable")
     raster = open_input(model, str(input), None if input2 is None else str(input2))
     plan = make_plan(raster.grid, opts, model.patch, str(input))
     rank, world = _rank_world()
-    _init_distributed(world)
+    own_group = _init_distributed(world)
+    try:
+        return _tile_distributed(model, raster, plan, opts, output, rank, world, tic)
+    finally:
+        if own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _agree(status: int) -> int:
+    """The largest status of all processes (0 ok, 1 stopped early, 2 failed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return status
+    t = torch.tensor([status])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def _tile_distributed(
+    model: TileModel,
+    raster: RasterInput,
+    plan: Plan,
+    opts: TileOptions,
+    output: Path,
+    rank: int,
+    world: int,
+    tic: float,
+) -> dict[str, Any]:
+    """The run of one process; every process learns whether all others succeeded."""
     folder = output.with_name(output.name + ".partial")
     signature = _signature(model, raster, plan, opts)
     if rank == 0 and folder.exists() and not opts.resume:
@@ -707,53 +732,56 @@ def tile_raster(
     _barrier()
     folder.mkdir(exist_ok=True)
     first, last = plan.split(rank, world)
-    row0 = plan.rows[first] if first < len(plan.rows) else plan.height
-    row1 = plan.rows[last] if last < len(plan.rows) else plan.height
-    n_tiles = (last - first) * len(plan.cols)
+    error: BaseException | None = None
     timings: dict[str, float] = {}
     with rasterio.Env(GDAL_CACHEMAX=opts.gdal_cache_mb * 1024 * 1024, GDAL_NUM_THREADS=1):
-        writer = _PartWriter(
-            folder,
-            rank,
-            raster.grid,
-            row0,
-            row1,
-            model,
-            opts.probabilities,
-            signature,
-            opts.resume,
-        )
         bar = None
-        if opts.progress and rank == 0:
-            bar = tqdm(
-                total=n_tiles,
-                initial=writer.done * len(plan.cols),
-                unit="tile",
-                desc=Path(input).name,
-                dynamic_ncols=True,
-            )
         try:
+            writer = _StripWriter(
+                folder, rank, raster.grid, model, opts.probabilities, signature, opts.resume
+            )
+            if opts.progress and rank == 0:
+                bar = tqdm(
+                    total=(last - first) * len(plan.cols),
+                    initial=writer.done * len(plan.cols),
+                    unit="tile",
+                    desc=Path(raster.path).name,
+                    dynamic_ncols=True,
+                )
             timings = _run_part(model, raster, plan, opts, writer, first, last, bar)
+        except BaseException as e:  # re-raised below, once every process knows
+            error = e
         finally:
-            writer.close()
             if bar is not None:
                 bar.close()
-        _barrier()
+        status = _agree(0 if error is None else 1 if isinstance(error, StoppedEarly) else 2)
+        if error is not None:
+            raise error
+        if status == 1:
+            raise StoppedEarly("another process stopped early (resume to continue)")
+        if status == 2:
+            raise DensekitError("another process of this run failed; see its error")
         record: dict[str, Any] = {}
         if rank == 0:
-            record = _assemble(model, raster, plan, opts, output, folder, world, signature)
-            record["timings"] = {
-                **{k: round(v, 3) for k, v in timings.items()},
-                "total_s": round(time.perf_counter() - tic, 3),
-            }
-            mpx = plan.width * plan.height / 1e6
-            record["megapixels_per_s"] = round(mpx / record["timings"]["total_s"], 4)
-            sidecar = output.with_name(output.stem + ".json")
-            tmp = sidecar.with_name("." + sidecar.name + ".partial")
-            tmp.write_text(json.dumps(record, indent=1))
-            os.replace(tmp, sidecar)
-            shutil.rmtree(folder)
-        _barrier()
+            try:
+                record = _assemble(model, raster, plan, opts, output, folder, signature)
+                record["timings"] = {
+                    **{k: round(v, 3) for k, v in timings.items()},
+                    "total_s": round(time.perf_counter() - tic, 3),
+                }
+                mpx = plan.width * plan.height / 1e6
+                record["megapixels_per_s"] = round(mpx / record["timings"]["total_s"], 4)
+                sidecar = output.with_name(output.stem + ".json")
+                tmp = sidecar.with_name("." + sidecar.name + ".partial")
+                tmp.write_text(json.dumps(record, indent=1))
+                os.replace(tmp, sidecar)
+                shutil.rmtree(folder)
+            except BaseException as e:
+                error = e
+        if _agree(0 if error is None else 2) and error is None:
+            raise DensekitError("rank 0 failed to assemble the output; see its error")
+        if error is not None:
+            raise error
     return record
 
 
@@ -764,22 +792,19 @@ def _assemble(
     opts: TileOptions,
     output: Path,
     folder: Path,
-    world: int,
     signature: dict[str, Any],
 ) -> dict[str, Any]:
-    """Rank 0: the COG(s) from every process's part, moved into place together."""
+    """Rank 0: the COG(s) from every strip's file, moved into place together."""
     targets = {"map": output}
     if opts.probabilities and model.kind != "depth":
         targets["probs"] = output.with_name(output.stem + "_probs.tif")
-    ranges = [plan.split(r, world) for r in range(world)]
     tmps: dict[Path, Path] = {}
     try:
         for name, dest in targets.items():
-            parts = [
-                (folder / f"{name}-{r}.tif", plan.rows[a])
-                for r, (a, b) in enumerate(ranges)
-                if a < b
-            ]
+            parts = [(folder / f"{name}-{s:06d}.tif", r) for s, r in enumerate(plan.rows)]
+            missing = [p.name for p, _ in parts if not p.is_file()]
+            if missing:
+                raise DensekitError(f"{folder}: strip files {missing[:3]} are missing")
             vrt = folder / f"{name}.vrt"
             _vrt(parts, parts[0][0], raster.grid, vrt)
             tmp = dest.with_name(f".{dest.stem}.partial-{os.getpid()}.tif")
@@ -841,6 +866,16 @@ def tile(
     model = load_tile_model(checkpoint, device, opts.precision)
     firsts = _expand(inputs, "--input")
     seconds = _expand(inputs2, "--input2") if inputs2 is not None else [None] * len(firsts)
+    if inputs2 is not None and Path(str(inputs)).is_dir() and Path(str(inputs2)).is_dir():
+        by_stem = {Path(str(p)).stem: p for p in seconds}
+        unpaired = [p for p in firsts if Path(p).stem not in by_stem]
+        extra = sorted(set(by_stem) - {Path(p).stem for p in firsts})
+        if unpaired or extra:
+            raise DensekitError(
+                f"--input {inputs} and --input2 {inputs2} pair by file name; without a partner: "
+                f"{[Path(p).name for p in unpaired][:5]} / {extra[:5]}"
+            )
+        seconds = [by_stem[Path(p).stem] for p in firsts]
     if len(seconds) != len(firsts):
         raise DensekitError(
             f"--input names {len(firsts)} rasters, --input2 {len(seconds)}; they pair by position"

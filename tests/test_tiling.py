@@ -377,3 +377,66 @@ def test_input_in_other_units_than_the_training_data_warns(ckpts, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         tile(ckpts["seg"], src, tmp_path / "ok.tif", tile=56, overlap=14, **QUIET)
+
+
+def test_date_two_bands_are_found_by_name_in_their_own_order(ckpts, tmp_path):
+    """Each date's named bands are read from that date's own positions."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 255, (3, 120, 120)).astype(np.uint8)
+    b = a[::-1].copy()  # the same bands stored in the reverse order
+    for name, data, names in (("a.tif", a, ("R", "G", "B")), ("b.tif", b, ("B", "G", "R"))):
+        write_raster(tmp_path / name, data, crs="EPSG:32633")
+        with rasterio.open(tmp_path / name, "r+") as d:
+            d.descriptions = names
+    from densekit.tiling import load_tile_model, open_input
+
+    model = load_tile_model(ckpts["change"])
+    model.bands = ["R", "G", "B"]
+    raster = open_input(model, str(tmp_path / "a.tif"), str(tmp_path / "b.tif"))
+    from densekit.data.datasets import RasterReaders
+
+    with RasterReaders() as readers:
+        x1, x2 = raster.read(readers, 0, 0, 56)
+    np.testing.assert_array_equal(x1, x2)  # same content once each is read by name
+
+
+def test_class_names_and_paths_with_xml_characters(ckpts, tmp_path):
+    folder = tmp_path / "R&D <x>"
+    folder.mkdir()
+    src = _raster(folder / "in.tif")
+    tile(ckpts["seg"], src, folder / "o&p.tif", tile=56, overlap=14, probabilities=True, **QUIET)
+    with rasterio.open(folder / "o&p_probs.tif") as o:
+        assert o.descriptions == ("p_bg", "p_road", "p_roof")
+
+
+def test_a_failing_run_leaves_no_thread_behind(ckpts, tmp_path, monkeypatch):
+    import threading
+
+    from densekit import tiling
+
+    src = _raster(tmp_path / "in.tif", w=150, h=400)
+    calls = {"n": 0}
+    original = tiling.TileModel.__call__
+
+    def failing(self, *x):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return original(self, *x)
+
+    monkeypatch.setattr(tiling.TileModel, "__call__", failing)
+    before = threading.active_count()
+    tic = time.perf_counter()
+    with pytest.raises(RuntimeError, match="boom"):
+        tile(
+            ckpts["seg"],
+            src,
+            tmp_path / "o.tif",
+            tile=56,
+            overlap=14,
+            batch_size=1,
+            prefetch=1,
+            **QUIET,
+        )
+    assert time.perf_counter() - tic < 30 and threading.active_count() == before
+    assert not (tmp_path / "o.tif").exists()
