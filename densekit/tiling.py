@@ -865,9 +865,11 @@ def tile(
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     model = load_tile_model(checkpoint, device, opts.precision)
     firsts = _expand(inputs, "--input")
-    seconds = _expand(inputs2, "--input2") if inputs2 is not None else [None] * len(firsts)
+    seconds: list[str | None] = (
+        list(_expand(inputs2, "--input2")) if inputs2 is not None else [None] * len(firsts)
+    )
     if inputs2 is not None and Path(str(inputs)).is_dir() and Path(str(inputs2)).is_dir():
-        by_stem = {Path(str(p)).stem: p for p in seconds}
+        by_stem = {Path(str(p)).stem: str(p) for p in seconds}
         unpaired = [p for p in firsts if Path(p).stem not in by_stem]
         extra = sorted(set(by_stem) - {Path(p).stem for p in firsts})
         if unpaired or extra:
