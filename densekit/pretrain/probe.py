@@ -4,7 +4,8 @@ The raster is cut into ``window`` squares (trimmed to a multiple of the patch ``
 half's squares are the bank, the right half's the queries. Each patch takes the class of most of
 its ``p * p`` pixels (patches less than half labelled are left out). The teacher's l2-normalised
 patch features of the queries are labelled by a similarity-weighted vote (``exp(sim / 0.07)``,
-as DINO's k-NN evaluation) of their ``k`` nearest bank patches; the score is the macro IoU of the
+as DINO's k-NN evaluation) of their ``k`` nearest bank patches, each class's votes divided by its
+share of the bank (class-balanced, so a rare class can win); the score is the macro IoU of the
 patch labels. The pair is read and checked once, when the task is built.
 """
 
@@ -121,5 +122,9 @@ class Probe:
         top, idx = (query @ bank.T).topk(min(k, len(bank)), dim=1)
         scores = torch.zeros(len(query), self.num_classes)
         scores.scatter_add_(1, bank_y[idx], torch.exp(top / 0.07))
+        # Votes are divided by each class's share of the bank, so a rare class (buildings on
+        # 4 % of the pixels) is not outvoted by the majority's sheer number of neighbours.
+        share = torch.bincount(bank_y, minlength=self.num_classes).float() / len(bank_y)
+        scores = scores / share.clamp_min(1e-6)
         pred = scores.argmax(1)
         return float(multiclass_jaccard_index(pred, query_y, self.num_classes, average="macro"))
