@@ -35,6 +35,7 @@ How a raster is processed:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -54,6 +55,7 @@ import rasterio
 import rasterio.shutil
 import torch
 from affine import Affine
+from rasterio.windows import Window
 from tqdm import tqdm
 
 from densekit import __version__
@@ -64,6 +66,7 @@ from densekit.data.grids import Grid, check_alignable
 from densekit.errors import DensekitError, InputImageError
 
 CLASS_NODATA = 255
+FINISH_COLUMNS = 2048  # columns finished at a time (bounds the temporaries of a wide strip)
 # A qualitative palette for class maps (class i gets entry i modulo its length).
 PALETTE = [
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -103,7 +106,7 @@ class TileOptions:
     resume: bool = False
     stop_after_strips: int | None = None
     progress: bool = True
-    gdal_cache_mb: int = 64
+    gdal_cache_mb: int = 32
 
 
 class StoppedEarly(Exception):  # noqa: N818 - not an error: the user asked for it
@@ -270,27 +273,27 @@ def open_input(model: TileModel, path: str, path2: str | None) -> RasterInput:
     return raster
 
 
-def _check_statistics(model: TileModel, raster: RasterInput, side: int = 256) -> None:
+def _check_statistics(model: TileModel, raster: RasterInput, grid: int = 5, side: int = 64) -> None:
     """Warn when the input's band means sit far outside what the model was trained on (another
-    unit or scaling, e.g. reflectance x 10000 against 8-bit data); read decimated."""
+    unit or scaling, e.g. reflectance x 10000 against 8-bit data). Reads ``grid x grid`` small
+    windows spread over the raster: the cost does not depend on its size."""
     task = model.task
     if not hasattr(task, "input_mean"):  # a model without recorded statistics
         return
-    table = band_table(raster.path)
-    idx = raster.band_idx if raster.band_idx is not None else list(range(len(table)))
-    means = []
-    for i in idx:
-        file, band, _ = table[i]
-        with rasterio.open(file) as src:
-            f = min(1.0, side / max(src.width, src.height))
-            shape = (max(1, int(src.height * f)), max(1, int(src.width * f)))
-            data = src.read(band, out_shape=shape, masked=True).astype(np.float64)
-        values = data.compressed()
-        values = values[np.isfinite(values)]
-        means.append(values.mean() if values.size else np.nan)
+    w, h = raster.grid.width, raster.grid.height
+    samples = []
+    with RasterReaders() as readers:
+        for fy in np.linspace(0, 1, grid):
+            for fx in np.linspace(0, 1, grid):
+                col, row = int(fx * max(w - side, 0)), int(fy * max(h - side, 0))
+                samples.append(raster.read(readers, col, row, side)[0])
+    x = np.stack(samples).transpose(1, 0, 2, 3).reshape(len(samples[0]), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-nodata band: no mean
+        means = np.nanmean(x.astype(np.float64), axis=1)
     mean = task.input_mean.flatten().cpu().numpy()
     std = task.input_std.flatten().cpu().numpy()
-    z = (np.array(means) * task.input_scale - mean) / std
+    z = (means * task.input_scale - mean) / std
     far = [(i, float(v)) for i, v in enumerate(z) if np.isfinite(v) and abs(v) > 4]
     if far:
         bands = ", ".join(f"band {i + 1} at {v:+.1f} std" for i, v in far)
@@ -516,7 +519,9 @@ class _StripWriter:
                 )
             self.done = int(state["strips_done"])
 
-    def write(self, s: int, rows: tuple[int, int], values: np.ndarray, blended: np.ndarray) -> None:
+    @contextlib.contextmanager
+    def strip(self, s: int, rows: tuple[int, int]) -> Iterator[tuple[Any, Any]]:
+        """The open files of strip ``s`` (map, probabilities or None), closed afterwards."""
         a, b = rows
         g = self.grid
         part = Grid(g.crs, g.transform @ Affine.translation(0, a), g.width, b - a)
@@ -525,19 +530,24 @@ class _StripWriter:
             profile = _profile(part, 1, "float32", float("nan"))
         else:
             profile = _profile(part, 1, "uint8", CLASS_NODATA)
-        with rasterio.open(self.folder / f"map-{s:06d}.tif", "w", **profile) as dst:
-            dst.write(values, 1)
+        with contextlib.ExitStack() as stack:
+            dst = stack.enter_context(
+                rasterio.open(self.folder / f"map-{s:06d}.tif", "w", **profile)
+            )
             dst.set_band_description(1, "depth" if model.kind == "depth" else "class")
             if model.kind != "depth":
                 dst.update_tags(**_class_metadata(model.class_names))
                 dst.write_colormap(1, _colormap(len(model.class_names)))
-        if self.probabilities:
-            profile = _profile(part, model.channels, "float32", float("nan"))
-            with rasterio.open(self.folder / f"probs-{s:06d}.tif", "w", **profile) as dst:
-                dst.write(blended)
+            probs = None
+            if self.probabilities:
+                profile = _profile(part, model.channels, "float32", float("nan"))
+                probs = stack.enter_context(
+                    rasterio.open(self.folder / f"probs-{s:06d}.tif", "w", **profile)
+                )
                 names = ["change"] if model.channels == 1 else model.class_names
                 for band, name in enumerate(names, start=1):
-                    dst.set_band_description(band, f"p_{name}")
+                    probs.set_band_description(band, f"p_{name}")
+            yield dst, probs
 
     def strip_done(self, count: int) -> None:
         """Record ``count`` finished strips (their files are closed)."""
@@ -633,17 +643,20 @@ def _finish_strip(
     wrote = 0
     if s != seed:
         tic = time.perf_counter()
-        weight = wsum[0][a:b, None] * wsum[1][None, :]
-        blended = (acc[:, :n, : plan.width] / weight).numpy()
-        ok = valid[:n, : plan.width].numpy()
-        values = model.finish(blended)
-        if model.kind == "depth":
-            values[~ok] = np.nan
-        else:
-            values[~ok] = CLASS_NODATA
-        if writer.probabilities:
-            blended = np.where(ok[None], blended, np.float32(np.nan)).astype(np.float32)
-        writer.write(s, (a, b), values, blended)
+        with writer.strip(s, (a, b)) as (dst, probs):
+            # column blocks: the temporaries (weights, blended values, argmax) stay small
+            for c0 in range(0, plan.width, FINISH_COLUMNS):
+                c1 = min(c0 + FINISH_COLUMNS, plan.width)
+                weight = wsum[0][a:b, None] * wsum[1][None, c0:c1]
+                blended = (acc[:, :n, c0:c1] / weight).numpy()
+                ok = valid[:n, c0:c1].numpy()
+                values = model.finish(blended)
+                values[~ok] = np.nan if model.kind == "depth" else CLASS_NODATA
+                window = Window(c0, 0, c1 - c0, n)
+                dst.write(values, 1, window=window)
+                if probs is not None:
+                    blended = np.where(ok[None], blended, np.float32(np.nan))
+                    probs.write(blended.astype(np.float32), window=window)
         writer.strip_done(s - first + 1)
         timings["write_s"] += time.perf_counter() - tic
         wrote = 1
@@ -817,7 +830,7 @@ def _assemble(
                 BLOCKSIZE=512,
                 OVERVIEW_RESAMPLING=resampling,
                 BIGTIFF="IF_SAFER",
-                NUM_THREADS=1,
+                NUM_THREADS="ALL_CPUS",
             )
             tmps[dest] = tmp
         for dest, tmp in tmps.items():
