@@ -1,13 +1,15 @@
 """Unlabelled images for self-supervised pretraining, cut into DINO multi-crops.
 
-Sources are GeoTIFFs (or any raster GDAL reads) and DICOM files, named as files, folders or
-patterns. A raster is read one random window at a time with the data issue's reader (bands by
-index or name, nodata from the file or overridden); a DICOM file is read whole (pydicom applies the
-modality LUT and window, values in [0, 1]). Windows with more than ``max_invalid`` nodata pixels are
-redrawn; an image smaller than the window is used whole (its crops are resized). Each source
-is standardised with its own per-band mean and standard deviation, measured once on a decimated
-read (bounded memory), so sources of different units mix; nodata becomes 0, the mean. A one-band
-source (panchromatic, CT) is repeated on every input channel.
+Sources are GeoTIFFs (or any raster GDAL reads), DICOM files and NIfTI volumes (axial slices,
+through nibabel), named as files, folders or patterns. A raster is read one random window at a
+time with the data issue's reader (bands by index or name, nodata from the file or overridden);
+a DICOM file is read whole (pydicom applies the modality LUT and window, values in [0, 1]); a
+NIfTI volume is read whole, reoriented to RAS, and a random axial slice drawn with each window.
+Windows with more than ``max_invalid`` nodata pixels are redrawn; an image smaller than the
+window is used whole (its crops are resized). Each source is standardised with its own per-band
+mean and standard deviation, measured once on a decimated read (bounded memory), so sources of
+different units mix; nodata becomes 0, the mean. A one-band source (panchromatic, CT, MR) is
+repeated on every input channel.
 
 Multi-crop (DINO): ``global_crops`` views of ``global_size`` (scale ``global_scale`` of the window)
 and ``local_crops`` views of ``local_size`` (scale ``local_scale``), cut by albumentations'
@@ -42,11 +44,34 @@ from torchvision.transforms.v2 import functional as TF
 
 from densekit.data.bands import BandRef, resolve_band_indices
 from densekit.data.datasets import band_table, read_box, reference_grid
-from densekit.data.files import Files, list_rasters
+from densekit.data.files import RASTER_SUFFIXES, Files, list_rasters
 from densekit.data.images import is_dicom, read_image
 from densekit.errors import DensekitError, InputImageError
 
 STATS_SIDE = 512  # longest side of the decimated read the per-source statistics come from
+
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: str) -> bool:
+    return path.lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_nifti_axial(path: str) -> np.ndarray:
+    """A NIfTI volume (nibabel) as axial slices ``(Z, H, W)`` float32, reoriented to RAS so
+    that every volume's slices look the same way (anterior up, patient's left on the right)."""
+    import nibabel as nib
+
+    try:
+        img = nib.as_closest_canonical(nib.load(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:
+        raise InputImageError(f"{path}: not a readable NIfTI volume ({e})") from None
+    if data.ndim != 3:
+        raise InputImageError(f"{path}: a 3-D volume is needed, this one has shape {data.shape}")
+    # RAS voxel (x, y, z): a slice's rows run along y (flipped: anterior up), columns along x
+    return np.ascontiguousarray(data.transpose(2, 1, 0)[:, ::-1, :])
 
 
 class Source:
@@ -59,20 +84,32 @@ class Source:
         self.bands = bands
         self.nodata = nodata
         self.dicom = is_dicom(Path(path))
-        if self.dicom:
-            image = read_image(path)
-            self.array: np.ndarray | None = image.array.astype(np.float32)
+        self.volume: np.ndarray | None = None  # NIfTI: (slices, H, W)
+        self.array: np.ndarray | None = None  # DICOM: the whole image
+        self.invalid: np.ndarray | None = None
+        sample: np.ndarray
+        sample_invalid: np.ndarray | None
+        if is_nifti(path):
             if bands is not None:
-                idx = resolve_band_indices(bands, list(image.band_names), path)
-                self.array = self.array[idx]
-            self.invalid: np.ndarray | None = None
+                raise DensekitError(f"{path}: 'bands' applies to rasters, not to NIfTI volumes")
+            volume = read_nifti_axial(path)
+            self.volume = volume
+            _, self.height, self.width = volume.shape
+            step = max(1, volume.shape[0] // 32)  # statistics from every few slices
+            sample = volume[::step].reshape(1, -1, self.width)
+            sample_invalid = None
+        elif self.dicom:
+            image = read_image(path)
+            array = image.array.astype(np.float32)
+            if bands is not None:
+                array = array[resolve_band_indices(bands, list(image.band_names), path)]
+            self.array = array
             if image.invalid is not None:
                 self.invalid = np.asarray(image.invalid.any(0))
             self.height, self.width = image.shape
-            sample = self.array
+            sample = array
             sample_invalid = self.invalid
         else:
-            self.array = None
             self.grid, _ = reference_grid(path)
             self.height, self.width = self.grid.height, self.grid.width
             sample, sample_invalid = self._decimated()
@@ -121,10 +158,19 @@ class Source:
         invalid |= ~np.isfinite(out).all(0)
         return out, invalid
 
-    def read(self, window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Standardised ``(C, h, w)`` values and the invalid mask of ``window``."""
+    @property
+    def slices(self) -> int:
+        """Axial slices of a NIfTI volume (1 for an image)."""
+        return 1 if self.volume is None else int(self.volume.shape[0])
+
+    def read(self, window: tuple[int, int, int, int], z: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised ``(C, h, w)`` values and the invalid mask of ``window`` (of slice ``z``
+        for a volume)."""
         c0, r0, w, h = window
-        if self.array is not None:
+        if self.volume is not None:
+            x = self.volume[z : z + 1, r0 : r0 + h, c0 : c0 + w].copy()
+            invalid = ~np.isfinite(x[0])
+        elif self.array is not None:
             x = self.array[:, r0 : r0 + h, c0 : c0 + w].copy()
             invalid = np.zeros(x.shape[1:], bool)
             if self.invalid is not None:
@@ -230,18 +276,20 @@ class UnlabelledWindows(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def draw(self) -> tuple[Source, tuple[int, int, int, int]]:
+    def draw(self) -> tuple[Source, tuple[int, int, int, int], int]:
+        """A source (by weight), a window in it and a slice (volumes; else 0)."""
         g = self.generator
         s = self.sources[int(torch.multinomial(self.weights, 1, generator=g))]
         w, h = min(self.window, s.width), min(self.window, s.height)
         col = int(torch.randint(0, s.width - w + 1, (), generator=g))
         row = int(torch.randint(0, s.height - h + 1, (), generator=g))
-        return s, (col, row, w, h)
+        z = int(torch.randint(0, s.slices, (), generator=g))
+        return s, (col, row, w, h), z
 
     def __getitem__(self, i: int) -> list[torch.Tensor]:
         for _ in range(50):
-            source, window = self.draw()
-            x, invalid = source.read(window)
+            source, window, z = self.draw()
+            x, invalid = source.read(window, z)
             if invalid.mean() <= self.max_invalid:
                 break
         else:
@@ -333,9 +381,23 @@ class PretrainDataModule(L.LightningDataModule):
         self.sources: list[Source] = []
 
     def list_files(self) -> list[str]:
+        """Files, patterns and folders; a folder lists its rasters, DICOM and NIfTI files."""
         files: list[str] = []
         for spec in self.images:
-            found, _ = list_rasters(spec, "pretraining images")
+            folder = Path(spec) if isinstance(spec, str) else None
+            if folder is not None and folder.is_dir():
+                found = sorted(
+                    str(p)
+                    for p in folder.iterdir()
+                    if p.is_file()
+                    and (p.suffix.lower() in RASTER_SUFFIXES or is_nifti(str(p)) or is_dicom(p))
+                )
+                if not found:
+                    raise DensekitError(
+                        f"data.images: folder {folder} holds no raster, DICOM or NIfTI file"
+                    )
+            else:
+                found, _ = list_rasters(spec, "data.images")
             files += found
         return files
 

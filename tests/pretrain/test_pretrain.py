@@ -204,7 +204,7 @@ def test_nodata_windows_are_redrawn(tmp_path):
     ds = UnlabelledWindows([source], 32, 4, 1, MultiCrop(32, 16, 1), max_invalid=0.25)
     ds.reseed(0)
     for _ in range(20):
-        s, window = ds.draw()
+        s, window, _ = ds.draw()
         _, invalid = s.read(window)
         if invalid.mean() > 0.25:
             break
@@ -213,8 +213,8 @@ def test_nodata_windows_are_redrawn(tmp_path):
     seen = []
     original = source.read
 
-    def spy(window):
-        x, inv = original(window)
+    def spy(window, z=0):
+        x, inv = original(window, z)
         seen.append(inv.mean())
         return x, inv
 
@@ -535,3 +535,32 @@ def test_pretraining_reads_real_imagery_and_dicom():
     batch = next(iter(dm.train_dataloader()))
     assert [tuple(v.shape) for v in batch] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 2
     assert all(torch.isfinite(v).all() for v in batch)
+
+
+def test_nifti_volumes_give_axial_slices(tmp_path):
+    import nibabel as nib
+
+    vol = np.zeros((40, 50, 6), np.float32)  # x, y, z (RAS)
+    vol[:, :, 3] = np.arange(40)[:, None]  # slice 3: values grow along x (columns)
+    vol[5, 45, 3] = 1000  # near anterior (large y): must land near the top row
+    affine = np.diag([1.0, 1.0, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "ct.nii.gz")
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    (tmp_path / "ct.nii.gz").rename(folder / "ct.nii.gz")
+    dm = _data([str(folder)], window=32, global_size=16, local_size=16)
+    dm.setup()
+    [source] = dm.sources
+    assert (source.slices, source.height, source.width) == (6, 50, 40)
+    raw = source.volume[3]
+    assert raw[50 - 1 - 45, 5] == 1000 and np.all(np.diff(raw[0, :5]) == 1)
+    x, invalid = source.read((0, 0, 40, 50), z=3)
+    assert x.shape == (1, 50, 40) and not invalid.any()
+    batch = next(iter(dm.train_dataloader()))
+    assert tuple(batch[0].shape) == (4, 3, 16, 16)
+
+
+def test_real_ct_nifti_reads():
+    data = needs_shared_data("ct-mr-organ-seg-totalsegmentator")
+    source = Source(str(data / "ct_nifti" / "example_ct_sm.nii.gz"), None, None, 3)
+    assert source.slices > 1 and source.num_bands == 1 and np.isfinite(source.std).all()
