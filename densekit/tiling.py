@@ -207,7 +207,10 @@ def load_tile_model(
     try:
         meta = torch.load(path, map_location="cpu", weights_only=True).get("densekit")
     except Exception as e:
-        raise DensekitError(f"--checkpoint {path}: not a readable checkpoint ({e})") from None
+        raise DensekitError(
+            f"--checkpoint {path}: not a readable PyTorch checkpoint ({type(e).__name__}); "
+            "give a .ckpt written by densekit fit"
+        ) from None
     if meta is None or meta.get("task") not in TASKS:
         raise DensekitError(f"--checkpoint {path}: not a checkpoint of densekit fit")
     task = TASKS[meta["task"]].load_from_checkpoint(str(path), map_location="cpu")

@@ -316,6 +316,10 @@ def test_bad_inputs_fail_clearly_and_write_nothing(ckpts, tmp_path):
         tile(ckpts["seg"], src, tmp_path / "no" / "o.tif", tile=56, **QUIET)
     with pytest.raises(DensekitError, match="change model and takes two dates"):
         tile(ckpts["change"], src, out, tile=56, **QUIET)
+    (tmp_path / "text.ckpt").write_text("hello")
+    with pytest.raises(DensekitError, match=r"text.ckpt: not a readable PyTorch checkpoint"):
+        tile(tmp_path / "text.ckpt", src, out, tile=56, **QUIET)
+    (tmp_path / "text.ckpt").unlink()
     with pytest.raises(DensekitError, match="not a checkpoint of densekit fit"):
         torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
         tile(tmp_path / "other.ckpt", src, out, tile=56, **QUIET)

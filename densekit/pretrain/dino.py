@@ -461,9 +461,9 @@ class DinoPretrainTask(L.LightningModule):
             "started_from": self.hp.weights,
             "started_from_sha256": self.weights_sha256,
             "steps": int(self.global_step),
-            "epochs": int(self.current_epoch) + 1,
+            "epochs_completed": int(self.current_epoch),
             "hours": round((time.time() - self._started) / 3600, 3),
-            "recipe": {k: v for k, v in self.hp.items() if not k.startswith("probe_")},
+            "recipe": {k: v for k, v in self.hp.items() if not k.startswith(("probe_", "_"))},
             "history": self.history,
             "collapsed": self.collapsed,
         }
