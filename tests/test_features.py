@@ -130,3 +130,22 @@ def test_statistics_and_scale_together_are_refused(bb, tmp_path):
     img = read_image(IMAGES / "rgb_uint8.tif")
     with pytest.raises(InputImageError, match=r"either per-band statistics .* or a scale"):
         prepare_input(img, bb, stats=BandStats.from_yaml(stats_file), scale=1 / 255)
+
+
+def test_readme_first_command_with_the_bundled_backbone(tmp_path):
+    """The README's first command: the bundled backbone's features of the bundled scene, offline
+    and without the random-weights warning."""
+    import warnings
+
+    from helpers import REPO
+
+    from densekit.cli import main
+
+    sample = REPO / "densekit" / "samples" / "landsat7_rgb.tif"
+    argv = ["features", str(sample), "--backbone", "densekit_vitt16", "--weights", "bundled",
+            "--out", str(tmp_path / "features.pt"), "--pca", str(tmp_path / "pca.png")]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert main(argv) == 0
+    saved = torch.load(tmp_path / "features.pt", weights_only=True)
+    assert (tmp_path / "pca.png").stat().st_size > 1000 and saved
