@@ -10,8 +10,10 @@ carries its own normalisation.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -96,25 +98,38 @@ def reference_grid(spec: str) -> tuple[Grid, str]:
 
 
 class RasterReaders:
-    """Open readers (warped onto a reference grid where needed), kept for many reads."""
+    """Open readers (warped onto a reference grid where needed), kept for many reads.
 
-    def __init__(self) -> None:
-        self._stack = contextlib.ExitStack()
-        self._open: dict[tuple[str, bool, float | None], tuple[Any, bool]] = {}
+    At most ``max_open`` stay open (least recently used first to close), so a dataset of many
+    files does not run out of file handles. Use one instance per process (DataLoader workers
+    each make their own, see :meth:`WindowDataset.readers`).
+    """
+
+    def __init__(self, max_open: int = 32) -> None:
+        self.max_open = max_open
+        self._open: collections.OrderedDict[tuple, tuple[Any, tuple[Any, bool]]] = (
+            collections.OrderedDict()
+        )
 
     def get(
         self, path: str, reference: Grid, categorical: bool, nodata: float | None
     ) -> tuple[Any, bool]:
-        key = (path, categorical, nodata)
-        if key not in self._open:
-            self._open[key] = self._stack.enter_context(
-                open_on_grid(path, reference, categorical, nodata)
-            )
-        return self._open[key]
+        key = (path, categorical, nodata, reference.describe())
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key][1]
+        context = open_on_grid(path, reference, categorical, nodata)
+        opened = context.__enter__()
+        self._open[key] = (context, opened)
+        while len(self._open) > self.max_open:
+            _, (old, _) = self._open.popitem(last=False)
+            old.__exit__(None, None, None)
+        return opened
 
     def close(self) -> None:
-        self._stack.close()
-        self._open.clear()
+        while self._open:
+            _, (context, _) = self._open.popitem(last=False)
+            context.__exit__(None, None, None)
 
     def __enter__(self) -> RasterReaders:
         return self
@@ -256,6 +271,20 @@ class WindowDataset(Dataset):
         row = r0 + int(torch.randint(0, max(h - size, 0) + 1, ()))
         return Sample(s.images, s.target, (col, row, size, size), s.region, s.grid, s.subtract)
 
+    def readers(self) -> RasterReaders:
+        """This process's open readers (files stay open between windows; a DataLoader worker,
+        a forked copy of the dataset, opens its own)."""
+        if getattr(self, "_readers_pid", None) != os.getpid():
+            self._readers = RasterReaders()
+            self._readers_pid = os.getpid()
+        return self._readers
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()  # open files do not travel to spawned workers
+        state.pop("_readers", None)
+        state.pop("_readers_pid", None)
+        return state
+
     def has_data(self, item: dict[str, Any]) -> bool:
         """Whether an item holds any usable target pixel (all-nodata windows are skipped)."""
         if "mask" in item:
@@ -272,9 +301,21 @@ class WindowDataset(Dataset):
                     break
         else:
             item = self.read(self.samples[i])
+            if self.transforms is None:  # a fixed, unaugmented window: its features can be cached
+                item["cache_keys"] = self.cache_keys(self.samples[i])
         if self.transforms is not None:
             item = apply_augmentation(item, self.transforms)
         return item
+
+    def cache_keys(self, s: Sample) -> list[str]:
+        """The data side of the feature-cache key of each date (:mod:`densekit.tasks.cache`)."""
+        from densekit.tasks.cache import item_key
+
+        extra = {"bands": self.bands, "nodata": self.nodata, "grid": s.grid.describe()}
+        return [
+            item_key(sorted({p for p, _, _ in band_table(spec)}), s.window, s.region, extra)
+            for spec in s.images
+        ]
 
     def _map_labels(self, raw: np.ndarray, path: str) -> np.ndarray:
         if self.label_map is None:
@@ -302,7 +343,13 @@ class WindowDataset(Dataset):
         valid = np.ones((s.window[3], s.window[2]), bool)
         for path in s.images:
             x, inside, nodata = read_box(
-                path, s.window, s.region, self.bands, s.grid, nodata=self.nodata
+                path,
+                s.window,
+                s.region,
+                self.bands,
+                s.grid,
+                nodata=self.nodata,
+                readers=self.readers(),
             )
             usable = inside & ~nodata
             if not np.isfinite(x[:, usable]).all():
@@ -333,13 +380,20 @@ class WindowDataset(Dataset):
                 s.grid,
                 categorical=self.kind != "depth",
                 nodata=self.target_nodata,
+                readers=self.readers(),
             )
         valid &= inside & ~target_nodata  # the target's own nodata is no label either
         if self.kind == "depth":
             depth = raw[0] * np.float32(self.depth_scale)
             if s.subtract is not None:  # height above ground: DSM - DTM
                 dtm, dtm_inside, dtm_nodata = read_box(
-                    s.subtract, s.window, s.region, [1], s.grid, nodata=self.target_nodata
+                    s.subtract,
+                    s.window,
+                    s.region,
+                    [1],
+                    s.grid,
+                    nodata=self.target_nodata,
+                    readers=self.readers(),
                 )
                 depth = depth - dtm[0] * np.float32(self.depth_scale)
                 valid &= dtm_inside & ~dtm_nodata

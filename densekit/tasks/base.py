@@ -35,6 +35,7 @@ from densekit import __version__
 from densekit.backbones import Backbone, load_backbone
 from densekit.errors import DensekitError
 from densekit.heads import DPTHead, LinearHead
+from densekit.tasks.cache import FeatureCache, model_key
 
 HeadName = Literal["linear", "dpt", "unet"]
 LayerChoice = Literal["last", "last4", "dpt"] | list[int]
@@ -73,6 +74,10 @@ class DenseTask(L.LightningModule, abc.ABC):
         lr, weight_decay: AdamW settings.
         warmup_steps: linear warm-up length in optimizer steps.
         schedule: decay after the warm-up.
+        feature_cache: a folder for the frozen backbone's features of fixed, unaugmented
+            windows (validation, test, grid training windows without ``augment``): computed
+            once, then read back in later epochs and runs (see :mod:`densekit.tasks.cache`).
+        feature_cache_gb: the cache folder's size limit (least recently used entries go).
     """
 
     kind: ClassVar[str]
@@ -101,6 +106,8 @@ class DenseTask(L.LightningModule, abc.ABC):
         weight_decay: float = 1e-4,
         warmup_steps: int = 0,
         schedule: Literal["cosine", "poly", "constant"] = "cosine",
+        feature_cache: str | None = None,
+        feature_cache_gb: float = 20.0,
     ) -> None:
         super().__init__()
         if weights is not None and Path(weights).expanduser().exists():
@@ -224,12 +231,42 @@ class DenseTask(L.LightningModule, abc.ABC):
         x = F.pad(x, (0, -w % 32, 0, -h % 32))
         return self.unet(x)[..., :h, :w]
 
-    def features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Backbone maps and class tokens of a normalised image."""
+    def features(
+        self, x: Tensor, keys: Sequence[str] | None = None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Backbone maps and class tokens of a normalised image batch; with ``feature_cache``
+        and a key per item (fixed, unaugmented windows), read from or written to the cache."""
         if self.backbone is None:
             raise DensekitError("the U-Net baseline has no backbone features")
-        pairs = self.backbone.forward_with_class_tokens(x)
-        return [m for m, _ in pairs], [c for _, c in pairs]
+        cache = self._feature_cache()
+        if cache is None or keys is None or len(keys) != x.shape[0]:
+            pairs = self.backbone.forward_with_class_tokens(x)
+            return [m for m, _ in pairs], [c for _, c in pairs]
+        paths = [cache.path(self._cache_model_key, k) for k in keys]
+        found = [cache.load(p) for p in paths]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            pairs = self.backbone.forward_with_class_tokens(x[missing])
+            for j, i in enumerate(missing):
+                maps = [m[j].cpu() for m, _ in pairs]
+                tokens = [c[j].cpu() for _, c in pairs]
+                cache.save(paths[i], maps, tokens)
+                found[i] = (maps, tokens)
+        entries = [f for f in found if f is not None]
+        n = len(entries[0][0])
+        maps = [torch.stack([e[0][k] for e in entries]).to(x.device) for k in range(n)]
+        tokens = [torch.stack([e[1][k] for e in entries]).to(x.device) for k in range(n)]
+        return maps, tokens
+
+    def _feature_cache(self) -> FeatureCache | None:
+        if self.hp.get("feature_cache") is None or self.backbone is None:
+            return None
+        if getattr(self, "_cache", None) is None:
+            self._cache = FeatureCache(self.hp.feature_cache, self.hp.feature_cache_gb)
+            self._cache_model_key = model_key(
+                self.backbone, self.input_mean, self.input_std, self.input_scale
+            )
+        return self._cache
 
     def decode(self, maps: list[Tensor], tokens: list[Tensor], size: Sequence[int]) -> Tensor:
         """Head outputs upsampled to ``size``."""
@@ -237,16 +274,19 @@ class DenseTask(L.LightningModule, abc.ABC):
             raise DensekitError("the U-Net baseline has no head on features")
         return upsample_to(self.head(maps, tokens), size, self.backbone.patch_size)
 
-    def forward(self, *images: Tensor) -> Tensor:
-        """Raw images ``(B, C, H, W)`` -> head outputs ``(B, K, H, W)`` (logits or depth)."""
+    def forward(self, *images: Tensor, keys: Sequence[Sequence[str]] | None = None) -> Tensor:
+        """Raw images ``(B, C, H, W)`` -> head outputs ``(B, K, H, W)`` (logits or depth).
+
+        ``keys``: feature-cache keys, one sequence per image (date), one key per item."""
         xs = [self.normalize(x) for x in images]
         size = xs[0].shape[-2:]
         if self.backbone is None:
             return self.postprocess(self._unet_forward(torch.cat(xs, dim=1)))
+        k = list(keys) if keys is not None else [None] * len(xs)
         if len(xs) == 1:
-            maps, tokens = self.features(xs[0])
+            maps, tokens = self.features(xs[0], k[0])
         else:
-            (m1, t1), (m2, t2) = self.features(xs[0]), self.features(xs[1])
+            (m1, t1), (m2, t2) = self.features(xs[0], k[0]), self.features(xs[1], k[1])
             maps, tokens = self.fusion(m1, m2), self.fusion(t1, t2)
         return self.postprocess(self.decode(maps, tokens, size))
 
@@ -292,7 +332,7 @@ class DenseTask(L.LightningModule, abc.ABC):
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor:
         target = self.target(batch)
-        output = self(*self.inputs(batch))
+        output = self(*self.inputs(batch), keys=batch.get("cache_keys"))
         loss = self.loss_fn(output, target)
         if not torch.isfinite(loss):
             raise DensekitError(f"{stage} loss is {loss.item()} on {batch.get('path')}")

@@ -89,7 +89,7 @@ class ChangeDetectionTask(DenseTask):
         return mask
 
     def classes(self, output: Tensor) -> Tensor:
-        return (output[:, 0] > 0).long() if self.binary else output.argmax(1)
+        return (output[:, 0] > 0).long() if self.binary else output.max(1).indices
 
     def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None:
         self.metric(stage).update(self.classes(output), target)

@@ -93,9 +93,14 @@ def test_label_map_and_unknown_values(tmp_path):
     )
     assert int(ds[0]["mask"].sum()) == 25
     lab[0, 0] = 128
-    write(tmp_path / "l.tif", lab)
+    write(tmp_path / "l2.tif", lab)  # a dataset keeps its files open: a new file, a new dataset
+    ds = WindowDataset(
+        [one(tmp_path / "i.tif", tmp_path / "l2.tif")],
+        "segmentation",
+        label_map={0: 0, 255: 1},
+    )
     with pytest.raises(
-        DensekitError, match=r"l.tif: label value\(s\) \[128\] are not in label_map"
+        DensekitError, match=r"l2.tif: label value\(s\) \[128\] are not in label_map"
     ):
         ds[0]
 

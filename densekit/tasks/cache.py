@@ -1,0 +1,114 @@
+"""A disk cache of frozen-backbone features, so heads train without re-running the backbone.
+
+The backbone is frozen, so the features of a window depend only on
+
+* the model side: backbone name, a sha256 of its weights as loaded (so random weights, adapted
+  input channels and overrides are covered), the layers, the input normalisation (mean, std,
+  scale), the autocast dtype and densekit's version;
+* the data side: each image file (absolute path, size, modification time), the window and the
+  region it is read from, the bands, the nodata override. Items that are augmented or drawn at
+  random have no key and are always computed.
+
+Each window's maps and class tokens are stored as one ``.pt`` file (fp32, read back with
+``weights_only=True``) named by the sha256 of both sides; a changed file, window or model is a
+different key, so stale entries are never read. When the folder grows past ``max_gb``, the least
+recently used entries are removed. Writes are atomic (a temporary file, then a rename), so
+several processes may share a folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from densekit import __version__
+from densekit.backbones.base import Backbone
+
+
+def model_key(backbone: Backbone, mean: Tensor, std: Tensor, scale: float) -> str:
+    """The model side of the key (see the module docstring)."""
+    h = hashlib.sha256()
+    for name, t in sorted(backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    record = {
+        "backbone": backbone.name,
+        "weights": h.hexdigest(),
+        "layers": list(backbone.layers),
+        "mean": mean.flatten().tolist(),
+        "std": std.flatten().tolist(),
+        "scale": scale,
+        "autocast": str(backbone.autocast_dtype),
+        "densekit": __version__,
+    }
+    return json.dumps(record, sort_keys=True)
+
+
+def item_key(paths: list[str], window: Sequence[int], region: Sequence[int], extra: dict) -> str:
+    """The data side of the key for one window of one date."""
+    files = []
+    for p in paths:
+        st = os.stat(p)
+        files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
+    record = {"files": files, "window": list(window), "region": list(region), **extra}
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+class FeatureCache:
+    """Features of windows on disk (module docstring).
+
+    Args:
+        folder: where the entries live (created if missing).
+        max_gb: size above which the least recently used entries are removed.
+    """
+
+    def __init__(self, folder: str | Path, max_gb: float = 20.0) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = int(max_gb * 1e9)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, model: str, item: str) -> Path:
+        digest = hashlib.sha256((model + "\n" + item).encode()).hexdigest()
+        return self.folder / digest[:2] / f"{digest}.pt"
+
+    def load(self, path: Path) -> tuple[list[Tensor], list[Tensor]] | None:
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except (FileNotFoundError, EOFError, RuntimeError):
+            self.misses += 1
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used
+        self.hits += 1
+        return entry["maps"], entry["tokens"]
+
+    def save(self, path: Path, maps: list[Tensor], tokens: list[Tensor]) -> None:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        # clones: a slice of a batch would save the whole batch's storage
+        entry = {"maps": [m.clone() for m in maps], "tokens": [t.clone() for t in tokens]}
+        torch.save(entry, tmp)
+        os.replace(tmp, path)
+
+    def evict(self) -> int:
+        """Remove the least recently used entries until the folder fits; returns how many."""
+        entries = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.folder.glob("*/*.pt")]
+        total = sum(size for _, size, _ in entries)
+        removed = 0
+        for _, size, p in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+            total -= size
+            removed += 1
+        return removed
