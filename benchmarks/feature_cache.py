@@ -91,7 +91,7 @@ def main() -> None:
         torch.equal(a, b)
         for a, b in zip(
             plain.head.state_dict().values(), cached.head.state_dict().values(), strict=True
-        )  # fmt: skip
+        )
     )
     same_metrics = plain_metrics.keys() == cached_metrics.keys() and all(
         torch.equal(plain_metrics[k], cached_metrics[k]) for k in plain_metrics
