@@ -14,23 +14,21 @@ import collections
 import contextlib
 import functools
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import rasterio
 import torch
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
 from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
 from densekit.data.bands import BandRef, resolve_band_indices
-from densekit.data.grids import Grid, grid_of, open_on_grid
+from densekit.data.grids import Grid, grid_of, open_on_grid, open_raster
 from densekit.data.vectors import is_vector, read_vector_box
 from densekit.data.windows import Box, intersect
 from densekit.errors import DensekitError, InputImageError
@@ -65,29 +63,20 @@ def band_table(spec: str) -> list[tuple[str, int, str | None]]:
             raise InputImageError(f"{spec}: folder holds no band files (.tif, .jp2)")
         table = []
         for f in files:
-            with _quiet_open(str(f)) as src:
+            with open_raster(str(f)) as src:
                 if src.count != 1:
                     raise InputImageError(
                         f"{f}: a folder of bands needs single-band files; this one has {src.count}"
                     )
             table.append((str(f), 1, f.stem.rsplit("_", 1)[-1]))
         return sorted(table, key=lambda t: _band_key(t[2] or ""))
-    with _quiet_open(spec) as src:
+    with open_raster(spec) as src:
         return [(spec, i + 1, d) for i, d in enumerate(src.descriptions)]
 
 
 def _band_key(name: str) -> tuple[int, str]:
     digits = "".join(c for c in name if c.isdigit())
     return (int(digits) if digits else 0, "".join(c for c in name if not c.isdigit()))
-
-
-def _quiet_open(path: str) -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as e:
-        raise InputImageError(f"{path}: not a readable raster ({e})") from None
 
 
 def reference_grid(spec: str) -> tuple[Grid, str]:
@@ -114,7 +103,7 @@ class RasterReaders:
     def get(
         self, path: str, reference: Grid, categorical: bool, nodata: float | None
     ) -> tuple[Any, bool]:
-        key = (path, categorical, nodata, reference.describe())
+        key = (path, categorical, nodata, reference)
         if key in self._open:
             self._open.move_to_end(key)
             return self._open[key][1]

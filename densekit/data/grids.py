@@ -65,7 +65,8 @@ class Grid:
         return f"{self.width}x{self.height} px, {self.crs}, res {self.resolution:.6g}, bounds ({b})"
 
 
-def _open(path: str) -> Any:
+def open_raster(path: str) -> Any:
+    """``rasterio.open`` without the not-georeferenced warning; errors name the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -75,7 +76,7 @@ def _open(path: str) -> Any:
 
 
 def grid_of(path: str) -> Grid:
-    with _open(path) as src:
+    with open_raster(path) as src:
         return Grid(src.crs, src.transform, src.width, src.height)
 
 
@@ -116,7 +117,7 @@ def open_on_grid(
     ``read_masks``. ``nodata`` overrides the file's nodata value as the warp's source nodata,
     so resampling leaves those pixels out instead of blending the fill value into valid ones.
     """
-    with _open(path) as src:
+    with open_raster(path) as src:
         grid = Grid(src.crs, src.transform, src.width, src.height)
         if same_grid(grid, reference):
             yield src, False

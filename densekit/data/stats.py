@@ -18,7 +18,8 @@ import numpy as np
 from rasterio.windows import Window
 
 from densekit.data.bands import BandRef, resolve_band_indices
-from densekit.data.datasets import _quiet_open, band_table
+from densekit.data.datasets import band_table
+from densekit.data.grids import open_raster
 from densekit.errors import DensekitError
 
 PERCENTILES = (1.0, 2.0, 50.0, 98.0, 99.0)
@@ -99,7 +100,7 @@ def band_statistics(
             raise DensekitError(f"{spec}: {len(chosen)} bands, the first file gave {len(names)}")
         for acc, i in zip(accs, idx, strict=True):
             path, band, _ = table[i]
-            with _quiet_open(path) as src:
+            with open_raster(path) as src:
                 dtype = np.dtype(src.dtypes[band - 1])
                 if acc.dtype is None:
                     acc.dtype, acc.origin = dtype, f"band {band} of {path}"

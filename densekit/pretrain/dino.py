@@ -34,10 +34,8 @@ its batch-mean distribution (both divided by log K), and ``feature_std``, the pe
 standard deviation of the teacher's normalised class tokens times sqrt(C) (about 1 when spread,
 0 when collapsed). A warning is raised at the end of an epoch when the batch entropy or the
 feature std falls below ``collapse_threshold``: the features have collapsed to a point.
-Optionally a k-NN check on a small labelled raster (``probe_*``, read and checked when the task
-is built; see ``densekit.pretrain.probe``), run on rank 0: teacher patch features of the left
-half's windows label those of the right half by a similarity-weighted vote of ``probe_k``
-neighbours; the macro IoU of the patch labels is logged as ``probe_miou``.
+Optionally a k-NN check of the teacher's patch features on a small labelled raster (``probe_*``;
+:mod:`densekit.pretrain.probe`), run on rank 0 and logged as ``probe_miou``.
 
 At the end of training rank 0 writes the teacher backbone (DINO evaluates the teacher) in its
 family's official layout to ``export_path`` (default ``<run folder>/export/<backbone>.pth``),
@@ -69,15 +67,8 @@ from densekit.backbones.checkpoint import sha256_file
 from densekit.backbones.export import official_state_dict, save_official
 from densekit.backbones.vit import DinoViT
 from densekit.errors import DensekitError
-from densekit.pretrain.objective import DINOHead, dino_loss, ibot_loss, koleo_loss
+from densekit.pretrain.objective import DINOHead, cosine, dino_loss, ibot_loss, koleo_loss
 from densekit.pretrain.probe import Probe
-
-
-def cosine(step: int, total: int, start: float, end: float) -> float:
-    """Cosine from ``start`` (step 0) to ``end`` (step ``total``), then ``end``."""
-    if total <= 0 or step >= total:
-        return end
-    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * step / total))
 
 
 class DinoPretrainTask(L.LightningModule):
