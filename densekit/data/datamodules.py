@@ -10,12 +10,16 @@ names the unpaired files. Targets and second dates are read on the first image's
 
 Each split either has its own files (``val_*``, ``test_*``) or comes from ``split``: fractions
 of every raster's columns, left to right, for training, validation and testing (see
-:mod:`densekit.data.windows`). With ``window`` the rasters are read as a grid of ``window x window``
+:mod:`densekit.data.windows`); two fractions (training, validation) may go with test files. With ``window`` the rasters are read as a grid of ``window x window``
 windows; without it, each file is one item (chips of equal size). Windows without a single
-labelled (or valid depth) pixel are skipped. Training windows are the same grid, or
-(``train_windows: random``) ``samples_per_epoch`` windows drawn uniformly in the training blocks;
-``augment`` applies flips, rotations and a per-date gain to training samples
-(:mod:`densekit.data.augment`).
+labelled (or valid depth) pixel are skipped. Training windows are the same grid (repeated in turn
+to ``samples_per_epoch`` items when given), or (``train_windows: random``) ``samples_per_epoch``
+windows drawn uniformly in the training blocks; ``augment`` applies flips, rotations and a
+per-date gain to training samples (:mod:`densekit.data.augment`).
+
+``label_fraction`` or ``label_count`` keeps a labelled subset of the training windows (or files),
+nested and reproducible by ``subset_seed`` and optionally stratified (see
+:mod:`densekit.data.subsets`); random training windows are then drawn inside the kept windows.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from densekit.data.augment import Augmentation
 from densekit.data.datasets import Sample, TaskKind, WindowDataset, band_table, reference_grid
 from densekit.data.files import Files, pair_files
 from densekit.data.grids import Grid, check_alignable, grid_of
+from densekit.data.subsets import nested_order, subset_size
 from densekit.data.vectors import is_vector, vector_bounds
 from densekit.data.windows import grid_windows, split_columns
 from densekit.errors import DensekitError
@@ -40,7 +46,7 @@ class DenseDataModule(L.LightningDataModule):
 
     Args (every data module):
         split: column fractions (train, val[, test]) of each training raster, instead of
-            separate val/test files.
+            separate val/test files (test files may go with two fractions).
         window: side of the grid windows (None: whole files).
         bands: image bands in model order, 1-based indices or names (None: all).
         nodata: image nodata value overriding the files' own (None: the files' value).
@@ -50,8 +56,14 @@ class DenseDataModule(L.LightningDataModule):
             nodata and NaN are invalid.
         batch_size, num_workers: DataLoader settings.
         train_windows: ``"grid"`` or ``"random"`` training windows (random needs ``window``).
-        samples_per_epoch: random windows per epoch (default: as many as grid windows).
+        samples_per_epoch: training items per epoch: random windows, or the grid windows
+            repeated in turn (default: one per grid window).
         augment: training augmentation (flips, rotations, gain), or None.
+        label_fraction, label_count: keep this fraction (rounded, at least 1) or number of the
+            labelled training windows (files without ``window``); None: all.
+        subset_seed: the seed of the subset's order (nested: a smaller subset of one seed lies
+            inside a larger one).
+        stratify: the smallest subsets still hold every class of the training windows.
     """
 
     kind: ClassVar[TaskKind]
@@ -71,17 +83,31 @@ class DenseDataModule(L.LightningDataModule):
         train_windows: Literal["grid", "random"] = "grid",
         samples_per_epoch: int | None = None,
         augment: Augmentation | None = None,
+        label_fraction: float | None = None,
+        label_count: int | None = None,
+        subset_seed: int = 0,
+        stratify: bool = False,
     ) -> None:
         super().__init__()
+        if label_fraction is not None or label_count is not None:
+            subset_size(1 if label_count is None else label_count, label_fraction, label_count)
+        self.label_fraction = label_fraction
+        self.label_count = label_count
+        self.subset_seed = subset_seed
+        self.stratify = stratify
+        self.train_subset: dict[str, int] | None = None
         if train_windows == "random" and window is None:
             raise DensekitError("train_windows 'random' needs a window size")
         self.train_windows = train_windows
         self.samples_per_epoch = samples_per_epoch
         self.augment = augment
-        if split is not None and any(splits[k] for k in ("val", "test")):
-            raise DensekitError("give either split fractions or separate val/test files, not both")
         if split is not None and len(split) not in (2, 3):
             raise DensekitError(f"split needs 2 or 3 fractions (train, val[, test]), got {split}")
+        if split is not None and (splits["val"] or (splits["test"] and len(split) == 3)):
+            raise DensekitError(
+                "give either split fractions or separate val/test files, not both (two "
+                "fractions, train and val, may go with separate test files)"
+            )
         self.split_spec = splits
         self.split = list(split) if split is not None else None
         self.window = window
@@ -135,6 +161,8 @@ class DenseDataModule(L.LightningDataModule):
             plan["val"] = (train_groups, 1)
             if len(self.split) == 3:
                 plan["test"] = (train_groups, 2)
+            elif self.split_spec["test"]:
+                plan["test"] = (pair_files(self.split_spec["test"]), None)
         else:
             plan["train"] = (train_groups, None)
             for name in ("val", "test"):
@@ -146,9 +174,21 @@ class DenseDataModule(L.LightningDataModule):
             if not samples:
                 raise DensekitError(f"the {name} split is empty")
             dataset = WindowDataset(samples, self.kind, self.bands, **self.dataset_kwargs)
-            kept = [s for s in samples if dataset.has_data(dataset.read(s))]
+            subset = name == "train" and (
+                self.label_fraction is not None or self.label_count is not None
+            )
+            kept, classes = [], []
+            for sample in samples:
+                item = dataset.read(sample)
+                if dataset.has_data(item):
+                    kept.append(sample)
+                    if subset and self.stratify and "mask" in item:
+                        held = set(torch.unique(item["mask"]).tolist())
+                        classes.append(held - {dataset.ignore_index})
             if not kept:
                 raise DensekitError(f"every window of the {name} split is nodata or unlabelled")
+            if subset:
+                kept = self._subset(kept, classes if classes else None)
             if name == "train" and self.train_windows == "random":
                 regions = {(s.images, s.target, s.region): s for s in kept}
                 areas = [
@@ -171,8 +211,17 @@ class DenseDataModule(L.LightningDataModule):
                     self.bands,
                     **self.dataset_kwargs,
                     augment=self.augment if name == "train" else None,
+                    length=self.samples_per_epoch if name == "train" else None,
                 )
             self.datasets[name] = dataset
+
+    def _subset(self, kept: list[Sample], classes: list[set[int]] | None) -> list[Sample]:
+        """The labelled subset of the training windows (see :mod:`densekit.data.subsets`)."""
+        n = len(kept)
+        size = subset_size(n, self.label_fraction, self.label_count)
+        order = nested_order(n, self.subset_seed, classes)
+        self.train_subset = {"labelled": n, "kept": size}
+        return [kept[i] for i in sorted(order[:size])]
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.datasets:
@@ -255,10 +304,13 @@ class SegmentationDataModule(DenseDataModule):
         sparse_vectors: pixels no feature covers are unlabelled (points, a few polygons)
             instead of background 0 (footprints).
         train_windows: ``"grid"`` or ``"random"`` training windows (random needs ``window``).
-        samples_per_epoch: random windows per epoch (default: as many as grid windows).
+        samples_per_epoch: training items per epoch: random windows, or the grid windows
+            repeated in turn (default: one per grid window).
         augment: training augmentation (flips, rotations, gain), or None.
         nodata: image nodata value overriding the files' own (None: the files' value).
         target_nodata: label nodata value overriding the files' own (None: the files' value).
+        label_fraction, label_count, subset_seed, stratify: a labelled subset of the training
+            windows (see :class:`DenseDataModule`).
     """
 
     kind = "segmentation"

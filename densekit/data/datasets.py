@@ -210,6 +210,10 @@ class WindowDataset(Dataset):
         depth_scale: multiplies depth rasters (e.g. 0.001 for millimetres).
         height: height targets (0 and below are valid values; only NaN/nodata are invalid, so
             a fill value the file does not tag needs ``target_nodata``).
+        augment, random_window: training augmentation, and the side of windows drawn at random
+            in the samples' regions (None: the samples' own windows).
+        length: items per epoch: random windows drawn, or the samples repeated in turn
+            (default: one per sample).
     """
 
     def __init__(
@@ -247,7 +251,7 @@ class WindowDataset(Dataset):
         self.weights = torch.from_numpy(areas / areas.sum()) if len(areas) else None
 
     def __len__(self) -> int:
-        return self.length if self.random_window else len(self.samples)
+        return self.length
 
     def _draw(self) -> Sample:
         """A random window of side ``random_window`` in a region (regions weighted by area)."""
@@ -283,15 +287,18 @@ class WindowDataset(Dataset):
         return True
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self.length:
+            raise IndexError(f"item {i} of {self.length}")  # ends iteration over the dataset
         if self.random_window:
             for _ in range(20):
                 item = self.read(self._draw())
                 if self.has_data(item):
                     break
         else:
-            item = self.read(self.samples[i])
+            sample = self.samples[i % len(self.samples)]  # ``length`` may repeat the windows
+            item = self.read(sample)
             if self.transforms is None:  # a fixed, unaugmented window: its features can be cached
-                item["cache_keys"] = self.cache_keys(self.samples[i])
+                item["cache_keys"] = self.cache_keys(sample)
         if self.transforms is not None:
             item = apply_augmentation(item, self.transforms)
         return item

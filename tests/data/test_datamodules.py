@@ -271,3 +271,31 @@ def test_target_nodata_given_by_the_user(tmp_path):
     dm.setup("fit")
     mask = dm.datasets["train"][0]["mask"]
     assert (mask[:3] == 255).all() and (mask[3:] == 1).all()
+
+
+def test_two_split_fractions_go_with_separate_test_files():
+    dm = SegmentationDataModule(
+        images=str(CHIPS / "seg/images"),
+        labels=str(CHIPS / "seg/labels"),
+        test_images=str(CHIPS / "seg/images_val"),
+        test_labels=str(CHIPS / "seg/labels_val"),
+        split=[0.75, 0.25],
+        window=15,
+    )
+    dm.setup("fit")
+    assert {s.images[0].rsplit("/", 1)[1] for s in dm.datasets["test"].samples} == {
+        "chip08.tif",
+        "chip09.tif",
+        "chip10.tif",
+        "chip11.tif",
+    }
+    assert max(s.window[0] for s in dm.datasets["train"].samples) < 45
+    assert min(s.window[0] for s in dm.datasets["val"].samples) >= 45
+    with pytest.raises(DensekitError, match="two fractions, train and val, may go with"):
+        SegmentationDataModule(
+            images=str(CHIPS / "seg/images"),
+            labels=str(CHIPS / "seg/labels"),
+            test_images=str(CHIPS / "seg/images_val"),
+            test_labels=str(CHIPS / "seg/labels_val"),
+            split=[0.5, 0.25, 0.25],
+        )
