@@ -3,6 +3,6 @@
 from densekit.heads.change import ChangeFusion
 from densekit.heads.depth import DepthOutput
 from densekit.heads.dpt import DPTHead
-from densekit.heads.linear import LinearHead
+from densekit.heads.linear import LinearHead, LinearHeadGrid
 
-__all__ = ["ChangeFusion", "DPTHead", "DepthOutput", "LinearHead"]
+__all__ = ["ChangeFusion", "DPTHead", "DepthOutput", "LinearHead", "LinearHeadGrid"]

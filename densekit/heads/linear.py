@@ -49,3 +49,53 @@ class LinearHead(nn.Module):
         ]
         x = torch.cat(maps, dim=1)  # (B, sum C_i, h, w)
         return self.conv(self.norm(self.dropout(x)))
+
+
+class LinearHeadGrid(nn.Module):
+    """Several linear heads on one backbone pass, each on a subset of the maps (DINOv2's linear
+    evaluation trains a grid of learning rates and layer choices together this way).
+
+    ``forward`` runs the head chosen by the ``selected`` buffer (saved with the checkpoint, so
+    testing, ``predict`` and ``tile`` use it); ``forward_all`` runs every head.
+
+    Args:
+        in_channels: channels of each input map.
+        num_outputs: output channels.
+        positions: for each head, the indices of the maps it reads.
+        dropout: dropout of every head.
+    """
+
+    selected: Tensor
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_outputs: int,
+        positions: Sequence[Sequence[int]],
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.positions = [list(p) for p in positions]
+        self.heads = nn.ModuleList(
+            LinearHead([in_channels[i] for i in p], num_outputs, dropout=dropout)
+            for p in self.positions
+        )
+        self.register_buffer("selected", torch.zeros((), dtype=torch.long))
+
+    def run(
+        self, k: int, features: Sequence[Tensor], class_tokens: Sequence[Tensor] | None = None
+    ) -> Tensor:
+        """Head ``k`` on its maps."""
+        p = self.positions[k]
+        tokens = [class_tokens[i] for i in p] if class_tokens is not None else None
+        return self.heads[k]([features[i] for i in p], tokens)
+
+    def forward(
+        self, features: Sequence[Tensor], class_tokens: Sequence[Tensor] | None = None
+    ) -> Tensor:
+        return self.run(int(self.selected), features, class_tokens)
+
+    def forward_all(
+        self, features: Sequence[Tensor], class_tokens: Sequence[Tensor] | None = None
+    ) -> list[Tensor]:
+        return [self.run(k, features, class_tokens) for k in range(len(self.heads))]

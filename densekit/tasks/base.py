@@ -19,6 +19,7 @@ What every task does the same way:
 from __future__ import annotations
 
 import abc
+import copy
 import json
 import math
 from collections.abc import Sequence
@@ -34,8 +35,16 @@ from torch import Tensor, nn
 from densekit import __version__
 from densekit.backbones import Backbone, load_backbone
 from densekit.errors import DensekitError
-from densekit.heads import DPTHead, LinearHead
+from densekit.heads import DPTHead, LinearHead, LinearHeadGrid
 from densekit.tasks.cache import FeatureCache, model_key
+from densekit.tasks.grid import (
+    GridPoint,
+    grid_points,
+    grid_record,
+    grid_step,
+    param_groups,
+    select_best,
+)
 
 HeadName = Literal["linear", "dpt", "unet"]
 LayerChoice = Literal["last", "last4", "dpt"] | list[int]
@@ -78,9 +87,13 @@ class DenseTask(L.LightningModule, abc.ABC):
             windows (validation, test, grid training windows without ``augment``): computed
             once, then read back in later epochs and runs (see :mod:`densekit.tasks.cache`).
         feature_cache_gb: the cache folder's size limit (least recently used entries go).
+        head_grid: train several linear heads on one backbone pass, e.g. ``{lr: [1e-4, 1e-3,
+            1e-2], layers: [last, last4]}``, and use the best on validation (``metric``, default
+            the task's main metric); see :mod:`densekit.tasks.grid`.
     """
 
     kind: ClassVar[str]
+    main_metric: ClassVar[str]  # the validation metric that ranks runs and grid heads
     input_mean: Tensor
     input_std: Tensor
     metrics: nn.ModuleDict
@@ -108,14 +121,21 @@ class DenseTask(L.LightningModule, abc.ABC):
         schedule: Literal["cosine", "poly", "constant"] = "cosine",
         feature_cache: str | None = None,
         feature_cache_gb: float = 20.0,
+        head_grid: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if weights is not None and Path(weights).expanduser().exists():
             weights = str(Path(weights).expanduser().resolve())  # checkpoints work from any folder
+        if head_grid is not None and head != "linear":
+            raise DensekitError(f"model.head_grid trains linear heads; head is {head!r}")
         self.save_hyperparameters()
+        self.grid: list[GridPoint] = []
+        self.grid_scores: dict[str, float] = {}
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+        for k in range(len(self.grid)):
+            self.metrics[f"m_val_g{k}"] = copy.deepcopy(self.metrics["m_val"])
 
     @property
     def hp(self) -> Any:
@@ -174,8 +194,13 @@ class DenseTask(L.LightningModule, abc.ABC):
             channels = self.backbone.out_channels
             if self.input_images == 2:
                 channels = self.fusion.out_channels(channels)
-            if hp.head == "linear":
-                self.head: nn.Module = LinearHead(channels, self.num_outputs, dropout=hp.dropout)
+            if hp.head_grid is not None:
+                self.grid = grid_points(hp.head_grid, len(channels), hp.layers)
+                self.head: nn.Module = LinearHeadGrid(
+                    channels, self.num_outputs, [p.positions for p in self.grid], hp.dropout
+                )
+            elif hp.head == "linear":
+                self.head = LinearHead(channels, self.num_outputs, dropout=hp.dropout)
             else:
                 self.head = DPTHead(
                     channels,
@@ -268,26 +293,37 @@ class DenseTask(L.LightningModule, abc.ABC):
             )
         return self._cache
 
-    def decode(self, maps: list[Tensor], tokens: list[Tensor], size: Sequence[int]) -> Tensor:
-        """Head outputs upsampled to ``size``."""
+    def upsample(self, y: Tensor, size: Sequence[int]) -> Tensor:
+        """Head outputs on the patch grid, upsampled to ``size``."""
         if self.backbone is None:
             raise DensekitError("the U-Net baseline has no head on features")
-        return upsample_to(self.head(maps, tokens), size, self.backbone.patch_size)
+        return upsample_to(y, size, self.backbone.patch_size)
+
+    def decode(self, maps: list[Tensor], tokens: list[Tensor], size: Sequence[int]) -> Tensor:
+        """Head outputs upsampled to ``size``."""
+        return self.upsample(self.head(maps, tokens), size)
+
+    def encode(
+        self, images: Sequence[Tensor], keys: Sequence[Sequence[str]] | None = None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Raw images (one per date) -> the maps and class tokens the head reads (both dates
+        fused for change detection)."""
+        xs = [self.normalize(x) for x in images]
+        k = list(keys) if keys is not None else [None] * len(xs)
+        if len(xs) == 1:
+            return self.features(xs[0], k[0])
+        (m1, t1), (m2, t2) = self.features(xs[0], k[0]), self.features(xs[1], k[1])
+        return self.fusion(m1, m2), self.fusion(t1, t2)
 
     def forward(self, *images: Tensor, keys: Sequence[Sequence[str]] | None = None) -> Tensor:
         """Raw images ``(B, C, H, W)`` -> head outputs ``(B, K, H, W)`` (logits or depth).
 
         ``keys``: feature-cache keys, one sequence per image (date), one key per item."""
-        xs = [self.normalize(x) for x in images]
-        size = xs[0].shape[-2:]
+        size = images[0].shape[-2:]
         if self.backbone is None:
+            xs = [self.normalize(x) for x in images]
             return self.postprocess(self._unet_forward(torch.cat(xs, dim=1)))
-        k = list(keys) if keys is not None else [None] * len(xs)
-        if len(xs) == 1:
-            maps, tokens = self.features(xs[0], k[0])
-        else:
-            (m1, t1), (m2, t2) = self.features(xs[0], k[0]), self.features(xs[1], k[1])
-            maps, tokens = self.fusion(m1, m2), self.fusion(t1, t2)
+        maps, tokens = self.encode(images, keys)
         return self.postprocess(self.decode(maps, tokens, size))
 
     def postprocess(self, y: Tensor) -> Tensor:
@@ -314,6 +350,12 @@ class DenseTask(L.LightningModule, abc.ABC):
                 f"a {type(self).__name__} (from the config or the checkpoint) cannot use a "
                 f"{type(dm).__name__}: the model and the data must be of the same task"
             )
+        datasets = getattr(dm, "datasets", None)
+        if stage == "fit" and self.grid and datasets is not None and "val" not in datasets:
+            raise DensekitError(
+                "model.head_grid picks its best head on validation data: give val files or "
+                "split fractions with a validation part"
+            )
 
     # -- steps -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -331,6 +373,8 @@ class DenseTask(L.LightningModule, abc.ABC):
     def compute_metrics(self, stage: str) -> dict[str, float]: ...
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor:
+        if self.grid and stage != "test":
+            return grid_step(self, batch, stage)
         target = self.target(batch)
         output = self(*self.inputs(batch), keys=batch.get("cache_keys"))
         loss = self.loss_fn(output, target)
@@ -367,7 +411,11 @@ class DenseTask(L.LightningModule, abc.ABC):
         self._epoch_end("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._epoch_end("val")
+        if not self.grid:
+            self._epoch_end("val")
+            return
+        scores = select_best(self)  # the grid's best head becomes the selected one
+        self.log_dict({f"val/{k}": v for k, v in scores.items() if math.isfinite(v)})
 
     def on_test_epoch_end(self) -> None:
         scores = self._epoch_end("test")
@@ -375,12 +423,16 @@ class DenseTask(L.LightningModule, abc.ABC):
             folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             folder.mkdir(parents=True, exist_ok=True)
             record = {"task": type(self).__name__, "metrics": scores, **self._provenance()}
+            if self.grid:
+                record["head_grid"] = grid_record(self)
             (folder / "test_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
 
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hp
-        params = [p for p in self.parameters() if p.requires_grad]
+        params: Any = [p for p in self.parameters() if p.requires_grad]
+        if self.grid:
+            params = param_groups(self)  # one learning rate per grid head
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(hp.warmup_steps, total)

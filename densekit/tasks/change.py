@@ -35,6 +35,7 @@ class ChangeDetectionTask(DenseTask):
     """
 
     kind = "change"
+    main_metric = "f1"
 
     def __init__(
         self,

@@ -37,6 +37,7 @@ class DepthTask(DenseTask):
     """
 
     kind = "depth"
+    main_metric = "rmse"
 
     def __init__(
         self,

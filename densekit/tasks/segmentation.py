@@ -45,6 +45,7 @@ class SegmentationTask(DenseTask):
     """
 
     kind = "segmentation"
+    main_metric = "miou"
 
     def __init__(
         self,
