@@ -10,8 +10,9 @@ names the unpaired files. Targets and second dates are read on the first image's
 
 Each split either has its own files (``val_*``, ``test_*``) or comes from ``split``: fractions
 of every raster's columns, left to right, for training, validation and testing (see
-:mod:`densekit.data.windows`); two fractions (training, validation) may go with test files. With ``window`` the rasters are read as a grid of ``window x window``
-windows; without it, each file is one item (chips of equal size). Windows without a single
+:mod:`densekit.data.windows`); two fractions (training, validation) may go with test files.
+With ``window`` the rasters are read as a grid of ``window x window`` windows; without it, each
+file is one item (chips of equal size). Windows without a single
 labelled (or valid depth) pixel are skipped. Training windows are the same grid (repeated in turn
 to ``samples_per_epoch`` items when given), or (``train_windows: random``) ``samples_per_epoch``
 windows drawn uniformly in the training blocks; ``augment`` applies flips, rotations and a
