@@ -268,6 +268,22 @@ def cmd_tile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from densekit.benchmark import load_card, run_benchmark
+
+    if args.list:
+        card = load_card(args.card)
+        for run in card.runs(Path(args.out).resolve()):
+            print(run.run_id)
+        return 0
+    rows = run_benchmark(args.card, args.out)
+    out = Path(args.out)
+    files = ", ".join(str(out / f"results.{ext}") for ext in ("csv", "md", "png"))
+    print(f"{len(rows)} runs; wrote {files}")
+    print((out / "results.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="densekit",
@@ -359,6 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tile)
+
+    p = sub.add_parser(
+        "benchmark",
+        help="label fractions x seeds x heads (+ U-Net baseline) of a task card: CSV, table, plot",
+        description=(
+            "Run a task card (tasks/*.yaml, see densekit.benchmark.card): every backbone, head "
+            "and baseline at every label fraction and seed. Running it again resumes: finished "
+            "rows are skipped."
+        ),
+    )
+    p.add_argument("card", help="task card YAML, e.g. tasks/spacenet_buildings.yaml")
+    p.add_argument("--out", required=True, help="output folder (results, runs, feature cache)")
+    p.add_argument("--list", action="store_true", help="print the run ids and stop")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser(
         "stats",

@@ -1,0 +1,181 @@
+"""``densekit benchmark CARD --out DIR``: every run of a task card, resumable.
+
+Each run trains with Lightning from its own config (``DIR/runs/<run id>/config.yaml``, a normal
+``densekit fit`` config), is tested on the card's test split, and appends one row to
+``DIR/results.jsonl``; the CSV, the Markdown table and the plot are rewritten after every run.
+Running the same command again skips the rows already there whose config is unchanged (a run
+that was interrupted, or whose config changed, starts over), so an interrupted benchmark goes on
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from densekit.benchmark.card import Card, Run, load_card
+from densekit.benchmark.report import write_report
+from densekit.errors import DensekitError
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """Finished rows by run id (a torn last line, from a kill while writing, is dropped)."""
+    rows: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["run_id"]] = row
+    return rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Lightning's per-run banners and hints off; densekit prints one line per run."""
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*number of training batches.*")
+            warnings.filterwarnings("ignore", message=r".*args parameter is intended to run.*")
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen
+            warnings.filterwarnings("ignore", message=r".*treespec.*")  # Lightning on torch 2.14
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def execute(run: Run, folder: Path, card: Card) -> dict[str, Any]:
+    """Train and test one run in ``folder``; returns its result row."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from densekit.data.datamodules import DenseDataModule
+    from densekit.tasks import DenseTask
+
+    if folder.exists():
+        shutil.rmtree(folder)  # an interrupted or changed run starts over
+    folder.mkdir(parents=True)
+    config = copy.deepcopy(run.config)
+    config["trainer"]["default_root_dir"] = str(folder)
+    config["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(folder), "name": "logs"},
+    }
+    config_path = folder / "config.yaml"
+    config_path.write_text(
+        f"# {card.name}: run {run.run_id} of `densekit benchmark {card.path}`; repeat it with\n"
+        f"#   densekit fit --config {config_path}\n" + yaml.safe_dump(config, sort_keys=False)
+    )
+    with _quiet():
+        cli = LightningCLI(
+            DenseTask,
+            DenseDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=["--config", str(config_path)],
+            run=False,
+            auto_configure_optimizers=False,
+            save_config_callback=None,
+            parser_kwargs={"prog": "densekit benchmark"},
+        )
+        start = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        fit_s = time.perf_counter() - start
+        start = time.perf_counter()
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+        test_s = time.perf_counter() - start
+    record = json.loads((Path(cli.trainer.log_dir or folder) / "test_metrics.json").read_text())
+    subset = cli.datamodule.train_subset or {}
+    model_args = config["model"]["init_args"]
+    return {
+        "run_id": run.run_id,
+        "card": card.name,
+        "backbone": run.backbone or "none",
+        "weights": model_args.get("weights") if run.backbone else None,
+        "head": run.head,
+        "amount": run.amount,
+        "seed": run.seed,
+        "labelled_windows": subset.get("labelled"),
+        "train_windows": subset.get("kept"),
+        "selected_head": (record.get("head_grid") or {}).get("selected"),
+        "metrics": record["metrics"],
+        "fit_s": round(fit_s, 2),
+        "test_s": round(test_s, 2),
+        "config_sha": run.config_sha,
+        "config": str(config_path),
+    }
+
+
+def run_benchmark(
+    card_path: str | Path,
+    out: str | Path,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or resume) every run of a card into ``out``; returns the rows in card order.
+
+    ``stop_after``: stop after this many new runs (tests of resuming)."""
+    card = load_card(card_path)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DensekitError(f"--out {out}: is a file, a folder is needed")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(card.path, out / "card.yaml")
+    results = out / "results.jsonl"
+    rows = read_results(results)
+    runs = card.runs(out.resolve())
+    ran = 0
+    for i, run in enumerate(runs, 1):
+        previous = rows.get(run.run_id)
+        tag = f"[{i}/{len(runs)}] {run.run_id}"
+        if previous is not None and previous.get("config_sha") == run.config_sha:
+            log(f"{tag}: done before, skipped")
+            continue
+        if stop_after is not None and ran >= stop_after:
+            log(f"stopped after {ran} runs; the same command resumes")
+            break
+        if previous is not None:
+            log(f"{tag}: its config changed since the last run, running it again")
+        try:
+            row = execute(run, out / "runs" / run.run_id, card)
+        except DensekitError as e:
+            raise DensekitError(f"run {run.run_id} ({out / 'runs' / run.run_id}): {e}") from e
+        if card.metric not in row["metrics"]:
+            raise DensekitError(
+                f"{card.path}: metric {card.metric!r} is not a test metric of this task; "
+                f"valid: {sorted(row['metrics'])}"
+            )
+        rows[run.run_id] = row
+        ran += 1
+        _write_atomic(results, "".join(json.dumps(r) + "\n" for r in rows.values()))
+        write_report(card, out, [rows[r.run_id] for r in runs if r.run_id in rows])
+        value = row["metrics"][card.metric]
+        log(
+            f"{tag}: {card.metric} {value:.4f} ({row['train_windows']} of "
+            f"{row['labelled_windows']} labelled windows, {row['fit_s']:.0f} s)"
+        )
+    return [rows[r.run_id] for r in runs if r.run_id in rows]

@@ -1,0 +1,190 @@
+"""`densekit benchmark`: a card runs end to end (CSV, Markdown, PNG, one config per run), is
+reproducible, resumes without rerunning finished rows, and bad cards are named. The real cards in
+tasks/ load and their data is where they say."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import FIXTURES, REPO, TEST_DATA, TINY_DIMS, needs_shared_data
+
+from densekit.benchmark import load_card, run_benchmark
+from densekit.cli import main
+from densekit.data.files import pair_files
+from densekit.errors import DensekitError
+
+CHIPS = TEST_DATA / "chips" / "seg"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def card(tmp_path, **changes):
+    spec = {
+        "name": "chips",
+        "task": "segmentation",
+        "metric": "miou",
+        "data": {
+            "images": str(CHIPS / "images"),
+            "labels": str(CHIPS / "labels"),
+            "val_images": str(CHIPS / "images_val"),
+            "val_labels": str(CHIPS / "labels_val"),
+            "test_images": str(CHIPS / "images_val"),
+            "test_labels": str(CHIPS / "labels_val"),
+            "window": 28,
+            "batch_size": 4,
+            "samples_per_epoch": 8,
+        },
+        "model": {"num_classes": 3, "scale": 1 / 255},
+        "trainer": {"max_epochs": 1},
+        "label_fractions": [0.1, 1.0],
+        "stratify": True,
+        "seeds": [0, 1],
+        "backbones": [
+            {
+                "name": "tiny",
+                "backbone": "dinov2_vits14",
+                "weights": str(FIXTURES / "tiny" / "dinov2_vits14_tiny.pth"),
+                "backbone_overrides": {**TINY_DIMS, "mlp_ratio": 4},
+            }
+        ],
+        "heads": [
+            {
+                "name": "linear",
+                "model": {"head": "linear", "head_grid": {"lr": [0.001, 0.01]}},
+            }
+        ],
+        "baselines": [
+            {
+                "name": "unet",
+                "model": {
+                    "head": "unet",
+                    "unet_encoder": "resnet18",
+                    "mean": [128.0] * 3,
+                    "std": [64.0] * 3,
+                },
+            }
+        ],
+    }
+    spec.update(changes)
+    path = tmp_path / "card.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_card_runs_end_to_end_and_is_reproducible(tmp_path):
+    path = card(tmp_path)
+    out = tmp_path / "out"
+    lines = []
+    rows = run_benchmark(path, out, log=lines.append)
+    assert len(rows) == 8 and len(lines) == 8  # 2 fractions x 2 seeds x (1 head + 1 baseline)
+    assert {(r["backbone"], r["head"]) for r in rows} == {("tiny", "linear"), ("none", "unet")}
+    assert {r["train_windows"] for r in rows if r["amount"] == 0.1} == {7}  # of 72
+    assert {r["labelled_windows"] for r in rows} == {72}
+    assert all(
+        r["selected_head"] in ("last_lr0.001", "last_lr0.01") for r in rows if r["head"] == "linear"
+    )
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["run_id"] for r in table] == [r["run_id"] for r in rows]
+    assert {"miou", "iou_class2", "fit_s", "config"} <= set(table[0])
+    md = (out / "results.md").read_text()
+    assert "| tiny | linear |" in md and "| none | unet |" in md and "(n=2)" in md
+    assert (out / "results.png").read_bytes()[:8] == PNG
+    # each run's config is a plain `densekit fit` config that records its subset and seed
+    config = yaml.safe_load(Path(rows[-1]["config"]).read_text())
+    assert config["seed_everything"] == rows[-1]["seed"]
+    assert config["data"]["init_args"]["subset_seed"] == rows[-1]["seed"]
+    assert config["data"]["init_args"]["label_fraction"] == rows[-1]["amount"]
+    # the frozen features were cached once and reused
+    assert any((out / "feature_cache").rglob("*.pt"))
+
+    # the same seed gives the same subset and the same metrics, whatever else the card runs
+    path = card(tmp_path, seeds=[1], label_fractions=[0.1])
+    again = run_benchmark(path, tmp_path / "again", log=lambda _: None)
+    before = {r["run_id"]: r for r in rows}
+    assert len(again) == 2
+    for row in again:
+        assert row["metrics"] == before[row["run_id"]]["metrics"], row["run_id"]
+
+
+def test_an_interrupted_benchmark_resumes_without_rerunning_finished_rows(tmp_path):
+    path = card(tmp_path, seeds=[0], baselines=[])
+    out = tmp_path / "out"
+    first = run_benchmark(path, out, log=lambda _: None, stop_after=1)
+    assert len(first) == 1
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"run_id": "torn')  # a kill while writing the last line
+    (out / "runs" / "tiny__linear__f1__seed0").mkdir(parents=True)  # an interrupted run
+    lines = []
+    rows = run_benchmark(path, out, log=lines.append)
+    assert len(rows) == 2 and rows[0] == first[0]  # same row, same timings: not rerun
+    assert "done before, skipped" in lines[0] and "miou" in lines[1]
+    assert (out / "runs" / "tiny__linear__f1__seed0" / "config.yaml").exists()
+    # a changed config reruns its rows only
+    path = card(tmp_path, seeds=[0], baselines=[], label_fractions=[0.1, 1.0, 0.5])
+    lines = []
+    run_benchmark(path, out, log=lines.append)
+    assert sum("skipped" in line for line in lines) == 2 and len(lines) == 3
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"tasks": "x"}, "unknown keys \\['tasks'\\]"),
+        ({"metric": None}, "metric must be a str"),
+        ({"task": "detection"}, "task 'detection' is not one of"),
+        ({"label_fractions": [0.1, 2]}, "label_fractions: 2 is not in \\(0, 1\\]"),
+        ({"label_counts": [3]}, "give label_fractions or label_counts, not both"),
+        ({"seeds": []}, "seeds must be a list of integers"),
+        ({"model": {"weights": "x"}}, "model sets \\['weights'\\]"),
+        ({"data": {"subset_seed": 1}}, "data sets \\['subset_seed'\\]"),
+        ({"baselines": [{"name": "u", "model": {"head": "linear"}}]}, "set model.head: unet"),
+        ({"heads": [{"name": "a"}, {"name": "a"}]}, "name 'a' must be unique"),
+        ({"backbones": [{"name": "b", "backbone": "x"}]}, "missing \\['weights'\\]"),
+    ],
+)
+def test_bad_cards_are_named_and_nothing_is_written(tmp_path, changes, message, capsys):
+    path = card(tmp_path, **changes)
+    out = tmp_path / "out"
+    with pytest.raises(DensekitError, match=message) as e:
+        run_benchmark(path, out)
+    assert str(path) in str(e.value)
+    assert main(["benchmark", str(path), "--out", str(out)]) == 2
+    assert str(path) in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_metric_the_task_does_not_have_is_named(tmp_path):
+    path = card(tmp_path, metric="f1", seeds=[0], label_fractions=[1.0], baselines=[])
+    with pytest.raises(DensekitError, match=r"metric 'f1' is not a test metric.*miou"):
+        run_benchmark(path, tmp_path / "out", log=lambda _: None)
+
+
+def test_a_failing_run_is_named_and_finished_rows_stay(tmp_path, capsys):
+    path = card(tmp_path, seeds=[0], label_fractions=[1.0], model={"num_classes": 2})
+    assert main(["benchmark", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "run none__unet__f1__seed0" in err and "label value 2 is outside the classes" in err
+
+
+def test_the_cli_lists_the_runs(tmp_path, capsys):
+    assert main(["benchmark", str(card(tmp_path)), "--out", str(tmp_path / "o"), "--list"]) == 0
+    ids = capsys.readouterr().out.split()
+    assert len(ids) == 8 and ids[0] == "none__unet__f0.1__seed0"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "tasks").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_real_cards_load_and_their_files_pair(path, monkeypatch):
+    needs_shared_data()
+    monkeypatch.chdir(REPO)  # card paths are relative to the repository, as in configs/
+    spec = load_card(path)
+    runs = spec.runs(REPO / "runs" / "benchmark" / path.stem)
+    entries = len(spec.spec.get("backbones", [])) * len(spec.spec["heads"])
+    entries += len(spec.spec.get("baselines", []))
+    assert len(runs) == len(spec.amounts) * len(spec.spec["seeds"]) * entries
+    data = runs[0].config["data"]["init_args"]
+    for prefix in ("", "val_", "test_"):
+        keys = [prefix + k for k in ("images", "images1", "images2", "labels", "depths")]
+        pairs = [(k, data[k]) for k in keys if k in data]
+        if pairs:
+            assert pair_files(pairs), (path, prefix)
