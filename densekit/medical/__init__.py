@@ -1,5 +1,17 @@
 """Medical imaging: DICOM series, NIfTI/NRRD volumes, masks on their grid, volume inference."""
 
+from densekit.medical.intensity import CT_WINDOWS, ct_window, percentile_normalize, window_bounds
+from densekit.medical.series import SeriesInfo, read_series, scan_series
 from densekit.medical.volume import Volume, pseudonym
 
-__all__ = ["Volume", "pseudonym"]
+__all__ = [
+    "CT_WINDOWS",
+    "SeriesInfo",
+    "Volume",
+    "ct_window",
+    "percentile_normalize",
+    "pseudonym",
+    "read_series",
+    "scan_series",
+    "window_bounds",
+]
