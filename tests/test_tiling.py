@@ -29,14 +29,17 @@ from densekit.errors import DensekitError, InputImageError
 from densekit.tasks import ChangeDetectionTask, DepthTask, SegmentationTask
 from densekit.tiling import (
     CLASS_NODATA,
+    Plan,
     StoppedEarly,
     TileModel,
     TileOptions,
+    blend,
     hann_window,
     tile,
     tile_positions,
     tile_raster,
 )
+from densekit.tiling.blend import StripSums
 
 CHIPS = TEST_DATA / "chips"
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -113,6 +116,14 @@ def test_tile_positions_cover_the_raster_without_shifting():
     assert pos[0] == 0 and all(b - a == 192 for a, b in itertools.pairwise(pos))
     assert pos[-1] + 224 >= 1000 > pos[-2] + 224
     assert tile_positions(224, 224, 192) == [0]
+
+
+def test_the_sums_held_do_not_grow_with_the_raster_width():
+    for width in (20_000, 200_000):
+        cols, rows = tile_positions(width, 504, 472), tile_positions(3000, 504, 472)
+        sums = StripSums(Plan(504, 472, cols, rows, width, 3000), channels=3)
+        assert sums.acc.shape == (3, 504, blend.FINISH_COLUMNS + 504)
+        assert sums.carry.shape == (3, 32, cols[-1] + 504)  # only the overlap rows span the width
 
 
 class PixelTask(nn.Module):
@@ -220,6 +231,17 @@ def test_many_inputs_in_one_call(ckpts, tmp_path):
     records = tile(ckpts["seg"], folder, tmp_path / "out", tile=56, overlap=14, **QUIET)
     assert len(records) == 2
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["r0.tif", "r1.tif"]
+
+
+def test_finishing_in_column_blocks_gives_the_same_bytes(ckpts, tmp_path, monkeypatch):
+    src = _raster(tmp_path / "in.tif", w=700, h=150)
+    opts = dict(tile=56, overlap=14, probabilities=True, **QUIET)
+    monkeypatch.setattr(blend, "FINISH_COLUMNS", 10_000)  # the whole strip at once
+    tile(ckpts["seg"], src, tmp_path / "whole.tif", **opts)
+    monkeypatch.setattr(blend, "FINISH_COLUMNS", 256)  # blocks of 256 columns as tiles arrive
+    tile(ckpts["seg"], src, tmp_path / "blocks.tif", **opts)
+    for a, b in (("whole.tif", "blocks.tif"), ("whole_probs.tif", "blocks_probs.tif")):
+        assert (tmp_path / a).read_bytes() == (tmp_path / b).read_bytes()
 
 
 # -- resume and distribution -------------------------------------------------------------------

@@ -11,11 +11,13 @@ How a raster is processed:
   it is never zero) and summed; the result is the sum divided by the summed weights. Where tiles
   overlap, each one's borders weigh least, so no seam shows; a model that is exactly
   translation-equivariant gives the untiled result.
-* The raster is processed one strip (a row of tiles) at a time. The accumulator holds the rows
-  of one strip; after a strip, its first ``tile - overlap`` rows have received every tile that
-  overlaps them and are written out, the rest moves up. Peak memory is one strip of tiles
-  (``(channels + 1) x tile x width`` floats) plus the read-ahead, whatever the raster's height;
-  windows are read by a background thread while the model runs (``prefetch`` batches ahead).
+* The raster is processed one strip (a row of tiles) at a time, each strip left to right. Once
+  a tile at column ``c`` is added, the strip's columns left of ``c`` have every tile of the
+  strip: their first ``tile - overlap`` rows are final and written out in column blocks, their
+  last ``overlap`` rows are kept to start the next strip's sums. The sums held are
+  ``(channels + 1) x tile x (2048 + tile)`` floats plus that ``overlap x width`` band, whatever
+  the raster's size, plus the read-ahead: windows are read by a background thread while the
+  model runs (``prefetch`` batches ahead).
 * Pixels that are nodata in the input (any band, either date) are nodata in the output.
 * Outputs: segmentation and change maps as uint8 with a colour table, nodata 255 and the class
   names in the metadata (``CLASS_NAMES``, ``CLASS_<i>``); depth/height as float32 (nodata NaN);
@@ -33,13 +35,13 @@ How a raster is processed:
   weights' sha256 and the timings.
 """
 
+from densekit.tiling.blend import hann_window
 from densekit.tiling.model import RasterInput, TileModel, load_tile_model, open_input
 from densekit.tiling.output import CLASS_NODATA
 from densekit.tiling.run import (
     Plan,
     StoppedEarly,
     TileOptions,
-    hann_window,
     make_plan,
     tile,
     tile_positions,

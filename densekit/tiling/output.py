@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from densekit.tiling.run import Plan, TileOptions
 
 CLASS_NODATA = 255
+BLOCK = 256  # block side of the strip files
 
 # A qualitative palette for class maps (class i gets entry i modulo its length).
 PALETTE = [
@@ -44,8 +45,8 @@ def _profile(grid: Grid, count: int, dtype: str, nodata: float) -> dict[str, Any
         "dtype": dtype,
         "nodata": nodata,
         "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
         "compress": "deflate",
         "BIGTIFF": "IF_SAFER",
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,10 +25,9 @@ from densekit.backbones.checkpoint import sha256_file
 from densekit.data.datasets import RasterReaders
 from densekit.data.grids import Grid
 from densekit.errors import DensekitError, InputImageError
+from densekit.tiling.blend import StripSums, weight_tables
 from densekit.tiling.model import RasterInput, TileModel, load_tile_model, open_input
 from densekit.tiling.output import CLASS_NODATA, _assemble, _StripWriter
-
-FINISH_COLUMNS = 2048  # columns finished at a time (bounds the temporaries of a wide strip)
 
 
 @dataclass
@@ -65,12 +65,6 @@ class TileOptions:
 
 class StoppedEarly(Exception):  # noqa: N818 - not an error: the user asked for it
     """Raised when ``stop_after_strips`` ends a run early (the partial file is kept)."""
-
-
-def hann_window(size: int) -> torch.Tensor:
-    """``w(i) = sin^2(pi (i + 0.5) / size)``, never 0, largest in the middle."""
-    i = torch.arange(size, dtype=torch.float64)
-    return torch.sin(math.pi * (i + 0.5) / size).pow(2).float()
 
 
 def tile_positions(length: int, tile: int, step: int) -> list[int]:
@@ -197,18 +191,54 @@ def _batches(
         thread.join()
 
 
-def _accumulate(
-    acc: torch.Tensor,
-    valid: torch.Tensor,
-    out: torch.Tensor,
-    ok: np.ndarray,
-    cols: list[int],
-    window: torch.Tensor,
-) -> None:
-    t = out.shape[-1]
-    for k, c in enumerate(cols):
-        acc[:, :, c : c + t] += out[k] * window
-        valid[:, c : c + t] |= torch.from_numpy(ok[k])
+class _StripOutput:
+    """Normalises and writes the finished columns of strip ``s`` (nothing for a seed strip)."""
+
+    def __init__(
+        self,
+        model: TileModel,
+        plan: Plan,
+        writer: _StripWriter,
+        weights: tuple[torch.Tensor, torch.Tensor],
+        s: int,
+        write: bool,
+        timings: dict[str, float],
+    ) -> None:
+        self.model, self.plan, self.weights, self.timings = model, plan, weights, timings
+        self.rows = plan.strip_rows(s)
+        self.files = contextlib.ExitStack()
+        self.dst: Any = None
+        self.probs: Any = None
+        if write:
+            self.dst, self.probs = self.files.enter_context(writer.strip(s, self.rows))
+
+    def __call__(self, c0: int, c1: int, sums: torch.Tensor, valid: torch.Tensor) -> None:
+        """Padded columns ``[c0, c1)`` are final: their first rows go to the strip's files."""
+        c1 = min(c1, self.plan.width)
+        if self.dst is None or c1 <= c0:
+            return
+        tic = time.perf_counter()
+        a, b = self.rows
+        n = b - a
+        model = self.model
+        weight = self.weights[0][a:b, None] * self.weights[1][None, c0:c1]
+        blended = (sums[:, :n, : c1 - c0] / weight).numpy()
+        ok = valid[:n, : c1 - c0].numpy()
+        values = model.finish(blended)
+        values[~ok] = np.nan if model.kind == "depth" else CLASS_NODATA
+        window = Window(c0, 0, c1 - c0, n)
+        self.dst.write(values, 1, window=window)
+        if self.probs is not None:
+            blended = np.where(ok[None], blended, np.float32(np.nan))
+            self.probs.write(blended.astype(np.float32), window=window)
+        self.timings["write_s"] += time.perf_counter() - tic
+
+    def close(self) -> None:
+        """Close the strip's files (GDAL writes what it still holds)."""
+        tic = time.perf_counter()
+        self.files.close()
+        if self.dst is not None:
+            self.timings["write_s"] += time.perf_counter() - tic
 
 
 def _run_part(
@@ -221,91 +251,56 @@ def _run_part(
     last: int,
     bar: Any,
 ) -> dict[str, float]:
-    """Strips ``[first, last)``: blend, write finished rows, record progress."""
-    t = plan.tile
-    width = plan.cols[-1] + t
-    k = model.channels
-    acc = torch.zeros(k, t, width)
-    w1 = hann_window(t)
-    # The weights are separable and the tiles form a full grid, so the summed weight at (r, c)
-    # is (sum over tile rows covering r) x (sum over tile columns covering c): two 1-D tables.
-    wrows = torch.zeros(plan.rows[-1] + t)
-    for r in plan.rows:
-        wrows[r : r + t] += w1
-    wcols = torch.zeros(width)
-    for c in plan.cols:
-        wcols[c : c + t] += w1
-    wsum = (wrows, wcols[: plan.width])
-    valid = torch.zeros(t, width, dtype=torch.bool)
-    window = w1[:, None] * w1[None, :]
+    """Strips ``[first, last)``: blend, write finished columns, record finished strips."""
+    sums = StripSums(plan, model.channels)
+    weights = weight_tables(plan)
     start = first + writer.done
     seed = start - 1 if start > 0 else None  # its tiles overlap the first rows of ``start``
     strips = range(seed if seed is not None else start, last)
     timings = {"model_s": 0.0, "write_s": 0.0}
-    current = strips.start if len(strips) else last
     processed = 0
-    for s, cols, inputs, ok in _batches(raster, plan, strips, opts.batch_size, opts.prefetch):
-        if s != current:  # strip ``current`` is complete
-            processed += _finish_strip(
-                model, plan, writer, acc, wsum, valid, current, seed, first, timings
-            )
-            if opts.stop_after_strips is not None and processed >= opts.stop_after_strips:
-                raise StoppedEarly(f"stopped after {processed} strips (resume to continue)")
-            current = s
-        tic = time.perf_counter()
-        out = model(*inputs).cpu()
-        timings["model_s"] += time.perf_counter() - tic
-        _accumulate(acc, valid, out, ok, cols, window)
-        if bar is not None and s != seed:  # the seed strip was counted by the earlier run
-            bar.update(len(cols))
-    if len(strips):
-        processed += _finish_strip(
-            model, plan, writer, acc, wsum, valid, current, seed, first, timings
-        )
+    strip: _StripOutput | None = None
+    current = -1
+    try:
+        for s, cols, inputs, ok in _batches(raster, plan, strips, opts.batch_size, opts.prefetch):
+            if s != current:
+                if strip is not None:  # strip ``current`` is complete
+                    processed += _end_strip(sums, strip, writer, current, seed, first)
+                    if opts.stop_after_strips is not None and processed >= opts.stop_after_strips:
+                        raise StoppedEarly(f"stopped after {processed} strips (resume to continue)")
+                current = s
+                strip = _StripOutput(model, plan, writer, weights, s, s != seed, timings)
+                sums.start(strip)
+            tic = time.perf_counter()
+            out = model(*inputs).cpu()
+            timings["model_s"] += time.perf_counter() - tic
+            for k, c in enumerate(cols):
+                sums.add(c, out[k], ok[k])
+            if bar is not None and s != seed:  # the seed strip was counted by the earlier run
+                bar.update(len(cols))
+        if strip is not None:
+            processed += _end_strip(sums, strip, writer, current, seed, first)
+    finally:
+        if strip is not None:
+            strip.close()
     return timings
 
 
-def _finish_strip(
-    model: TileModel,
-    plan: Plan,
+def _end_strip(
+    sums: StripSums,
+    strip: _StripOutput,
     writer: _StripWriter,
-    acc: torch.Tensor,
-    wsum: tuple[torch.Tensor, torch.Tensor],
-    valid: torch.Tensor,
     s: int,
     seed: int | None,
     first: int,
-    timings: dict[str, float],
 ) -> int:
-    """Write strip ``s``'s final rows (not for the seed strip), then shift the buffers up."""
-    a, b = plan.strip_rows(s)
-    n = b - a
-    wrote = 0
-    if s != seed:
-        tic = time.perf_counter()
-        with writer.strip(s, (a, b)) as (dst, probs):
-            # column blocks: the temporaries (weights, blended values, argmax) stay small
-            for c0 in range(0, plan.width, FINISH_COLUMNS):
-                c1 = min(c0 + FINISH_COLUMNS, plan.width)
-                weight = wsum[0][a:b, None] * wsum[1][None, c0:c1]
-                blended = (acc[:, :n, c0:c1] / weight).numpy()
-                ok = valid[:n, c0:c1].numpy()
-                values = model.finish(blended)
-                values[~ok] = np.nan if model.kind == "depth" else CLASS_NODATA
-                window = Window(c0, 0, c1 - c0, n)
-                dst.write(values, 1, window=window)
-                if probs is not None:
-                    blended = np.where(ok[None], blended, np.float32(np.nan))
-                    probs.write(blended.astype(np.float32), window=window)
-        writer.strip_done(s - first + 1)
-        timings["write_s"] += time.perf_counter() - tic
-        wrote = 1
-    step = plan.step
-    for buf in (acc, valid):
-        view = buf if buf.ndim == 3 else buf[None]
-        view[:, : plan.tile - step] = view[:, step:].clone()
-        view[:, plan.tile - step :] = 0
-    return wrote
+    """Finish strip ``s``'s last columns, close its files and record it (not the seed strip)."""
+    sums.end()
+    strip.close()
+    if s == seed:
+        return 0
+    writer.strip_done(s - first + 1)
+    return 1
 
 
 def _signature(model: TileModel, raster: RasterInput, plan: Plan, opts: TileOptions) -> dict:
