@@ -441,6 +441,7 @@ def _stack_geometry(
     if missing:
         spacing = float(step @ normal)
         where = ", ".join(f"{depth[0] + k * spacing:.2f}" for k in missing[:20])
+        where += " ..." if len(missing) > 20 else ""
         if on_missing == "error":
             below = frames[order[int(np.searchsorted(index, missing[0])) - 1]]
             raise DensekitError(
