@@ -120,11 +120,27 @@ def test_an_interrupted_benchmark_resumes_without_rerunning_finished_rows(tmp_pa
     assert len(rows) == 2 and rows[0] == first[0]  # same row, same timings: not rerun
     assert "done before, skipped" in lines[0] and "miou" in lines[1]
     assert (out / "runs" / "tiny__linear__f1__seed0" / "config.yaml").exists()
-    # a changed config reruns its rows only
+    # a changed card: new rows run, finished ones are skipped, the report is rewritten
     path = card(tmp_path, seeds=[0], baselines=[], label_fractions=[0.1, 1.0, 0.5])
     lines = []
     run_benchmark(path, out, log=lines.append)
     assert sum("skipped" in line for line in lines) == 2 and len(lines) == 3
+    path = card(tmp_path, seeds=[0], baselines=[], metric="acc_micro")
+    run_benchmark(path, out, log=lines.append)
+    assert (out / "results.md").read_text().startswith("# chips: test acc_micro")
+    with pytest.raises(DensekitError, match=r"metric 'iou_x' is not a test metric"):
+        run_benchmark(card(tmp_path, seeds=[0], baselines=[], metric="iou_x"), out)
+
+
+def test_one_benchmark_per_output_folder(tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        with pytest.raises(DensekitError, match="another densekit benchmark is writing there"):
+            run_benchmark(card(tmp_path), out)
 
 
 @pytest.mark.parametrize(
@@ -141,6 +157,8 @@ def test_an_interrupted_benchmark_resumes_without_rerunning_finished_rows(tmp_pa
         ({"baselines": [{"name": "u", "model": {"head": "linear"}}]}, "set model.head: unet"),
         ({"heads": [{"name": "a"}, {"name": "a"}]}, "name 'a' must be unique"),
         ({"backbones": [{"name": "b", "backbone": "x"}]}, "missing \\['weights'\\]"),
+        ({"heads": [{"name": "lin", "model": {"haed_grid": 1}}]}, "heads 'lin':.*haed_grid"),
+        ({"trainer": {"max_epoch": 1}}, "baselines 'unet':.*max_epoch"),
     ],
 )
 def test_bad_cards_are_named_and_nothing_is_written(tmp_path, changes, message, capsys):
@@ -156,7 +174,7 @@ def test_bad_cards_are_named_and_nothing_is_written(tmp_path, changes, message, 
 
 def test_a_metric_the_task_does_not_have_is_named(tmp_path):
     path = card(tmp_path, metric="f1", seeds=[0], label_fractions=[1.0], baselines=[])
-    with pytest.raises(DensekitError, match=r"metric 'f1' is not a test metric.*miou"):
+    with pytest.raises(DensekitError, match=r"metric.*'f1' is not a .*metric.*miou"):
         run_benchmark(path, tmp_path / "out", log=lambda _: None)
 
 

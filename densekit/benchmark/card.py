@@ -68,11 +68,8 @@ BACKBONE_KEYS = {"name", "backbone", "weights", "backbone_overrides"}
 # Set by the benchmark for every run, so a card may not set them itself.
 RESERVED_MODEL = {"backbone", "weights", "backbone_overrides", "feature_cache"}
 RESERVED_DATA = {"label_fraction", "label_count", "subset_seed", "stratify"}
-FIXED_TRAINER = {
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-}
+FIXED_TRAINER = {"enable_progress_bar": False, "enable_model_summary": False}
+DEFAULT_TRAINER = {"enable_checkpointing": False}  # a card may set it true to keep checkpoints
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,9 @@ class Card:
 
     @property
     def amounts(self) -> list[float | int]:
-        return list(self.spec.get("label_counts") or self.spec.get("label_fractions") or [1.0])
+        if self.by_count:
+            return [int(n) for n in self.spec["label_counts"]]
+        return [float(f) for f in self.spec.get("label_fractions") or [1.0]]
 
     def runs(self, out: Path) -> list[Run]:
         """Every run of the card, baselines first within each amount and seed."""
@@ -149,6 +148,8 @@ class Card:
         spec = self.spec
         task_class, data_class = TASKS[spec["task"]]
         model = {**copy.deepcopy(spec["model"]), **copy.deepcopy(entry.get("model", {}))}
+        if isinstance(model.get("head_grid"), dict):
+            model["head_grid"].setdefault("metric", self.metric)  # the grid picks on it too
         if backbone is not None:
             model.update({k: v for k, v in backbone.items() if k != "name"})
             if spec.get("feature_cache", True):
@@ -158,8 +159,12 @@ class Card:
         data["label_count" if self.by_count else "label_fraction"] = amount
         data["subset_seed"] = seed
         data["stratify"] = bool(spec.get("stratify", False))
-        trainer = {**copy.deepcopy(spec["trainer"]), **copy.deepcopy(entry.get("trainer", {}))}
-        trainer.update(FIXED_TRAINER)
+        trainer = {
+            **DEFAULT_TRAINER,
+            **copy.deepcopy(spec["trainer"]),
+            **copy.deepcopy(entry.get("trainer", {})),
+            **FIXED_TRAINER,
+        }
         return {
             "seed_everything": seed,
             "trainer": trainer,
@@ -197,12 +202,13 @@ def load_card(path: str | Path) -> Card:
     if "label_fractions" in spec and "label_counts" in spec:
         raise fail("give label_fractions or label_counts, not both")
     for f in spec.get("label_fractions", []):
-        if not isinstance(f, int | float) or not 0 < f <= 1:
+        if not isinstance(f, int | float) or isinstance(f, bool) or not 0 < f <= 1:
             raise fail(f"label_fractions: {f!r} is not in (0, 1]")
     for n in spec.get("label_counts", []):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise fail(f"label_counts: {n!r} is not a positive integer")
-    if not spec["seeds"] or not all(isinstance(s, int) for s in spec["seeds"]):
+    seeds = spec["seeds"]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise fail(f"seeds must be a list of integers, got {spec['seeds']!r}")
     if spec.get("feature_cache", True) is not True and spec.get("feature_cache") is not False:
         raise fail("feature_cache must be true or false")

@@ -85,19 +85,38 @@ def markdown(card: Card, rows: Sequence[dict[str, Any]]) -> str:
         f"{'as counts of labelled windows' if card.by_count else 'as fractions of the labelled '}"
         f"{'' if card.by_count else 'training windows'}; subsets nested per seed.",
         "",
-        "| backbone | head | " + " | ".join(_amount_label(card, a) for a in amounts) + " |",
+        "| backbone | head | " + " | ".join(_header(card, a, rows) for a in amounts) + " |",
         "|---|---|" + "---|" * len(amounts),
     ]
     for (backbone, head), by_amount in table.items():
         cells = []
         for a in amounts:
-            values = by_amount.get(a, [])
+            values = [v for v in by_amount.get(a, []) if math.isfinite(v)]
             mean, std = mean_std(values)
             cells.append(f"{mean:.4f} ± {std:.4f} (n={len(values)})" if values else "")
         lines.append(f"| {backbone} | {head} | " + " | ".join(cells) + " |")
+    grids = sorted({r["head"] for r in rows if r.get("selected_head")})
+    if grids:
+        lines += [
+            "",
+            f"Heads {', '.join(grids)} train a grid of linear heads on one pass and report the "
+            f"one with the best validation {card.metric} (column `selected_head` of results.csv);"
+            " the other heads and the baselines train once with the card's settings.",
+        ]
     fit = [r["fit_s"] for r in rows]
     lines += ["", f"{len(rows)} runs, training time {sum(fit):.0f} s in all.", ""]
     return "\n".join(lines)
+
+
+def _header(card: Card, amount: Any, rows: Sequence[dict[str, Any]]) -> str:
+    """The column of a label amount, with the training windows it came to."""
+    counts = sorted({r["train_windows"] for r in rows if r["amount"] == amount} - {None})
+    windows = "/".join(str(c) for c in counts)
+    return (
+        f"{_amount_label(card, amount)} ({windows} windows)"
+        if windows
+        else _amount_label(card, amount)
+    )
 
 
 def plot(card: Card, rows: Sequence[dict[str, Any]]) -> bytes:

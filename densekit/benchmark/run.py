@@ -39,8 +39,55 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        rows[row["run_id"]] = row
+        if isinstance(row, dict) and "run_id" in row and "metrics" in row:
+            rows[row["run_id"]] = row
     return rows
+
+
+def check_configs(card: Card, runs: list[Run]) -> None:
+    """Parse every run's config as ``densekit fit`` would (no model is built), so a wrong key
+    or type fails before anything trains, naming the card and the head."""
+    from lightning import Trainer
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from densekit.data.datamodules import DenseDataModule
+    from densekit.tasks import DenseTask
+
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_lightning_class_args(Trainer, "trainer")
+    parser.add_lightning_class_args(DenseTask, "model", subclass_mode=True)
+    parser.add_lightning_class_args(DenseDataModule, "data", subclass_mode=True)
+    parser.add_argument("--seed_everything", type=bool | int, default=True)
+    checked = set()
+    for run in runs:
+        if run.head in checked:  # runs of one head differ only in amount and seed
+            continue
+        checked.add(run.head)
+        try:
+            with _quiet():
+                parser.parse_object(run.config)
+        except Exception as e:  # jsonargparse's ArgumentError, with the key and the reason
+            lines = [ln.strip() for ln in str(e).splitlines()]
+            detail = [ln for ln in lines if ln.startswith(("- Problem", "Option", "Key", "Parser"))]
+            group = "baselines" if run.backbone is None else "heads"
+            raise DensekitError(
+                f"{card.path}: {group} {run.head!r}: {' '.join(detail) or lines[0]}"
+            ) from None
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """One benchmark process per output folder (rows would overwrite each other)."""
+    import fcntl
+
+    with open(out / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DensekitError(
+                f"--out {out}: another densekit benchmark is writing there; wait for it to end"
+            ) from None
+        yield
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -143,11 +190,50 @@ def run_benchmark(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DensekitError(f"--out {out}: is a file, a folder is needed")
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(card.path, out / "card.yaml")
-    results = out / "results.jsonl"
-    rows = read_results(results)
     runs = card.runs(out.resolve())
+    check_configs(card, runs)
+    rows = read_results(out / "results.jsonl")
+    for row in rows.values():
+        if card.metric not in row["metrics"]:
+            raise DensekitError(
+                f"{card.path}: metric {card.metric!r} is not a test metric of this task; "
+                f"valid: {sorted(row['metrics'])}"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        shutil.copyfile(card.path, out / "card.yaml")
+        _run_all(card, runs, rows, out, log, stop_after)
+        done = [rows[r.run_id] for r in runs if r.run_id in rows]
+        if done:
+            write_report(card, out, done)
+    return done
+
+
+def _uncached_heads(runs: list[Run]) -> set[str]:
+    """Heads whose training windows are augmented or random: their features are not cached."""
+    heads = set()
+    for run in runs:
+        data = run.config["data"]["init_args"]
+        cached = run.config["model"]["init_args"].get("feature_cache")
+        if cached and (data.get("augment") or data.get("train_windows") == "random"):
+            heads.add(run.head)
+    return heads
+
+
+def _run_all(
+    card: Card,
+    runs: list[Run],
+    rows: dict[str, dict[str, Any]],
+    out: Path,
+    log: Callable[[str], None],
+    stop_after: int | None,
+) -> None:
+    results = out / "results.jsonl"
+    for head in sorted(_uncached_heads(runs)):
+        log(
+            f"note: {head} trains on augmented or random windows: only its validation and test "
+            "features come from the cache"
+        )
     ran = 0
     for i, run in enumerate(runs, 1):
         previous = rows.get(run.run_id)
@@ -178,4 +264,3 @@ def run_benchmark(
             f"{tag}: {card.metric} {value:.4f} ({row['train_windows']} of "
             f"{row['labelled_windows']} labelled windows, {row['fit_s']:.0f} s)"
         )
-    return [rows[r.run_id] for r in runs if r.run_id in rows]

@@ -13,14 +13,16 @@ of every raster's columns, left to right, for training, validation and testing (
 :mod:`densekit.data.windows`); two fractions (training, validation) may go with test files.
 With ``window`` the rasters are read as a grid of ``window x window`` windows; without it, each
 file is one item (chips of equal size). Windows without a single
-labelled (or valid depth) pixel are skipped. Training windows are the same grid (repeated in turn
-to ``samples_per_epoch`` items when given), or (``train_windows: random``) ``samples_per_epoch``
-windows drawn uniformly in the training blocks; ``augment`` applies flips, rotations and a
+labelled (or valid depth) pixel are skipped. Training windows are the same grid (with
+``samples_per_epoch``, that many per epoch in a fresh random order: the windows repeated or a
+random part of them), or (``train_windows: random``) ``samples_per_epoch`` windows drawn
+uniformly in the training blocks; ``augment`` applies flips, rotations and a
 per-date gain to training samples (:mod:`densekit.data.augment`).
 
 ``label_fraction`` or ``label_count`` keeps a labelled subset of the training windows (or files),
 nested and reproducible by ``subset_seed`` and optionally stratified (see
-:mod:`densekit.data.subsets`); random training windows are then drawn inside the kept windows.
+:mod:`densekit.data.subsets`); random training windows are then drawn inside the kept windows
+only (pixels outside them are unlabelled).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from densekit.data.augment import Augmentation
 from densekit.data.datasets import Sample, TaskKind, WindowDataset, band_table, reference_grid
@@ -57,8 +59,8 @@ class DenseDataModule(L.LightningDataModule):
             nodata and NaN are invalid.
         batch_size, num_workers: DataLoader settings.
         train_windows: ``"grid"`` or ``"random"`` training windows (random needs ``window``).
-        samples_per_epoch: training items per epoch: random windows, or the grid windows
-            repeated in turn (default: one per grid window).
+        samples_per_epoch: training items per epoch: random windows, or grid windows in a
+            fresh random order, repeated or cut to this number (default: each grid window once).
         augment: training augmentation (flips, rotations, gain), or None.
         label_fraction, label_count: keep this fraction (rounded, at least 1) or number of the
             labelled training windows (files without ``window``); None: all.
@@ -92,6 +94,8 @@ class DenseDataModule(L.LightningDataModule):
         super().__init__()
         if label_fraction is not None or label_count is not None:
             subset_size(1 if label_count is None else label_count, label_fraction, label_count)
+        if stratify and self.kind == "depth":
+            raise DensekitError("stratify keeps classes in subsets; depth targets have none")
         self.label_fraction = label_fraction
         self.label_count = label_count
         self.subset_seed = subset_seed
@@ -191,11 +195,17 @@ class DenseDataModule(L.LightningDataModule):
             if subset:
                 kept = self._subset(kept, classes if classes else None)
             if name == "train" and self.train_windows == "random":
-                regions = {(s.images, s.target, s.region): s for s in kept}
-                areas = [
-                    Sample(s.images, s.target, s.region, s.region, s.grid, s.subtract)
-                    for s in regions.values()
-                ]
+                if subset:  # drawn inside the kept windows only: pixels outside are unlabelled
+                    areas = [
+                        Sample(s.images, s.target, s.window, s.window, s.grid, s.subtract)
+                        for s in kept
+                    ]
+                else:
+                    regions = {(s.images, s.target, s.region): s for s in kept}
+                    areas = [
+                        Sample(s.images, s.target, s.region, s.region, s.grid, s.subtract)
+                        for s in regions.values()
+                    ]
                 dataset = WindowDataset(
                     areas,
                     self.kind,
@@ -212,7 +222,6 @@ class DenseDataModule(L.LightningDataModule):
                     self.bands,
                     **self.dataset_kwargs,
                     augment=self.augment if name == "train" else None,
-                    length=self.samples_per_epoch if name == "train" else None,
                 )
             self.datasets[name] = dataset
 
@@ -229,10 +238,16 @@ class DenseDataModule(L.LightningDataModule):
             raise DensekitError(
                 f"no {name} data: give {name}_* files or split fractions that include it"
             )
+        dataset = self.datasets[name]
+        sampler = None
+        if shuffle and self.samples_per_epoch and not dataset.random_window:
+            # grid windows: a fresh random order each epoch, repeated or cut to the budget
+            sampler = RandomSampler(dataset, num_samples=self.samples_per_epoch)
         return DataLoader(
-            self.datasets[name],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_seed_worker,
@@ -305,8 +320,8 @@ class SegmentationDataModule(DenseDataModule):
         sparse_vectors: pixels no feature covers are unlabelled (points, a few polygons)
             instead of background 0 (footprints).
         train_windows: ``"grid"`` or ``"random"`` training windows (random needs ``window``).
-        samples_per_epoch: training items per epoch: random windows, or the grid windows
-            repeated in turn (default: one per grid window).
+        samples_per_epoch: training items per epoch: random windows, or grid windows in a
+            fresh random order, repeated or cut to this number (default: each grid window once).
         augment: training augmentation (flips, rotations, gain), or None.
         nodata: image nodata value overriding the files' own (None: the files' value).
         target_nodata: label nodata value overriding the files' own (None: the files' value).

@@ -212,8 +212,8 @@ class WindowDataset(Dataset):
             a fill value the file does not tag needs ``target_nodata``).
         augment, random_window: training augmentation, and the side of windows drawn at random
             in the samples' regions (None: the samples' own windows).
-        length: items per epoch: random windows drawn, or the samples repeated in turn
-            (default: one per sample).
+        length: random windows per epoch (default: one per sample); fixed windows are one item
+            each (a sampler repeats them).
     """
 
     def __init__(
@@ -246,7 +246,7 @@ class WindowDataset(Dataset):
         self.depth_scale = depth_scale
         self.transforms = augment.build() if augment is not None else None
         self.random_window = random_window
-        self.length = length if length is not None else len(self.samples)
+        self.length = length if length is not None and random_window else len(self.samples)
         areas = np.array([s.region[2] * s.region[3] for s in self.samples], np.float64)
         self.weights = torch.from_numpy(areas / areas.sum()) if len(areas) else None
 
@@ -295,7 +295,7 @@ class WindowDataset(Dataset):
                 if self.has_data(item):
                     break
         else:
-            sample = self.samples[i % len(self.samples)]  # ``length`` may repeat the windows
+            sample = self.samples[i]
             item = self.read(sample)
             if self.transforms is None:  # a fixed, unaugmented window: its features can be cached
                 item["cache_keys"] = self.cache_keys(sample)

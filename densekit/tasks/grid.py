@@ -110,7 +110,8 @@ def select_best(task: DenseTask) -> dict[str, float]:
     for point, scores in zip(task.grid, all_scores, strict=True):
         if name not in scores:
             raise DensekitError(
-                f"model.head_grid.metric {name!r} is not a validation metric; "
+                f"model.head_grid.metric (in a benchmark: the card's metric) {name!r} is not a "
+                "validation metric; "
                 f"valid: {sorted(scores)}"
             )
         value = scores[name]

@@ -1,9 +1,11 @@
 """Labelled subsets: nested across fractions, reproducible by seed, stratified on request."""
 
+import json
+
 import pytest
 from helpers import TEST_DATA
 
-from densekit.data import SegmentationDataModule
+from densekit.data import DepthDataModule, SegmentationDataModule
 from densekit.data.subsets import nested_order, subset_size
 from densekit.errors import DensekitError
 
@@ -75,14 +77,37 @@ def test_stratified_subsets_of_real_windows_hold_every_class():
         assert classes_of(windows(count=3, seed=seed, stratify=True)[0]) == {0, 1, 2}
 
 
-def test_grid_windows_repeat_to_samples_per_epoch():
-    dm, few = windows(count=3, samples_per_epoch=10)
+def epoch_windows(dm):
+    """(file, column, row) of every training item of one epoch, through the loader."""
+    seen = []
+    for batch in dm.train_dataloader():
+        for key in batch["cache_keys"][0]:
+            record = json.loads(key)
+            seen.append((record["files"][0][0], *record["window"][:2]))
+    return seen
+
+
+def test_grid_windows_fill_samples_per_epoch_from_every_window():
+    dm, few = windows(count=3, samples_per_epoch=10, batch_size=5)
+    assert len(dm.datasets["train"]) == 3 and len(few) == 3
+    seen = epoch_windows(dm)
+    assert len(seen) == 10 and len(set(seen)) == 3  # the 3 windows, repeated to 10 items
+    dm, all_windows = windows(samples_per_epoch=16, batch_size=8)
+    assert len(all_windows) == 72
+    epochs = [epoch_windows(dm) for _ in range(6)]
+    assert all(len(e) == len(set(e)) == 16 for e in epochs)  # 16 distinct windows per epoch
+    union = {w for e in epochs for w in e}
+    assert len(union) > 32 and max(row for _, _, row in union) == 40  # not only the first 16
+
+
+def test_random_windows_stay_inside_the_kept_windows():
+    dm, kept = windows(count=2, seed=5, train_windows="random", samples_per_epoch=40)
     dataset = dm.datasets["train"]
-    assert len(dataset) == 10 and len(few) == 3
-    paths = [(dataset[i]["path"], dataset[i]["cache_keys"][0]) for i in range(10)]
-    assert paths[:3] == paths[3:6] == paths[6:9] and paths[9] == paths[0]
-    with pytest.raises(IndexError):
-        dataset[10]
+    assert {(s.images, s.region) for s in dataset.samples} == set(kept)
+    for _ in range(40):
+        drawn = dataset._draw()
+        assert (drawn.images, drawn.window) in set(kept) and drawn.region == drawn.window
+    assert all((dataset[i]["mask"] != 255).any() for i in range(len(dataset)))
 
 
 def test_bad_subset_arguments_are_named():
@@ -92,5 +117,7 @@ def test_bad_subset_arguments_are_named():
         windows(count=0)
     with pytest.raises(DensekitError, match="label_count 100 is more than the 72 labelled"):
         windows(count=100)
+    with pytest.raises(DensekitError, match="depth targets have none"):
+        DepthDataModule(images="a.tif", depths="b.tif", label_fraction=0.5, stratify=True)
     with pytest.raises(DensekitError, match="exactly one of label_fraction and label_count"):
         subset_size(10, 0.5, 3)
