@@ -46,6 +46,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from densekit.errors import DensekitError
+from densekit.medical.pixels import decode, interpolate_slices, value_range
 from densekit.medical.volume import Volume, pseudonym
 
 SPACING_TOL = 0.05  # a slice may sit this fraction of the slice spacing off the regular grid
@@ -70,17 +71,6 @@ NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.104": "encapsulated document",
 }
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-
-# Transfer syntax UID prefix -> what to install to decode it.
-DECODERS = {
-    "1.2.840.10008.1.2.4.9": "pylibjpeg-openjpeg (JPEG 2000)",
-    "1.2.840.10008.1.2.4.20": "pylibjpeg-openjpeg (HTJ2K)",
-    "1.2.840.10008.1.2.5": "pylibjpeg-rle (RLE)",
-    "1.2.840.10008.1.2.4.8": "pyjpegls, or pylibjpeg-libjpeg (GPL) (JPEG-LS)",
-    "1.2.840.10008.1.2.4.5": "pillow, or pylibjpeg-libjpeg (GPL) (JPEG baseline/extended)",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg (GPL) or python-gdcm (JPEG lossless)",
-    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg (GPL) or python-gdcm (JPEG lossless)",
-}
 
 
 @dataclass(frozen=True)
@@ -181,7 +171,7 @@ def read_series(
     extra.update(pixel_extra)
     uids = [frames[i].sop_uid for i in order]
     if index[-1] + 1 > len(index):  # missing slices to interpolate
-        array = _interpolate(array, index)
+        array = interpolate_slices(array, index)
         known = dict(zip(index.tolist(), uids, strict=True))
         uids = [known.get(k, "") for k in range(len(array))]
     return Volume(
@@ -469,40 +459,6 @@ def _flat_geometry(ds: Dataset) -> np.ndarray:
     return np.diag([1.0, *(spacing[:2] if spacing is not None else (1.0, 1.0)), 1.0])
 
 
-def _interpolate(array: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Slices at grid positions ``0 .. index[-1]`` from those at ``index`` (sorted), linearly."""
-    grid = np.arange(int(index[-1]) + 1)
-    below = np.searchsorted(index, grid, side="right") - 1
-    above = np.minimum(below + 1, len(index) - 1)
-    weight = ((grid - index[below]) / np.maximum(index[above] - index[below], 1))[:, None, None]
-    return ((1 - weight) * array[below] + weight * array[above]).astype(array.dtype)
-
-
-def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
-    ds = pydicom.dcmread(path)
-    try:
-        return ds, ds.pixel_array
-    except (RuntimeError, NotImplementedError, ValueError, AttributeError) as err:
-        uid = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", "")) or "absent"
-        name = getattr(pydicom.uid.UID(uid), "name", uid) if uid != "absent" else uid
-        found = [p for prefix, p in DECODERS.items() if uid.startswith(prefix)]
-        package = found[0] if found else "a pydicom pixel data plugin that supports it"
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DensekitError(
-            f"cannot decode the pixel data of {path}: transfer syntax {name} ({uid}); "
-            f"install {package}. pydicom: {reason}"
-        ) from err
-
-
-def _value_range(ds: Dataset, rescale: tuple[float, float] | None) -> tuple[float, float]:
-    """Lowest and highest value the stored bits can hold, after the modality transform."""
-    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
-    signed = int(ds.get("PixelRepresentation") or 0) == 1
-    ends = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
-    values = ends * rescale[0] + rescale[1] if rescale else apply_modality_lut(ends, ds)
-    return float(np.min(values)), float(np.max(values))
-
-
 def _pixels(
     frames: list[_Frame], headers: dict[Path, Dataset], info: SeriesInfo
 ) -> tuple[np.ndarray, dict]:
@@ -518,7 +474,7 @@ def _pixels(
     ranges = []
     for k, frame in enumerate(frames):
         if frame.path not in decoded:
-            decoded = {frame.path: _decode(frame.path)}  # keep one file in memory
+            decoded = {frame.path: decode(frame.path)}  # keep one file in memory
         ds, pixels = decoded[frame.path]
         if frame.index is not None:
             pixels = pixels[frame.index] if pixels.ndim == 3 else pixels
@@ -529,7 +485,7 @@ def _pixels(
             out[k] = apply_modality_lut(pixels, ds)
         else:
             out[k] = pixels * frame.rescale[0] + frame.rescale[1]
-        ranges.append(_value_range(ds, frame.rescale))
+        ranges.append(value_range(ds, frame.rescale))
     extra: dict = {"photometric": photometric.pop() or "MONOCHROME2"}
     if extra["photometric"] == "MONOCHROME1":
         if info.modality == "CT":
