@@ -1,6 +1,13 @@
 """Medical imaging: DICOM series, NIfTI/NRRD volumes, masks on their grid, volume inference."""
 
 from densekit.medical.intensity import CT_WINDOWS, ct_window, percentile_normalize, window_bounds
+from densekit.medical.nifti import (
+    read_nifti,
+    read_nrrd,
+    read_volume,
+    reorient_like,
+    write_nifti,
+)
 from densekit.medical.series import SeriesInfo, read_series, scan_series
 from densekit.medical.volume import Volume, pseudonym
 
@@ -11,7 +18,12 @@ __all__ = [
     "ct_window",
     "percentile_normalize",
     "pseudonym",
+    "read_nifti",
+    "read_nrrd",
     "read_series",
+    "read_volume",
+    "reorient_like",
     "scan_series",
     "window_bounds",
+    "write_nifti",
 ]
