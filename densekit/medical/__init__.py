@@ -1,6 +1,13 @@
 """Medical imaging: DICOM series, NIfTI/NRRD volumes, masks on their grid, volume inference."""
 
 from densekit.medical.intensity import CT_WINDOWS, ct_window, percentile_normalize, window_bounds
+from densekit.medical.masks import (
+    label_map,
+    read_label_map,
+    read_png_mask,
+    read_rtstruct,
+    read_seg,
+)
 from densekit.medical.nifti import (
     read_nifti,
     read_nrrd,
@@ -16,10 +23,15 @@ __all__ = [
     "SeriesInfo",
     "Volume",
     "ct_window",
+    "label_map",
     "percentile_normalize",
     "pseudonym",
+    "read_label_map",
     "read_nifti",
     "read_nrrd",
+    "read_png_mask",
+    "read_rtstruct",
+    "read_seg",
     "read_series",
     "read_volume",
     "reorient_like",
