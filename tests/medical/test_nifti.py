@@ -4,6 +4,7 @@ TotalSegmentator and pyradiomics files in ../shared/data, and the errors on bad 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import nibabel as nib
 import nrrd
@@ -83,6 +84,17 @@ def test_write_nifti_bad_names(tmp_path):
         write_nifti(oblique_volume(), tmp_path / "out.nrrd")
     with pytest.raises(DensekitError, match=r"folder .*nope does not exist"):
         write_nifti(oblique_volume(), tmp_path / "nope" / "out.nii")
+
+
+def test_write_nifti_failure_leaves_nothing(tmp_path, monkeypatch):
+    def fail(image, name):
+        Path(name).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_nifti(oblique_volume(), tmp_path / "out.nii.gz")
+    assert list(tmp_path.iterdir()) == []
 
 
 def write_nrrd(path, volume: Volume, space: str) -> None:
