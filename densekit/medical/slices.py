@@ -1,0 +1,106 @@
+"""2D backbones on 3D volumes: the plane, the 2.5D stack and the intensity of every slice input.
+
+One definition for training (the slice data module) and inference (``densekit volume``), so a
+checkpoint sees the same inputs in both:
+
+* **plane** (``"axial"``, ``"coronal"``, ``"sagittal"``): the array axis whose direction in the
+  affine is closest to the patient's S (axial), A-P (coronal) or L-R (sagittal) axis, whatever
+  the acquisition plane (:func:`plane_axis`).
+* **context** ``0`` (2D): the slice repeated as three channels, as an RGB backbone sees a grey
+  image; ``k > 0`` (2.5D): the slices ``i - k, i, i + k`` as the three channels, clamped at the
+  ends of the volume (:func:`slice_input`).
+* **intensity** (:class:`Intensity`): a CT window (preset name or level/width in HU) or MR
+  percentiles over the volume's foreground, to ``[0, 1]``; the task then applies the backbone's
+  own normalisation (``scale: 1``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from densekit.errors import DensekitError
+from densekit.medical.intensity import ct_window, percentile_normalize, window_bounds
+from densekit.medical.volume import Volume
+
+Plane = Literal["axial", "coronal", "sagittal"]
+PLANE_DIRECTION = {"sagittal": 0, "coronal": 1, "axial": 2}  # LPS axis of each plane's normal
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """How voxel values become ``[0, 1]``: exactly one of ``ct_window`` (a preset name such as
+    ``"soft_tissue"``, or ``[level, width]`` in HU) and ``percentiles`` (``[lower, upper]`` over
+    the volume's non-zero voxels, for MR)."""
+
+    ct_window: str | tuple[float, float] | None = None
+    percentiles: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ct_window is None) == (self.percentiles is None):
+            raise DensekitError(
+                "intensity: give exactly one of ct_window (a preset: soft_tissue, lung, bone, "
+                "brain, or [level, width] in HU) and percentiles ([lower, upper], e.g. [1, 99])"
+            )
+        if self.ct_window is not None:
+            window_bounds(self.window())  # a bad preset or width fails here, naming it
+        if self.percentiles is not None:
+            lower, upper = self.percentiles
+            if not 0 <= lower < upper <= 100:
+                raise DensekitError(
+                    f"intensity.percentiles {list(self.percentiles)}: need 0 <= lower < upper "
+                    "<= 100"
+                )
+
+    def window(self) -> str | tuple[float, float]:
+        """The CT window as ``ct_window`` takes it."""
+        if isinstance(self.ct_window, str):
+            return self.ct_window
+        if self.ct_window is None or len(self.ct_window) != 2:
+            raise DensekitError(
+                f"intensity.ct_window {self.ct_window!r}: a preset or [level, width]"
+            )
+        return float(self.ct_window[0]), float(self.ct_window[1])
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (a whole volume, so percentiles are the volume's) scaled to ``[0, 1]``."""
+        if self.ct_window is not None:
+            return np.asarray(ct_window(array, self.window()), dtype=np.float32)
+        assert self.percentiles is not None
+        lower, upper = self.percentiles
+        return np.asarray(percentile_normalize(array, lower, upper), dtype=np.float32)
+
+
+def plane_axis(volume: Volume, plane: Plane) -> int:
+    """The array axis (0, 1 or 2) whose voxel step points most along ``plane``'s normal."""
+    if plane not in PLANE_DIRECTION:
+        raise DensekitError(f"plane {plane!r} is not one of {sorted(PLANE_DIRECTION)}")
+    directions = np.abs(volume.affine[:3, :3]) / np.linalg.norm(volume.affine[:3, :3], axis=0)
+    return int(np.argmax(directions[PLANE_DIRECTION[plane]]))
+
+
+def slice_count(volume: Volume, plane: Plane) -> int:
+    return int(volume.array.shape[plane_axis(volume, plane)])
+
+
+def slice_input(array: np.ndarray, axis: int, index: int, context: int = 0) -> np.ndarray:
+    """``(3, H, W)`` float32: slice ``index`` along ``axis`` of an intensity-scaled volume,
+    repeated (``context=0``) or with its neighbours ``index -/+ context`` (2.5D)."""
+    n = array.shape[axis]
+    if not 0 <= index < n:
+        raise DensekitError(f"slice {index} is outside the {n} slices along axis {axis}")
+    if context < 0:
+        raise DensekitError(f"context must be >= 0 slices, got {context}")
+    picks = (
+        [index] * 3
+        if context == 0
+        else [max(index - context, 0), index, min(index + context, n - 1)]
+    )
+    return np.stack([np.take(array, i, axis=axis) for i in picks]).astype(np.float32)
+
+
+def slice_target(labels: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The ``(H, W)`` label slice matching :func:`slice_input`."""
+    return np.take(labels, index, axis=axis)
