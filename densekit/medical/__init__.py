@@ -1,5 +1,7 @@
 """Medical imaging: DICOM series, NIfTI/NRRD volumes, masks on their grid, volume inference."""
 
+from densekit.medical.data import MedicalSegmentationDataModule
+from densekit.medical.data2d import Medical2DDataModule
 from densekit.medical.intensity import CT_WINDOWS, ct_window, percentile_normalize, window_bounds
 from densekit.medical.masks import (
     label_map,
@@ -20,6 +22,8 @@ from densekit.medical.volume import Volume, pseudonym
 
 __all__ = [
     "CT_WINDOWS",
+    "Medical2DDataModule",
+    "MedicalSegmentationDataModule",
     "SeriesInfo",
     "Volume",
     "ct_window",
