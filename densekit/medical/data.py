@@ -301,7 +301,7 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
                 found.update(int(v) for v in np.unique(raw))
                 labels = raw.astype(np.int32)
                 if self.label_map is not None:
-                    labels = map_values(raw, self.label_map, self.unlisted, where)
+                    labels = map_values(raw, self.label_map, self.unlisted, str(path))
             else:
                 reader = read_seg if kind == "SEG" else read_rtstruct
                 channels, names = reader(path, image)
@@ -312,7 +312,7 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
                         f"{{{names[0] if names else 'Liver'}: 1}}"
                     )
                 labels = segment_labels(
-                    channels, names, self.segments, self.priority, self.unlisted, where
+                    channels, names, self.segments, self.priority, self.unlisted, str(path)
                 )
         except DensekitError as err:
             raise DensekitError(f"{where}: {err}") from err
