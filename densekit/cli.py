@@ -268,6 +268,12 @@ def cmd_tile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_volume(args: argparse.Namespace) -> int:
+    from densekit.medical.infer import volume_command
+
+    return volume_command(args, device=str(_device(args.device)))
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from densekit.benchmark import load_card, run_benchmark
 
@@ -375,6 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tile)
+
+    p = sub.add_parser(
+        "volume",
+        help="segment a DICOM/NIfTI/NRRD volume slice by slice: NIfTI labels or a DICOM SEG",
+        description="A SegmentationTask run slice by slice (see densekit.medical.infer).",
+    )
+    p.add_argument("--checkpoint", required=True, help="a SegmentationTask checkpoint")
+    p.add_argument("--input", required=True, help="DICOM folder or file, .nii(.gz), .nrrd")
+    p.add_argument("--output", required=True, help="OUT.nii.gz / OUT.nii, or OUT.dcm (SEG)")
+    p.add_argument("--series-uid", default=None, help="the DICOM series when there are several")
+    p.add_argument("--reference", default=None, help="mask to score: SEG .dcm or label map")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward (default 8)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("slice settings, only for a checkpoint that does not record them")
+    g.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default=None)
+    g.add_argument("--context", type=int, default=None, help="0: 2D; k: slices i-k, i, i+k")
+    g.add_argument("--ct-window", default=None, help="preset name or LEVEL,WIDTH in HU")
+    g.add_argument("--percentiles", default=None, help="LOWER,UPPER (MR), e.g. 1,99")
+    p.set_defaults(func=cmd_volume)
 
     p = sub.add_parser(
         "benchmark",

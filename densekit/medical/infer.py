@@ -1,0 +1,443 @@
+"""Volume inference: a trained 2D segmentation head run slice by slice over a volume.
+
+``densekit volume`` / :func:`segment_volume`:
+
+1. The checkpoint (:func:`load_volume_model`): a densekit ``SegmentationTask`` on 3-channel
+   inputs in ``[0, 1]`` (``scale`` 1), loaded with the checks of ``densekit tile``. How its
+   slices were made comes from ``checkpoint["datamodule_hyper_parameters"]`` (written by the
+   slice data module): ``plane``, ``context`` and ``intensity`` (``{ct_window: name or [level,
+   width]}`` or ``{percentiles: [lower, upper]}``). Only what the checkpoint lacks may be given
+   by the caller; a value that contradicts the checkpoint is an error, never an override.
+2. The volume (:func:`~densekit.medical.nifti.read_volume`: a DICOM folder or file, NIfTI or
+   NRRD), scaled to ``[0, 1]`` as a whole (:class:`~densekit.medical.slices.Intensity`).
+3. :func:`predict_volume`: :func:`~densekit.medical.slices.slice_input` (the one definition
+   shared with training) for every slice along the plane's array axis, batches of
+   ``batch_size`` through the task's forward under ``torch.inference_mode``, argmax, written
+   back into a label array on the input grid (same shape and affine). MONAI's SliceInferer is
+   not used: it batches sliding windows within one slice and has no notion of 2.5D
+   neighbours, which are exactly what the slice inputs need.
+4. The output, all or nothing (:func:`densekit.io.atomic_outputs`): ``.nii`` / ``.nii.gz``
+   (:func:`~densekit.medical.nifti.write_nifti`, the input's affine) or ``.dcm``, a DICOM SEG
+   referencing the source instances (:mod:`densekit.medical.seg_writer`; DICOM input only).
+5. With a reference mask (a SEG, or a NIfTI/NRRD label map on the input grid): Dice and HD95
+   in mm per class (:mod:`densekit.medical.metrics`), returned and written to the JSON sidecar
+   ``<output name without suffix>.metrics.json``.
+
+PHI: the sidecar and the returned record hold no path and no patient tag. The input is named by
+a key: the sha256 of its SeriesInstanceUID (DICOM) or of its voxels and affine (NIfTI/NRRD), so
+runs on one series can be matched without naming it; the checkpoint by its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+
+from densekit import __version__
+from densekit.errors import DensekitError
+from densekit.medical.masks import label_map, read_label_map, read_seg
+from densekit.medical.metrics import segmentation_metrics
+from densekit.medical.nifti import DICOM_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
+from densekit.medical.seg_writer import build_seg, is_dicom_path, scrub, sha256_file, source_headers
+from densekit.medical.slices import Intensity, Plane, plane_axis, slice_input
+from densekit.medical.volume import Volume
+
+OUTPUT_SUFFIXES = (*NIFTI_SUFFIXES, ".dcm")
+SLICE_KEYS = ("plane", "context", "intensity")
+FLAGS = {"plane": "--plane", "context": "--context", "intensity": "--ct-window/--percentiles"}
+
+
+@dataclass(frozen=True)
+class SliceSettings:
+    """How a checkpoint's slice inputs are made (see :mod:`densekit.medical.slices`)."""
+
+    plane: Plane
+    context: int
+    intensity: Intensity
+
+    def record(self) -> dict[str, Any]:
+        i = self.intensity
+        intensity: dict[str, Any] = (
+            {"ct_window": i.ct_window if isinstance(i.ct_window, str) else list(i.window())}
+            if i.ct_window is not None
+            else {"percentiles": list(i.percentiles or ())}
+        )
+        return {"plane": self.plane, "context": self.context, "intensity": intensity}
+
+
+def parse_intensity(value: Any, where: str) -> Intensity:
+    """``{ct_window: name or [level, width]}`` or ``{percentiles: [lower, upper]}``."""
+    if not isinstance(value, dict) or len(value) != 1:
+        raise DensekitError(
+            f"{where} = {value!r}: give one key, ct_window (a preset or [level, width]) or "
+            "percentiles ([lower, upper])"
+        )
+    [(key, setting)] = value.items()
+    if key == "ct_window":
+        if isinstance(setting, str):
+            return Intensity(ct_window=setting)
+        if isinstance(setting, list | tuple) and len(setting) == 2:
+            return Intensity(ct_window=(float(setting[0]), float(setting[1])))
+    elif key == "percentiles" and isinstance(setting, list | tuple) and len(setting) == 2:
+        return Intensity(percentiles=(float(setting[0]), float(setting[1])))
+    raise DensekitError(
+        f"{where}.{key} = {setting!r}: valid are ct_window: a preset name or [level, width], "
+        "and percentiles: [lower, upper]"
+    )
+
+
+def slice_settings(
+    recorded: dict[str, Any] | None,
+    checkpoint: str | Path,
+    plane: str | None = None,
+    context: int | None = None,
+    intensity: dict[str, Any] | None = None,
+) -> SliceSettings:
+    """The checkpoint's slice settings; the arguments fill only what it does not record."""
+    recorded = recorded or {}
+    where = f"--checkpoint {checkpoint}: datamodule_hyper_parameters"
+    given: dict[str, Any] = {"plane": plane, "context": context, "intensity": intensity}
+    values: dict[str, Any] = {}
+    for key in SLICE_KEYS:
+        stored, asked = recorded.get(key), given[key]
+        if stored is None and asked is None:
+            raise DensekitError(
+                f"{where} has no {key} (the checkpoint was not written by the slice data "
+                f"module): give {FLAGS[key]}"
+            )
+        if key == "intensity":
+            stored = None if stored is None else parse_intensity(stored, f"{where}.intensity")
+            asked = None if asked is None else parse_intensity(asked, FLAGS[key])
+        if stored is not None and asked is not None and stored != asked:
+            raise DensekitError(
+                f"{FLAGS[key]} {given[key]!r}: the checkpoint {checkpoint} was trained with "
+                f"{key} {recorded[key]!r}; leave {FLAGS[key]} out"
+            )
+        values[key] = stored if stored is not None else asked
+    if values["plane"] not in get_args(Plane):
+        raise DensekitError(f"plane {values['plane']!r} is not one of {', '.join(get_args(Plane))}")
+    if not isinstance(values["context"], int) or values["context"] < 0:
+        raise DensekitError(f"context {values['context']!r}: a whole number of slices >= 0")
+    return SliceSettings(values["plane"], values["context"], values["intensity"])
+
+
+class VolumeModel:
+    """A SegmentationTask and the slice settings it was trained with."""
+
+    def __init__(self, tile_model: Any, settings: SliceSettings, checkpoint_sha256: str) -> None:
+        self.task = tile_model.task
+        self.device = tile_model.device
+        self.class_names: list[str] = list(tile_model.class_names)
+        self.settings = settings
+        self.checkpoint_sha256 = checkpoint_sha256
+
+    def provenance(self) -> dict[str, Any]:
+        backbone = self.task.backbone
+        return {
+            "backbone": backbone.name if backbone is not None else None,
+            "head": str(self.task.hp.head),
+            "plane": self.settings.plane,
+            "context": self.settings.context,
+            "checkpoint_sha256": self.checkpoint_sha256,
+        }
+
+
+def load_volume_model(
+    checkpoint: str | Path,
+    device: str = "cpu",
+    plane: str | None = None,
+    context: int | None = None,
+    intensity: dict[str, Any] | None = None,
+) -> VolumeModel:
+    """Load a SegmentationTask checkpoint for volume inference (see the module docstring).
+
+    Raises:
+        DensekitError: a missing or unreadable file, not a densekit checkpoint, a checkpoint of
+            another task, inputs other than 3 channels in [0, 1], or slice settings missing
+            from both the checkpoint and the arguments, or contradicting the checkpoint.
+    """
+    import torch
+
+    from densekit.tiling.model import load_tile_model
+
+    model = load_tile_model(checkpoint, device=str(device))
+    if model.kind != "segmentation":
+        raise DensekitError(
+            f"--checkpoint {checkpoint}: a {type(model.task).__name__} checkpoint; densekit "
+            "volume runs a SegmentationTask"
+        )
+    hp = model.task.hp
+    if int(hp.in_channels) != 3:
+        raise DensekitError(
+            f"--checkpoint {checkpoint}: in_channels is {hp.in_channels}; slice inputs have 3 "
+            "channels (the slice repeated, or its 2.5D neighbours)"
+        )
+    if model.task.input_scale != 1.0:
+        raise DensekitError(
+            f"--checkpoint {checkpoint}: scale is {hp.scale}; slice inputs are already in "
+            "[0, 1] (scale 1), so this model was trained on other inputs"
+        )
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    settings = slice_settings(
+        stored.get("datamodule_hyper_parameters"), checkpoint, plane, context, intensity
+    )
+    return VolumeModel(model, settings, sha256_file(checkpoint))
+
+
+def predict_volume(
+    model: VolumeModel, volume: Volume, batch_size: int = 8, progress: bool = True
+) -> Volume:
+    """Class labels of every voxel of ``volume``, on its grid (same shape and affine).
+
+    Slices are taken along the array axis of the model's plane; each batch of ``batch_size``
+    slice inputs goes through the task's forward and the argmax over classes is kept.
+    """
+    import torch
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise DensekitError(f"--batch-size {batch_size}: must be >= 1")
+    settings = model.settings
+    axis = plane_axis(volume, settings.plane)
+    scaled = settings.intensity.apply(volume.array)
+    dtype = np.uint8 if len(model.class_names) <= 256 else np.uint16
+    labels = np.zeros(volume.shape, dtype=dtype)
+    along = np.moveaxis(labels, axis, 0)  # a view: writing a slice writes the volume
+    n = along.shape[0]
+    bar = tqdm(total=n, desc=f"{settings.plane} slices", unit="slice", disable=not progress)
+    with torch.inference_mode(), bar:
+        for start in range(0, n, batch_size):
+            picks = range(start, min(start + batch_size, n))
+            x = np.stack([slice_input(scaled, axis, i, settings.context) for i in picks])
+            logits = model.task(torch.from_numpy(x).to(model.device))
+            along[start : start + len(picks)] = logits.argmax(1).cpu().numpy().astype(dtype)
+            bar.update(len(picks))
+    return Volume(
+        array=labels,
+        affine=volume.affine.copy(),
+        modality=volume.modality,
+        series_uid=volume.series_uid,
+        study_uid=volume.study_uid,
+        frame_of_reference_uid=volume.frame_of_reference_uid,
+        sop_instance_uids=volume.sop_instance_uids,
+    )
+
+
+def read_reference(
+    path: str | Path, image: Volume, class_names: list[str]
+) -> tuple[np.ndarray, dict]:
+    """A reference mask as class labels on ``image``'s grid, and how its segments map.
+
+    A SEG's segments become classes by name when every segment label is a class name, else by
+    segment order (segment ``k`` -> class ``k``); a label map's values are classes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DensekitError(f"--reference {path}: no such file")
+    suffix = file_suffix(path)
+    if suffix in (*NIFTI_SUFFIXES, *NRRD_SUFFIXES):
+        return np.asarray(read_label_map(path, image).array), {"format": "label map"}
+    if suffix not in DICOM_SUFFIXES:
+        valid = ", ".join((*NIFTI_SUFFIXES, *NRRD_SUFFIXES, *DICOM_SUFFIXES))
+        raise DensekitError(f"--reference {path}: unknown mask format {suffix!r}; use {valid}")
+    masks, names = read_seg(path, image)
+    by_name = all(name in class_names[1:] for name in names)
+    targets = [class_names.index(n) if by_name else k + 1 for k, n in enumerate(names)]
+    if max(targets, default=0) >= len(class_names):
+        raise DensekitError(
+            f"--reference {path}: {len(names)} segments ({', '.join(names)}) for the "
+            f"checkpoint's {len(class_names) - 1} classes ({', '.join(class_names[1:])})"
+        )
+    lut = np.array([0, *targets], dtype=np.int64)
+    labels = lut[label_map(masks, names)]
+    segments = {n: class_names[t] for n, t in zip(names, targets, strict=True)}
+    return labels, {
+        "format": "seg",
+        "segments": segments,
+        "matched_by": "name" if by_name else "segment order",
+    }
+
+
+def file_suffix(path: Path) -> str:
+    """The suffix that names the format (``.nii.gz`` counts as one)."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def input_key(volume: Volume) -> dict[str, str]:
+    """A key of the input that names no patient and no path (see the module docstring)."""
+    if volume.series_uid:
+        return {"series_uid_sha256": hashlib.sha256(volume.series_uid.encode()).hexdigest()}
+    digest = hashlib.sha256(np.ascontiguousarray(volume.array).tobytes())
+    digest.update(np.asarray(volume.affine, dtype=np.float64).tobytes())
+    return {"voxels_sha256": digest.hexdigest()}
+
+
+def sidecar_path(output: Path) -> Path:
+    return output.with_name(output.name[: -len(file_suffix(output))] + ".metrics.json")
+
+
+def check_output(output: str | Path, source: str | Path) -> Path:
+    """The output path, checked before any work: suffix, folder, not the input."""
+    output = Path(output)
+    suffix = file_suffix(output)
+    if suffix not in OUTPUT_SUFFIXES:
+        raise DensekitError(
+            f"--output {output}: unknown output format {suffix!r}; use "
+            f"{', '.join(OUTPUT_SUFFIXES)} (NIfTI labels or a DICOM SEG)"
+        )
+    if output.is_dir():
+        raise DensekitError(f"--output {output}: is a folder, a file name is needed")
+    if not output.expanduser().resolve().parent.is_dir():
+        raise DensekitError(f"--output {output}: folder {output.parent} does not exist")
+    if output.expanduser().resolve() == Path(source).expanduser().resolve():
+        raise DensekitError(f"--output {output} is the input")
+    if suffix == ".dcm" and Path(source).exists() and not is_dicom_path(source):
+        raise DensekitError(
+            f"--output {output}: a DICOM SEG references the source series' instances, and "
+            f"--input {source} is not DICOM; write .nii.gz instead"
+        )
+    return output
+
+
+def segment_volume(
+    checkpoint: str | Path,
+    source: str | Path,
+    output: str | Path,
+    *,
+    series_uid: str | None = None,
+    reference: str | Path | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    plane: str | None = None,
+    context: int | None = None,
+    intensity: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Segment a volume with a checkpoint and write the labels (see the module docstring).
+
+    Args:
+        checkpoint: a SegmentationTask checkpoint of densekit.
+        source: a DICOM folder or file, ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``.
+        output: ``.nii``/``.nii.gz`` (labels with the input's affine) or ``.dcm`` (DICOM SEG).
+        series_uid: the DICOM series to read when ``source`` holds several.
+        reference: a mask to score against: SEG or NIfTI/NRRD label map on the input grid.
+        batch_size: slices per forward pass.
+        device: torch device.
+        plane, context, intensity: only for a checkpoint that does not record them.
+        progress: show a progress bar (stderr).
+
+    Returns:
+        ``{"outputs": [paths written], "record": the sidecar's content}`` (the record also
+        without a reference, then without metrics).
+
+    Raises:
+        DensekitError: any bad input (named); nothing is written then.
+    """
+    from densekit.io import atomic_outputs
+    from densekit.medical.nifti import write_nifti
+
+    out = check_output(output, source)
+    if not Path(source).exists():
+        raise DensekitError(f"--input {source}: no such file or folder")
+    model = load_volume_model(checkpoint, device, plane, context, intensity)
+    volume = read_volume(source, series_uid=series_uid)
+    ref = None if reference is None else read_reference(reference, volume, model.class_names)
+    headers = source_headers(source, volume) if file_suffix(out) == ".dcm" else None
+    labels = predict_volume(model, volume, batch_size, progress)
+    record: dict[str, Any] = {
+        "densekit_version": __version__,
+        "model": model.provenance(),
+        "input": {
+            **input_key(volume),
+            "modality": volume.modality,
+            "shape": list(volume.shape),
+            "spacing_mm": [round(s, 6) for s in volume.spacing],
+        },
+        "slices": model.settings.record(),
+        "classes": model.class_names,
+        "output_format": "dicom-seg" if headers is not None else "nifti",
+    }
+    writers: dict[Path, Any] = {}
+    if headers is not None:
+        try:
+            seg = build_seg(labels.array, headers, model.class_names, model.provenance())
+        except ValueError as e:
+            raise DensekitError(
+                f"--input {source}: highdicom cannot write a SEG of this series: "
+                f"{scrub(str(e), headers[0])}"
+            ) from None
+        writers[out] = lambda tmp: seg.save_as(tmp, enforce_file_format=True)
+    else:
+        writers[out] = lambda tmp: _write_nifti_to(write_nifti, labels, tmp, file_suffix(out))
+    if ref is not None:
+        ref_labels, ref_info = ref
+        record["reference"] = ref_info
+        record["metrics"] = segmentation_metrics(
+            labels.array, ref_labels, model.class_names, volume.spacing
+        )
+        text = json.dumps(record, indent=2) + "\n"
+        writers[sidecar_path(out)] = lambda tmp: Path(tmp).write_text(text)
+    atomic_outputs(writers)
+    return {"outputs": [str(p) for p in writers], "record": record}
+
+
+def _write_nifti_to(write: Any, labels: Volume, tmp: Path, suffix: str) -> None:
+    """``write_nifti`` picks the format from the name, so write ``<tmp>.nii[.gz]`` and move it
+    onto the temporary name :func:`atomic_outputs` chose."""
+    named = tmp.with_name(tmp.name + suffix)
+    try:
+        write(labels, named)
+        os.replace(named, tmp)
+    finally:
+        named.unlink(missing_ok=True)
+
+
+def volume_command(args: Any, device: str) -> int:
+    """``densekit volume`` (the parser is in :mod:`densekit.cli`): run, print the outputs and
+    the metrics (no patient data)."""
+    if args.ct_window is not None and args.percentiles is not None:
+        raise DensekitError("give --ct-window or --percentiles, not both")
+    intensity: dict[str, Any] | None = None
+    if args.ct_window is not None:
+        parts = args.ct_window.split(",")
+        intensity = {
+            "ct_window": args.ct_window if len(parts) == 1 else _numbers(parts, "--ct-window")
+        }
+    elif args.percentiles is not None:
+        intensity = {"percentiles": _numbers(args.percentiles.split(","), "--percentiles")}
+    result = segment_volume(
+        args.checkpoint,
+        args.input,
+        args.output,
+        series_uid=args.series_uid,
+        reference=args.reference,
+        batch_size=args.batch_size,
+        device=device,
+        plane=args.plane,
+        context=args.context,
+        intensity=intensity,
+        progress=not args.no_progress,
+    )
+    record = result["record"]
+    shape = "x".join(map(str, record["input"]["shape"]))
+    classes = len(record["classes"])
+    print(f"wrote {', '.join(result['outputs'])} ({shape} voxels, {classes} classes)")
+    for name, m in record.get("metrics", {}).get("classes", {}).items():
+        dice = "n/a" if m["dice"] is None else f"{m['dice']:.4f}"
+        hd95 = "n/a" if m["hd95_mm"] is None else f"{m['hd95_mm']:.2f} mm"
+        print(f"{name}: Dice {dice}, HD95 {hd95}")
+    return 0
+
+
+def _numbers(parts: list[str], flag: str) -> list[float]:
+    try:
+        return [float(v) for v in parts]
+    except ValueError:
+        raise DensekitError(f"{flag} {','.join(parts)!r}: expected numbers like 40,400") from None

@@ -1,0 +1,355 @@
+"""Volume inference: labels on the input grid (NIfTI) or a DICOM SEG on the source slices, Dice
+and HD95 against references, bad inputs refused with nothing written, no patient data out."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import torch
+from helpers import needs_shared_data
+from pydicom.uid import generate_uid
+
+from densekit.backbones import load_backbone
+from densekit.backbones.export import official_state_dict, save_official
+from densekit.cli import main
+from densekit.errors import DensekitError
+from densekit.medical import Volume, read_series, read_volume, write_nifti
+from densekit.medical import infer as infer_module
+from densekit.medical.infer import (
+    SliceSettings,
+    VolumeModel,
+    load_volume_model,
+    predict_volume,
+    segment_volume,
+)
+from densekit.medical.masks import read_seg
+from densekit.medical.metrics import segmentation_metrics
+from densekit.medical.slices import Intensity, plane_axis, slice_input
+from densekit.tasks import DepthTask, SegmentationTask
+
+TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+NAMES = ["background", "soft", "bright"]
+SLICES = {"plane": "axial", "context": 0, "intensity": {"ct_window": "soft_tissue"}}
+PATIENT_NAME, PATIENT_ID = "Doe^Janet", "PID-9731"
+
+
+def save_task(task, path: Path, datamodule: dict | None) -> str:
+    """A checkpoint as Lightning writes it (state dict, hyper-parameters, densekit record), plus
+    the slice data module's hyper-parameters when given."""
+    checkpoint = {
+        "state_dict": task.state_dict(),
+        "hyper_parameters": dict(task.hparams),
+        "pytorch-lightning_version": "2.6.0",
+    }
+    task.on_save_checkpoint(checkpoint)
+    if datamodule is not None:
+        checkpoint["datamodule_hyper_parameters"] = datamodule
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = load_backbone("dinov2_vits14", "random", **TINY)
+    weights = str(save_official(official_state_dict(b.arch, b.model), root / "tiny.pth"))
+    common = dict(weights=weights, backbone_overrides=TINY, scale=1.0)
+    torch.manual_seed(0)
+    seg = SegmentationTask(num_classes=3, class_names=NAMES, **common)
+    return {
+        "seg": save_task(seg, root / "seg.ckpt", SLICES),
+        "seg_2_5d": save_task(
+            seg, root / "seg25.ckpt", {**SLICES, "context": 1, "plane": "coronal"}
+        ),
+        "bare": save_task(seg, root / "bare.ckpt", None),
+        "depth": save_task(DepthTask(**common), root / "depth.ckpt", SLICES),
+    }
+
+
+def threshold_model(settings: SliceSettings | None = None) -> VolumeModel:
+    """A stand-in whose labels are known: class 1 where the centre channel is above 0.5, class 2
+    above 0.9 (per pixel, so exactly the windowed volume thresholded)."""
+
+    class Threshold(torch.nn.Module):
+        def forward(self, x):
+            c = x[:, 1]
+            return torch.stack([0.5 - c, c - 0.5, 2 * (c - 0.9) + c - 0.5], dim=1)
+
+    settings = settings or SliceSettings("axial", 0, Intensity(ct_window="soft_tissue"))
+    tile_model = SimpleNamespace(task=Threshold(), device=torch.device("cpu"), class_names=NAMES)
+    model = VolumeModel(tile_model, settings, "0" * 64)
+    model.provenance = lambda: {  # type: ignore[method-assign]
+        "backbone": "threshold", "head": "none", "plane": settings.plane,
+        "context": settings.context, "checkpoint_sha256": "0" * 64,
+    }  # fmt: skip
+    return model
+
+
+def expected_labels(hu: np.ndarray) -> np.ndarray:
+    c = Intensity(ct_window="soft_tissue").apply(hu)
+    return np.where(c > 0.9, 2, np.where(c > 0.5, 1, 0)).astype(np.uint8)
+
+
+def box_volume(shift: int = 0, spacing=(2.5, 0.8, 0.6)) -> Volume:
+    hu = np.full((16, 18, 20), -1000.0, dtype=np.float32)
+    hu[3 + shift : 8 + shift, 4:12, 5:15] = 100.0  # soft tissue window: 0.65 -> class 1
+    hu[4 + shift : 6 + shift, 6:9, 7:10] = 230.0  # 0.975 -> class 2
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = (-10.0, 20.0, 30.0)
+    return Volume(hu, affine)
+
+
+@pytest.fixture
+def ct_copy(tmp_path):
+    """The dcmqi 3-slice CT with a known patient, extra optional patient/study tags and an
+    institution that must not reach the SEG."""
+    src = needs_shared_data("dicom-seg-ct-dcmqi", "ct-3slice")
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.PatientName, ds.PatientID, ds.PatientAge = PATIENT_NAME, PATIENT_ID, "042Y"
+        ds.PatientComments, ds.InstitutionName = "allergic to X", "Saint Example Hospital"
+        ds.OtherPatientIDsSequence = [pydicom.Dataset()]
+        ds.OtherPatientIDsSequence[0].PatientID = "OTHER-55"
+        ds.save_as(folder / f.name)
+    return folder
+
+
+# ----------------------------------------------------------------------------- predictions
+def test_known_labels_on_the_input_grid_in_every_plane():
+    volume = box_volume()
+    for plane, context in (("axial", 0), ("coronal", 1), ("sagittal", 2)):
+        model = threshold_model(SliceSettings(plane, context, Intensity(ct_window="soft_tissue")))
+        labels = predict_volume(model, volume, batch_size=3, progress=False)
+        assert labels.array.dtype == np.uint8 and labels.same_grid(volume)
+        np.testing.assert_array_equal(labels.array, expected_labels(volume.array))
+
+
+def test_checkpoint_volume_equals_its_forward_on_slice_inputs(ckpts):
+    volume = box_volume()
+    model = load_volume_model(ckpts["seg_2_5d"])
+    assert (model.settings.plane, model.settings.context) == ("coronal", 1)
+    labels = predict_volume(model, volume, batch_size=4, progress=False).array
+    axis = plane_axis(volume, "coronal")
+    scaled = Intensity(ct_window="soft_tissue").apply(volume.array)
+    with torch.no_grad():
+        for i in range(volume.shape[axis]):
+            x = torch.from_numpy(slice_input(scaled, axis, i, context=1))[None]
+            want = model.task(x).argmax(1)[0].numpy()
+            np.testing.assert_array_equal(np.take(labels, i, axis=axis), want)
+
+
+def test_nifti_output_has_the_input_geometry(ckpts, tmp_path):
+    write_nifti(box_volume(), tmp_path / "ct.nii.gz")
+    code = main(["volume", "--checkpoint", ckpts["seg"], "--input", str(tmp_path / "ct.nii.gz"),
+                 "--output", str(tmp_path / "pred.nii.gz"), "--no-progress"])  # fmt: skip
+    assert code == 0
+    image, pred = read_volume(tmp_path / "ct.nii.gz"), read_volume(tmp_path / "pred.nii.gz")
+    assert pred.same_grid(image, tol_mm=1e-4) and pred.array.dtype == np.uint8
+    assert set(np.unique(pred.array)) <= {0, 1, 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "pred.nii.gz"]
+
+
+# ------------------------------------------------------------------------------- DICOM SEG
+def test_seg_frames_land_on_their_source_slices(ct_copy, tmp_path, monkeypatch):
+    monkeypatch.setattr(infer_module, "load_volume_model", lambda *a, **k: threshold_model())
+    out = tmp_path / "pred.dcm"
+    segment_volume("unused.ckpt", ct_copy, out, progress=False)
+    image = read_series(ct_copy)
+    want = expected_labels(image.array)
+    assert (want == 1).any() and (want == 2).any()
+    seg = hd.seg.segread(out)
+    assert seg.SeriesDescription == "densekit threshold segmentation"
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == NAMES[1:]
+    refs = seg.ReferencedSeriesSequence[0]
+    assert refs.SeriesInstanceUID == image.series_uid
+    frames = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(image.sop_instance_uids), segment_numbers=[1, 2]
+    )  # (slice, row, column, segment) in the image's slice order
+    for k in (1, 2):
+        np.testing.assert_array_equal(frames[..., k - 1], want == k)
+    sources = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f) for f in ct_copy.iterdir()}
+    for item in seg.PerFrameFunctionalGroupsSequence:  # positions are the sources' positions
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = item.PlanePositionSequence[0].ImagePositionPatient
+        np.testing.assert_allclose(position, sources[uid].ImagePositionPatient, atol=1e-3)
+    masks, names = read_seg(out, image)  # and densekit's own reader agrees
+    assert names == NAMES[1:] and (masks[1] == (want == 2)).all()
+
+
+def test_seg_copies_only_the_required_patient_and_study_tags(ct_copy, tmp_path, monkeypatch):
+    monkeypatch.setattr(infer_module, "load_volume_model", lambda *a, **k: threshold_model())
+    out = tmp_path / "pred.dcm"
+    segment_volume("unused.ckpt", ct_copy, out, progress=False)
+    seg = pydicom.dcmread(out)
+    assert (seg.PatientName, seg.PatientID) == (PATIENT_NAME, PATIENT_ID)  # the standard's
+    text = str(seg)
+    for leak in ("042Y", "allergic", "Saint Example", "OTHER-55"):
+        assert leak not in text
+    item = seg.SegmentSequence[0]
+    assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "85756007"
+    assert item.SegmentAlgorithmType == "AUTOMATIC"
+    assert item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "densekit"
+
+
+def test_real_checkpoint_seg_round_trip_scores_itself(ckpts, ct_copy, tmp_path, capsys):
+    out, again = tmp_path / "pred.dcm", tmp_path / "again.nii.gz"
+    args = ["volume", "--checkpoint", ckpts["seg"], "--input", str(ct_copy), "--no-progress"]
+    assert main([*args, "--output", str(out)]) == 0
+    assert main([*args, "--output", str(again), "--reference", str(out)]) == 0
+    record = json.loads((tmp_path / "again.metrics.json").read_text())
+    assert record["reference"]["matched_by"] == "name"
+    for name in NAMES[1:]:  # the random head predicts both classes on this CT
+        m = record["metrics"]["classes"][name]
+        assert m["voxels_reference"] > 0 and (m["dice"], m["hd95_mm"]) == (1.0, 0.0)
+    printed = capsys.readouterr()
+    sidecar = (tmp_path / "again.metrics.json").read_text()
+    for text in (printed.out, printed.err, sidecar):
+        assert PATIENT_NAME not in text and PATIENT_ID not in text and "Doe" not in text
+        assert str(ct_copy) not in text
+    assert record["input"]["series_uid_sha256"] and record["model"]["backbone"] == "dinov2_vits14"
+
+
+# --------------------------------------------------------------------------------- metrics
+def test_dice_and_hd95_against_the_reference_and_a_shifted_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(infer_module, "load_volume_model", lambda *a, **k: threshold_model())
+    volume = box_volume()
+    write_nifti(volume, tmp_path / "ct.nii.gz")
+    truth = Volume(expected_labels(volume.array), volume.affine)
+    write_nifti(truth, tmp_path / "same.nii.gz")
+    shifted = Volume(expected_labels(box_volume(shift=2).array), volume.affine)
+    write_nifti(shifted, tmp_path / "shifted.nii.gz")
+    run = {"progress": False}
+    same = segment_volume(
+        "x", tmp_path / "ct.nii.gz", tmp_path / "a.nii", reference=tmp_path / "same.nii.gz", **run
+    )
+    assert same["record"]["metrics"]["mean_dice"] == 1.0
+    assert same["record"]["metrics"]["mean_hd95_mm"] == 0.0
+    moved = segment_volume(
+        "x",
+        tmp_path / "ct.nii.gz",
+        tmp_path / "b.nii",
+        reference=tmp_path / "shifted.nii.gz",
+        **run,
+    )
+    scores = moved["record"]["metrics"]["classes"]
+    assert scores["soft"]["hd95_mm"] == scores["bright"]["hd95_mm"] == 2 * 2.5  # two slices
+    p, r = truth.array == 1, shifted.array == 1
+    assert scores["soft"]["dice"] == pytest.approx(2 * (p & r).sum() / (p.sum() + r.sum()))
+    assert scores["bright"]["dice"] == 0.0  # two slices thick, moved by two
+    sidecar = json.loads((tmp_path / "b.metrics.json").read_text())
+    assert sidecar["metrics"]["classes"] == scores
+
+
+def test_metrics_undefined_cases_and_bad_labels():
+    ref = np.zeros((4, 5, 6), np.uint8)
+    ref[1:3, 1:4, 1:4] = 1
+    scores = segmentation_metrics(ref, ref, NAMES, (1.0, 1.0, 1.0))
+    assert scores["classes"]["bright"] == {
+        "dice": None, "hd95_mm": None, "voxels_predicted": 0, "voxels_reference": 0
+    }  # fmt: skip
+    missed = segmentation_metrics(np.zeros_like(ref), ref, NAMES, (1.0, 1.0, 1.0))
+    assert missed["classes"]["soft"]["dice"] == 0.0 and missed["classes"]["soft"]["hd95_mm"] is None
+    with pytest.raises(DensekitError, match="reference label 7 is not one of the checkpoint's"):
+        segmentation_metrics(ref, ref * 7, NAMES, (1.0, 1.0, 1.0))
+
+
+# ------------------------------------------------------------------------------ bad inputs
+def two_series(folder: Path, ct: Path) -> None:
+    folder.mkdir()
+    for f in ct.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.save_as(folder / f"a{f.name}")
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3.999", generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / f"b{f.name}")
+
+
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(ckpts, ct_copy, tmp_path, capsys):
+    write_nifti(box_volume(), tmp_path / "ct.nii.gz")
+    write_nifti(box_volume(spacing=(2.0, 0.8, 0.6)), tmp_path / "other_grid.nii.gz")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no DICOM here")
+    two_series(tmp_path / "two", ct_copy)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.ckpt")
+    nifti, seg = str(tmp_path / "ct.nii.gz"), ckpts["seg"]
+    cases = [
+        ([seg, str(tmp_path / "missing"), "o.nii.gz"], r"--input .*missing: no such file"),
+        ([seg, str(tmp_path / "empty"), "o.nii.gz"], r"empty"),
+        ([seg, str(tmp_path / "two"), "o.nii.gz"], r"2 image series.*1\.2\.3\.999"),
+        ([ckpts["depth"], nifti, "o.nii.gz"], r"a DepthTask checkpoint; densekit volume runs"),
+        ([str(tmp_path / "plain.ckpt"), nifti, "o.nii.gz"], r"not a checkpoint of densekit"),
+        ([seg, nifti, "o.png"], r"unknown output format '\.png'; use \.nii, \.nii\.gz, \.dcm"),
+        ([seg, nifti, "o.dcm"], r"is not DICOM; write \.nii\.gz instead"),
+        ([ckpts["bare"], nifti, "o.nii.gz"], r"has no plane .*give --plane"),
+        ([seg, nifti, "o.nii.gz", "--plane", "coronal"], r"trained with plane 'axial'"),
+        ([seg, nifti, "o.nii.gz", "--reference", str(tmp_path / "other_grid.nii.gz")],
+         r"other_grid.nii.gz .* is not on the grid of"),
+    ]  # fmt: skip
+    for (ckpt, source, output, *extra), message in cases:
+        out = tmp_path / output
+        before = sorted(p.name for p in tmp_path.iterdir())
+        argv = ["volume", "--checkpoint", ckpt, "--input", source, "--output", str(out)]
+        assert main([*argv, "--no-progress", *extra]) == 2, message
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("densekit volume: error: ")
+        assert re.search(message, err, re.S), err
+        assert len(err.splitlines()) == (3 if "series" in message else 1), err  # + the listing
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_bare_checkpoint_runs_with_the_flags(ckpts, tmp_path):
+    write_nifti(box_volume(), tmp_path / "ct.nii.gz")
+    argv = ["volume", "--checkpoint", ckpts["bare"], "--input", str(tmp_path / "ct.nii.gz"),
+            "--output", str(tmp_path / "o.nii.gz"), "--no-progress", "--plane", "sagittal",
+            "--context", "1", "--ct-window", "40,400"]  # fmt: skip
+    assert main(argv) == 0 and (tmp_path / "o.nii.gz").is_file()
+    with pytest.raises(DensekitError, match="percentiles"):
+        load_volume_model(ckpts["bare"], plane="axial", context=0, intensity={"percentiles": [9]})
+
+
+def test_checkpoint_of_the_slice_data_module_runs_as_trained(tmp_path):
+    """Two training steps with MedicalSegmentationDataModule, saved by Lightning: the volume
+    command reads plane, context and intensity from the checkpoint."""
+    import lightning as L
+
+    from densekit.medical.data import MedicalSegmentationDataModule
+
+    volume = box_volume()
+    write_nifti(volume, tmp_path / "ct.nii.gz")
+    write_nifti(Volume(expected_labels(volume.array), volume.affine), tmp_path / "lab.nii.gz")
+    data = MedicalSegmentationDataModule(
+        intensity={"ct_window": [40, 400]},
+        cases=[{"image": str(tmp_path / "ct.nii.gz"), "mask": str(tmp_path / "lab.nii.gz")}],
+        val_cases=[{"image": str(tmp_path / "ct.nii.gz"), "mask": str(tmp_path / "lab.nii.gz")}],
+        plane="coronal",
+        context=1,
+        batch_size=4,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = load_backbone("dinov2_vits14", "random", **TINY)
+        weights = str(save_official(official_state_dict(b.arch, b.model), tmp_path / "w.pth"))
+        task = SegmentationTask(
+            num_classes=3, class_names=NAMES, weights=weights, backbone_overrides=TINY, scale=1
+        )
+        trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+        trainer.fit(task, data)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    model = load_volume_model(tmp_path / "m.ckpt")
+    assert model.settings == SliceSettings("coronal", 1, Intensity(ct_window=(40.0, 400.0)))
+    argv = ["volume", "--checkpoint", str(tmp_path / "m.ckpt"), "--input",
+            str(tmp_path / "ct.nii.gz"), "--output", str(tmp_path / "p.nii.gz"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0 and read_volume(tmp_path / "p.nii.gz").same_grid(volume, 1e-4)
