@@ -17,7 +17,13 @@ from PIL import Image
 from densekit.cli import main
 from densekit.data.augment import Augmentation
 from densekit.errors import DensekitError
-from densekit.medical import Medical2DDataModule, MedicalSegmentationDataModule, Volume
+from densekit.medical import (
+    Medical2DDataModule,
+    MedicalSegmentationDataModule,
+    Volume,
+    read_rtstruct,
+    read_volume,
+)
 from densekit.medical.nifti import write_nifti
 from densekit.medical.slices import Intensity, plane_axis, slice_input
 
@@ -247,6 +253,26 @@ def test_dcmqi_seg_segments_overlaps_and_agreement_with_its_nrrd():
         assert torch.equal(m > 0, j > 0)  # same voxels; where both, ORANGE (2) wins
     with pytest.raises(DensekitError, match=r"is a SEG with segments \['Liver'\]: give segments"):
         module([{"image": ct, "mask": str(folder / "liver.dcm")}])
+
+
+def test_rtstruct_rois_through_the_data_module():
+    folder = needs_shared_data("dicom-rtstruct-ct-rtutils")
+    case = {
+        "image": str(folder),
+        "mask": str(folder / "rt.dcm"),
+    }  # the RTSTRUCT is skipped as image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = read_volume(folder)
+        rois, names = read_rtstruct(folder / "rt.dcm", image)
+    dm = module([case], segments={"ROI-1": 1})
+    ds = dm.datasets["train"]
+    assert names == ["ROI-1"] and len(ds) == 2
+    for i in range(2):
+        assert torch.equal(
+            ds[i]["mask"], torch.from_numpy(rois[0, ds.slices[i][1]].astype(np.int64))
+        )
+    assert sum(int(ds[i]["mask"].sum()) for i in range(2)) > 0
 
 
 def write_pngs(folder: Path, sizes: list[tuple[int, int]]) -> tuple[Path, Path]:
