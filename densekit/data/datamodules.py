@@ -239,10 +239,7 @@ class DenseDataModule(L.LightningDataModule):
                 f"no {name} data: give {name}_* files or split fractions that include it"
             )
         dataset = self.datasets[name]
-        sampler = None
-        if shuffle and self.samples_per_epoch and not dataset.random_window:
-            # grid windows: a fresh random order each epoch, repeated or cut to the budget
-            sampler = RandomSampler(dataset, num_samples=self.samples_per_epoch)
+        sampler = self.epoch_sampler(dataset) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -252,6 +249,13 @@ class DenseDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_seed_worker,
         )
+
+    def epoch_sampler(self, dataset: Any) -> RandomSampler | None:
+        """With ``samples_per_epoch``, fixed training items in a fresh random order each epoch,
+        repeated or cut to that many (random windows set their own length instead)."""
+        if not self.samples_per_epoch or getattr(dataset, "random_window", None):
+            return None
+        return RandomSampler(dataset, num_samples=self.samples_per_epoch)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

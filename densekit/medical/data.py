@@ -193,8 +193,8 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
         split_seed: the shuffle of the patients or studies before ``split``; and of
             ``empty_fraction``.
         empty_fraction: the fraction of training slices without foreground that are kept.
-        batch_size, num_workers, augment, label_fraction, label_count, subset_seed, stratify:
-            as :class:`~densekit.data.datamodules.DenseDataModule`.
+        batch_size, num_workers, augment, label_fraction, label_count, subset_seed, stratify,
+            samples_per_epoch: as :class:`~densekit.data.datamodules.DenseDataModule`.
     """
 
     def __init__(
@@ -223,6 +223,7 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
         label_count: int | None = None,
         subset_seed: int = 0,
         stratify: bool = False,
+        samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__(
             {"train": None, "val": None, "test": None},
@@ -234,6 +235,7 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             label_count=label_count,
             subset_seed=subset_seed,
             stratify=stratify,
+            samples_per_epoch=samples_per_epoch,
         )
         # what `densekit volume` reads back from checkpoints; nothing here names a patient
         self.save_hyperparameters("plane", "context", "intensity")

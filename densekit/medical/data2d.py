@@ -87,10 +87,12 @@ class InMemoryDataModule(DenseDataModule):
             raise DensekitError(
                 f"no {name} data: give {name} cases/files or split fractions that include it"
             )
+        sampler = self.epoch_sampler(self.datasets[name]) if shuffle else None
         return DataLoader(
             self.datasets[name],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_seed_worker,
@@ -162,8 +164,8 @@ class Medical2DDataModule(InMemoryDataModule):
         threshold: masks are ``value >= threshold`` (0/1) first; needed for JPEG masks.
         size: ``[height, width]`` (or one side for squares) every pair is resized to.
         ignore_index: the mask value of unlabelled pixels.
-        batch_size, num_workers, augment, label_fraction, label_count, subset_seed, stratify:
-            as :class:`~densekit.data.datamodules.DenseDataModule`.
+        batch_size, num_workers, augment, label_fraction, label_count, subset_seed, stratify,
+            samples_per_epoch: as :class:`~densekit.data.datamodules.DenseDataModule`.
     """
 
     def __init__(
@@ -187,6 +189,7 @@ class Medical2DDataModule(InMemoryDataModule):
         label_count: int | None = None,
         subset_seed: int = 0,
         stratify: bool = False,
+        samples_per_epoch: int | None = None,
     ) -> None:
         splits = {
             "train": [("images", images), ("masks", masks)],
@@ -204,6 +207,7 @@ class Medical2DDataModule(InMemoryDataModule):
             label_count=label_count,
             subset_seed=subset_seed,
             stratify=stratify,
+            samples_per_epoch=samples_per_epoch,
         )
         sides = [size, size] if isinstance(size, int) else size
         if sides is not None and (len(sides) != 2 or min(sides) < 1):

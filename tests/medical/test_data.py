@@ -191,6 +191,14 @@ def test_label_subsets_augment_and_padded_batches(tmp_path):
         dm.predict_dataloader()
 
 
+def test_samples_per_epoch_sets_the_training_budget(tmp_path):
+    case = write_case(tmp_path, "a", labels_volume(shape=(4, 5, 6)))
+    dm = module([case], label_count=2, samples_per_epoch=7, batch_size=7)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 1 and len(batches[0]["path"]) == 7  # 2 slices, repeated to 7
+    assert len(set(batches[0]["path"])) == 2
+
+
 def test_hyperparameters_are_plane_context_intensity_only(tmp_path):
     dm = MedicalSegmentationDataModule(
         intensity={"percentiles": [1, 99]}, cases=patients(tmp_path, 1)[:1], context=1
