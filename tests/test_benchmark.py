@@ -206,3 +206,5 @@ def test_the_real_cards_load_and_their_files_pair(path, monkeypatch):
         pairs = [(k, data[k]) for k in keys if k in data]
         if pairs:
             assert pair_files(pairs), (path, prefix)
+    for case in data.get("cases", []):  # the medical data module lists its cases
+        assert Path(case["image"]).exists() and Path(case["mask"]).exists(), case

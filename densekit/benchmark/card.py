@@ -4,6 +4,8 @@ A card (YAML, in ``tasks/``) names one dataset and task and the grid to run over
 
     name: spacenet_buildings
     task: segmentation              # segmentation | change | depth
+    data_class: ...                 # optional: another data module of the task, e.g.
+                                    # densekit.medical.MedicalSegmentationDataModule
     metric: iou_building            # the test metric of the table and the plot
     data: {...}                     # the data module's init_args (as in configs/)
     model: {...}                    # task init_args shared by every run (classes, loss, bands)
@@ -48,6 +50,7 @@ CARD_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "description": str,
     "task": str,
+    "data_class": str,
     "metric": str,
     "data": dict,
     "model": dict,
@@ -147,6 +150,7 @@ class Card:
     ) -> dict[str, Any]:
         spec = self.spec
         task_class, data_class = TASKS[spec["task"]]
+        data_class = spec.get("data_class", data_class)
         model = {**copy.deepcopy(spec["model"]), **copy.deepcopy(entry.get("model", {}))}
         if isinstance(model.get("head_grid"), dict):
             model["head_grid"].setdefault("metric", self.metric)  # the grid picks on it too
