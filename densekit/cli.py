@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="DICOM folder or file, .nii(.gz), .nrrd")
     p.add_argument("--output", required=True, help="OUT.nii.gz / OUT.nii, or OUT.dcm (SEG)")
     p.add_argument("--series-uid", default=None, help="the DICOM series when there are several")
+    p.add_argument(
+        "--on-missing",
+        choices=("error", "resample"),
+        default="error",
+        help="missing DICOM slices: an error (default) or interpolated linearly",
+    )
     p.add_argument("--reference", default=None, help="mask to score: SEG .dcm or label map")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")

@@ -6,10 +6,15 @@ case is read once in ``setup`` and held in memory (the intensity-scaled float32 
 labels, about 5 bytes a voxel: fine for sample data, not for a large cohort). The mask readers
 of :mod:`densekit.medical.masks` put masks on the image's voxels by geometry, never file order;
 a mask on another grid is an error naming both files. The items are the slices along ``plane``
-made by :func:`~densekit.medical.slices.slice_input`, the definition ``densekit volume`` uses
-too: ``context`` 0 is 2D, ``k`` 2.5D; ``intensity`` (a CT window or MR percentiles) scales to
-[0, 1], so the task takes the backbone's own statistics with ``scale: 1``. ``plane``,
-``context`` and ``intensity`` are saved in checkpoints (``datamodule_hyper_parameters``).
+made by :func:`~densekit.medical.slices.slice_input` after image and labels are brought into the
+plane's display orientation (:func:`~densekit.medical.slices.display_order`: exact permutations
+and flips, so DICOM and NIfTI storage orders give the same slices), the definition ``densekit
+volume`` uses too: ``context`` 0 is 2D, ``k`` 2.5D; ``intensity`` (a CT window or MR
+percentiles) scales to [0, 1], so the task takes the backbone's own statistics with
+``scale: 1``. ``plane``, ``context``, ``intensity``, and ``segments``, ``label_map``,
+``priority``, ``unlisted`` (how masks became classes, so ``densekit volume --reference`` reads a
+reference the same way) are saved in checkpoints (``datamodule_hyper_parameters``); none of
+them names a patient.
 
 Classes: ``segments`` maps SEG segment labels and RTSTRUCT ROI names to classes, ``label_map``
 label-map values to classes (without it the values are the classes). What is not listed is
@@ -31,7 +36,8 @@ labelled subset of the training slices (:mod:`densekit.data.subsets`).
 Items: ``image`` float32 (3, H, W) in [0, 1]; ``mask`` int64 (H, W), ``ignore_index`` where
 unlabelled; ``path``, e.g. ``cases[2] (series 1a2b3c4d) axial slice 14``: the case's place in
 the config and a hash of its SeriesInstanceUID, never a file or patient name; ``cache_keys``
-for unaugmented items (image files, their sizes and times, intensity, context, slice). Slices of
+for unaugmented items (image files, their sizes and times, series UID, intensity, context,
+plane, slice). Slices of
 different sizes in one batch are padded at the bottom and right (image 0, mask
 ``ignore_index``).
 
@@ -54,14 +60,23 @@ from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
 from densekit.data.files import Files, pair_files
 from densekit.errors import DensekitError
-from densekit.medical.data2d import InMemoryDataModule, map_values, split_parts
+from densekit.medical.classes import map_values, segment_labels
+from densekit.medical.data2d import InMemoryDataModule, split_parts
 from densekit.medical.masks import read_label_map, read_rtstruct, read_seg
 from densekit.medical.nifti import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
-from densekit.medical.slices import Intensity, Plane, plane_axis, slice_input, slice_target
+from densekit.medical.series import OnMissing
+from densekit.medical.slices import (
+    Intensity,
+    Plane,
+    display_order,
+    plane_axis,
+    slice_input,
+    slice_target,
+)
 from densekit.medical.volume import Volume, pseudonym
 
 SplitBy = Literal["patient", "study", "slice"]
-CASE_KEYS = ("image", "mask", "series_uid", "patient")
+CASE_KEYS = ("image", "mask", "series_uid", "patient", "on_missing")
 SPLITS = ("train", "val", "test")
 
 
@@ -70,9 +85,8 @@ class Case:
     """One case as held in memory: scaled image, labels on its grid, split group."""
 
     name: str  # "cases[2] (series 1a2b3c4d)": no file or patient name
-    image: np.ndarray  # (slices, rows, columns) float32 in [0, 1]
+    image: np.ndarray  # the plane's display orientation, axis 0 its normal; float32 in [0, 1]
     labels: np.ndarray  # same shape: classes, ignore_index where unlabelled
-    axis: int  # the array axis of the plane
     group: str  # patient or study key (a hash), or the case itself
     cache_key: str
 
@@ -98,49 +112,14 @@ class SliceDataset(Dataset):
         c, k = self.slices[i]
         case = self.cases[c]
         item: dict[str, Any] = {
-            "image": torch.from_numpy(slice_input(case.image, case.axis, k, self.context)),
-            "mask": torch.from_numpy(slice_target(case.labels, case.axis, k).astype(np.int64)),
+            "image": torch.from_numpy(slice_input(case.image, 0, k, self.context)),
+            "mask": torch.from_numpy(slice_target(case.labels, 0, k).astype(np.int64)),
             "path": f"{case.name} {self.plane} slice {k}",
         }
         if self.transforms is not None:
             return apply_augmentation(item, self.transforms)
-        item["cache_keys"] = [f"{case.cache_key}\n{case.axis} {k}"]
+        item["cache_keys"] = [f"{case.cache_key}\n{self.plane} {k}"]
         return item
-
-
-def segment_labels(
-    masks: np.ndarray,
-    names: list[str],
-    segments: dict[str, int],
-    priority: list[str],
-    unlisted: int,
-    where: str,
-) -> np.ndarray:
-    """One class map from per-segment masks ``(K, ...)`` (see the module docstring)."""
-    binary = masks >= 0.5 if np.issubdtype(masks.dtype, np.floating) else masks > 0
-    rank = {n: i for i, n in enumerate(priority)}
-    listed = [k for k, n in enumerate(names) if n in segments]
-    listed.sort(key=lambda k: rank.get(names[k], len(rank)))
-    labels = np.zeros(masks.shape[1:], np.int32)
-    owner = np.full(masks.shape[1:], -1, np.int32)
-    for k in listed:
-        cls = segments[names[k]]
-        clash = binary[k] & (owner >= 0) & (labels != cls)
-        for o in np.unique(owner[clash]).tolist():
-            if names[k] not in rank or names[o] not in rank:
-                raise DensekitError(
-                    f"{where}: segments '{names[o]}' (class {segments[names[o]]}) and "
-                    f"'{names[k]}' (class {cls}) overlap in {int((clash & (owner == o)).sum())} "
-                    "voxels: give priority (the first listed wins where they overlap), e.g. "
-                    f"[{names[o]}, {names[k]}], or map them to one class"
-                )
-        free = binary[k] & (owner < 0)
-        labels[free], owner[free] = cls, k
-    if unlisted != 0:
-        other = [k for k in range(len(names)) if names[k] not in segments]
-        if other:
-            labels[binary[other].any(axis=0) & (owner < 0)] = unlisted
-    return labels
 
 
 def mask_kind(path: Path, where: str) -> Literal["labels", "SEG", "RTSTRUCT"]:
@@ -175,8 +154,10 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
         intensity: ``{ct_window: soft_tissue}`` (a preset, or ``[level, width]`` in HU) or
             ``{percentiles: [1, 99]}`` (MR), see :class:`~densekit.medical.slices.Intensity`.
         cases: ``[{image: DICOM folder | NIfTI | NRRD, mask: SEG | RTSTRUCT | label map}]``,
-            each optionally with ``series_uid`` (a folder with several series) and ``patient``
-            (a patient identifier for files without one, e.g. NIfTI; only its hash is kept).
+            each optionally with ``series_uid`` (a folder with several series), ``patient``
+            (a patient identifier for files without one, e.g. NIfTI; only its hash is kept)
+            and ``on_missing`` (DICOM slices missing from a series: ``error``, the default, or
+            ``resample``, see :func:`~densekit.medical.series.read_series`).
         images, masks: instead of ``cases``: glob patterns paired by what their first run of
             wildcards matched (``data/*/ct`` with ``data/*/seg.dcm``), or lists paired in order.
         val_cases, test_cases: explicit validation / test cases.
@@ -237,8 +218,11 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             stratify=stratify,
             samples_per_epoch=samples_per_epoch,
         )
-        # what `densekit volume` reads back from checkpoints; nothing here names a patient
-        self.save_hyperparameters("plane", "context", "intensity")
+        # what `densekit volume` reads back from checkpoints (slice inputs, and how masks became
+        # classes, for --reference); nothing here names a patient
+        self.save_hyperparameters(
+            "plane", "context", "intensity", "segments", "label_map", "priority", "unlisted"
+        )
         bad = sorted(set(intensity) - {"ct_window", "percentiles"})
         if bad:
             raise DensekitError(f"intensity: unknown key(s) {bad}; use ct_window or percentiles")
@@ -292,7 +276,10 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
     # -- reading ------------------------------------------------------------------------------
     def _read(self, spec: dict[str, str], where: str, found: set) -> Case:
         try:
-            image = read_volume(spec["image"], series_uid=spec.get("series_uid"))
+            on_missing: OnMissing = spec.get("on_missing", "error")  # type: ignore[assignment]
+            image = read_volume(
+                spec["image"], series_uid=spec.get("series_uid"), on_missing=on_missing
+            )
         except DensekitError as err:
             raise DensekitError(f"{where}.image: {err}") from err
         path = Path(spec["mask"])
@@ -321,19 +308,27 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
         if "patient" in spec:
             group = "patient " + pseudonym(str(spec["patient"]))
         else:
-            key = image.patient_key if self.split_by != "study" else image.study_uid
+            key = image.patient_key if self.split_by != "study" else pseudonym(image.study_uid)
             group = f"{self.split_by} {key}" if key else f"{where} (no {self.split_by} tag)"
         series = f" (series {pseudonym(image.series_uid)[:8]})" if image.series_uid else ""
         from densekit.tasks.cache import item_key
 
-        extra = {"intensity": repr(self.intensity), "context": self.context, "labels": False}
+        extra = {
+            "intensity": repr(self.intensity),
+            "context": self.context,
+            "labels": False,
+            "series_uid": image.series_uid,  # a folder may hold several series
+            "on_missing": spec.get("on_missing", "error"),
+            "orientation": "display",  # slices in the plane's display orientation
+        }
         key = item_key(image_files(Path(spec["image"])), [0], [0], extra)
         low, high = min(labels.min(), self.ignore_index), max(labels.max(), self.ignore_index)
+        display = display_order(image, self.plane)
+        labels = labels.astype(np.uint8 if low >= 0 and high < 256 else np.int32)
         return Case(
             name=where + series,
-            image=self.intensity.apply(image.array),
-            labels=labels.astype(np.uint8 if low >= 0 and high < 256 else np.int32),
-            axis=plane_axis(image, self.plane),
+            image=np.ascontiguousarray(display.apply(self.intensity.apply(image.array))),
+            labels=np.ascontiguousarray(display.apply(labels)),
             group=group,
             cache_key=key,
         )
@@ -377,7 +372,7 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
                 stacklevel=2,
             )
             for i in range(n_train):
-                n = self.cases[i].image.shape[self.cases[i].axis]
+                n = self.cases[i].image.shape[0]
                 for name, part in zip(SPLITS, split_parts(n, fractions, None), strict=False):
                     if not part:
                         raise DensekitError(
@@ -410,10 +405,10 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
                     case = self.cases[i]
                     other = seen.setdefault(case.group, (name, case.name))
                     if other[0] != name:
-                        raise DensekitError(
+                        raise DensekitError(  # case names only: the group key is a patient hash
                             f"{other[1]} ({other[0]}) and {case.name} ({name}) are of the same "
-                            f"{self.split_by} ({case.group}): a {self.split_by} must be in one "
-                            "split only (split_by: slice allows it, with leaking slices)"
+                            f"{self.split_by}: a {self.split_by} must be in one split only "
+                            "(split_by: slice allows it, with leaking slices)"
                         )
         return plan
 
@@ -430,8 +425,8 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             empty: list[int] = []
             for i, block in members:
                 case = self.cases[i]
-                for k in block or range(case.image.shape[case.axis]):
-                    held = set(np.unique(slice_target(case.labels, case.axis, k)).tolist())
+                for k in block or range(case.image.shape[0]):
+                    held = set(np.unique(slice_target(case.labels, 0, k)).tolist())
                     held.discard(self.ignore_index)
                     if not held:
                         continue  # no labelled pixel

@@ -32,6 +32,7 @@ from densekit.data.files import Files, pair_files
 from densekit.data.subsets import nested_order, subset_size
 from densekit.data.windows import split_columns
 from densekit.errors import DensekitError
+from densekit.medical.classes import map_values
 from densekit.medical.masks import read_png_mask
 
 SPLITS = ("train", "val", "test")
@@ -56,23 +57,6 @@ def split_parts(n: int, fractions: list[float], seed: int | None) -> list[list[i
     order = list(range(n)) if seed is None else nested_order(n, seed)
     blocks = split_columns(n, 1, fractions)
     return [sorted(order[c0 : c0 + w]) for c0, _, w, _ in blocks]
-
-
-def map_values(raw: np.ndarray, label_map: dict[int, int], unlisted: int | None, where: str):
-    """Raw label values -> classes; values not in ``label_map`` (0 excepted, which stays 0
-    unless listed) become ``unlisted``, or are an error naming them when it is None."""
-    values = np.unique(raw)
-    table = {0: 0, **label_map} if unlisted is not None else dict(label_map)
-    unknown = [int(v) for v in values if int(v) not in table]
-    if unknown and unlisted is None:
-        raise DensekitError(
-            f"{where}: label value(s) {unknown[:10]} are not in label_map {label_map}"
-        )
-    out = np.full(raw.shape, -1 if unlisted is None else unlisted, np.int32)
-    for v in values:
-        if int(v) in table:
-            out[raw == v] = table[int(v)]
-    return out
 
 
 class InMemoryDataModule(DenseDataModule):

@@ -7,21 +7,28 @@
    slices were made comes from ``checkpoint["datamodule_hyper_parameters"]`` (written by the
    slice data module): ``plane``, ``context`` and ``intensity`` (``{ct_window: name or [level,
    width]}`` or ``{percentiles: [lower, upper]}``). Only what the checkpoint lacks may be given
-   by the caller; a value that contradicts the checkpoint is an error, never an override.
+   by the caller; a value that contradicts the checkpoint is an error, never an override. How
+   its masks became classes (``segments``, ``label_map``, ``priority``, ``unlisted``) is read
+   from there too, for the reference (5).
 2. The volume (:func:`~densekit.medical.nifti.read_volume`: a DICOM folder or file, NIfTI or
    NRRD), scaled to ``[0, 1]`` as a whole (:class:`~densekit.medical.slices.Intensity`).
-3. :func:`predict_volume`: :func:`~densekit.medical.slices.slice_input` (the one definition
-   shared with training) for every slice along the plane's array axis, batches of
-   ``batch_size`` through the task's forward under ``torch.inference_mode``, argmax, written
-   back into a label array on the input grid (same shape and affine). MONAI's SliceInferer is
+3. :func:`predict_volume`: the volume brought into the plane's display orientation
+   (:func:`~densekit.medical.slices.display_order`, exact axis permutations and flips) and
+   :func:`~densekit.medical.slices.slice_input` (the one definition shared with training) for
+   every slice, batches of ``batch_size`` through the task's forward under
+   ``torch.inference_mode``, argmax, the orientation undone exactly: a label array on the input
+   grid (same shape and affine). MONAI's SliceInferer is
    not used: it batches sliding windows within one slice and has no notion of 2.5D
    neighbours, which are exactly what the slice inputs need.
 4. The output, all or nothing (:func:`densekit.io.atomic_outputs`): ``.nii`` / ``.nii.gz``
    (:func:`~densekit.medical.nifti.write_nifti`, the input's affine) or ``.dcm``, a DICOM SEG
    referencing the source instances (:mod:`densekit.medical.seg_writer`; DICOM input only).
-5. With a reference mask (a SEG, or a NIfTI/NRRD label map on the input grid): Dice and HD95
-   in mm per class (:mod:`densekit.medical.metrics`), returned and written to the JSON sidecar
-   ``<output name without suffix>.metrics.json``.
+5. With a reference mask (a SEG, or a NIfTI/NRRD label map on the input grid), read as the
+   training masks were (:func:`~densekit.medical.reference.read_reference`): Dice and HD95 in
+   mm per class (:mod:`densekit.medical.metrics`). The JSON sidecar ``<output name without
+   suffix>.metrics.json`` is written with every output, in the same all-or-nothing step
+   (``reference`` and ``metrics`` null without a reference), so no sidecar of an earlier run
+   is left beside a new output.
 
 PHI: the sidecar and the returned record hold no path and no patient tag. The input is named by
 a key: the sha256 of its SeriesInstanceUID (DICOM) or of its voxels and affine (NIfTI/NRRD), so
@@ -41,15 +48,17 @@ import numpy as np
 
 from densekit import __version__
 from densekit.errors import DensekitError
-from densekit.medical.masks import label_map, read_label_map, read_seg
 from densekit.medical.metrics import segmentation_metrics
-from densekit.medical.nifti import DICOM_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
+from densekit.medical.nifti import NIFTI_SUFFIXES, read_volume
+from densekit.medical.reference import IGNORED, file_suffix, read_reference
 from densekit.medical.seg_writer import build_seg, is_dicom_path, scrub, sha256_file, source_headers
-from densekit.medical.slices import Intensity, Plane, plane_axis, slice_input
+from densekit.medical.series import OnMissing
+from densekit.medical.slices import Intensity, Plane, display_order, slice_input
 from densekit.medical.volume import Volume
 
 OUTPUT_SUFFIXES = (*NIFTI_SUFFIXES, ".dcm")
 SLICE_KEYS = ("plane", "context", "intensity")
+CLASS_KEYS = ("segments", "label_map", "priority", "unlisted")
 FLAGS = {"plane": "--plane", "context": "--context", "intensity": "--ct-window/--percentiles"}
 
 
@@ -130,12 +139,20 @@ def slice_settings(
 class VolumeModel:
     """A SegmentationTask and the slice settings it was trained with."""
 
-    def __init__(self, tile_model: Any, settings: SliceSettings, checkpoint_sha256: str) -> None:
+    def __init__(
+        self,
+        tile_model: Any,
+        settings: SliceSettings,
+        checkpoint_sha256: str,
+        mask_classes: dict[str, Any] | None = None,
+    ) -> None:
         self.task = tile_model.task
         self.device = tile_model.device
         self.class_names: list[str] = list(tile_model.class_names)
         self.settings = settings
         self.checkpoint_sha256 = checkpoint_sha256
+        # how the training masks became classes (CLASS_KEYS of the slice data module)
+        self.mask_classes: dict[str, Any] = dict(mask_classes or {})
 
     def provenance(self) -> dict[str, Any]:
         backbone = self.task.backbone
@@ -184,10 +201,10 @@ def load_volume_model(
             "[0, 1] (scale 1), so this model was trained on other inputs"
         )
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    settings = slice_settings(
-        stored.get("datamodule_hyper_parameters"), checkpoint, plane, context, intensity
-    )
-    return VolumeModel(model, settings, sha256_file(checkpoint))
+    recorded = stored.get("datamodule_hyper_parameters") or {}
+    settings = slice_settings(recorded, checkpoint, plane, context, intensity)
+    mask_classes = {k: recorded[k] for k in CLASS_KEYS if recorded.get(k) is not None}
+    return VolumeModel(model, settings, sha256_file(checkpoint), mask_classes)
 
 
 def predict_volume(
@@ -195,8 +212,9 @@ def predict_volume(
 ) -> Volume:
     """Class labels of every voxel of ``volume``, on its grid (same shape and affine).
 
-    Slices are taken along the array axis of the model's plane; each batch of ``batch_size``
-    slice inputs goes through the task's forward and the argmax over classes is kept.
+    The volume is brought into the display orientation of the model's plane (as in training);
+    each batch of ``batch_size`` slice inputs goes through the task's forward, the argmax over
+    classes is kept, and the orientation is undone exactly.
     """
     import torch
     from tqdm import tqdm
@@ -204,22 +222,23 @@ def predict_volume(
     if batch_size < 1:
         raise DensekitError(f"--batch-size {batch_size}: must be >= 1")
     settings = model.settings
-    axis = plane_axis(volume, settings.plane)
-    scaled = settings.intensity.apply(volume.array)
+    display = display_order(volume, settings.plane)
+    scaled = np.ascontiguousarray(display.apply(settings.intensity.apply(volume.array)))
     dtype = np.uint8 if len(model.class_names) <= 256 else np.uint16
-    labels = np.zeros(volume.shape, dtype=dtype)
-    along = np.moveaxis(labels, axis, 0)  # a view: writing a slice writes the volume
+    along: np.ndarray = np.zeros(
+        scaled.shape, dtype=dtype
+    )  # display orientation, axis 0 the normal
     n = along.shape[0]
     bar = tqdm(total=n, desc=f"{settings.plane} slices", unit="slice", disable=not progress)
     with torch.inference_mode(), bar:
         for start in range(0, n, batch_size):
             picks = range(start, min(start + batch_size, n))
-            x = np.stack([slice_input(scaled, axis, i, settings.context) for i in picks])
+            x = np.stack([slice_input(scaled, 0, i, settings.context) for i in picks])
             logits = model.task(torch.from_numpy(x).to(model.device))
             along[start : start + len(picks)] = logits.argmax(1).cpu().numpy().astype(dtype)
             bar.update(len(picks))
     return Volume(
-        array=labels,
+        array=np.ascontiguousarray(display.undo(along)),
         affine=volume.affine.copy(),
         modality=volume.modality,
         series_uid=volume.series_uid,
@@ -227,47 +246,6 @@ def predict_volume(
         frame_of_reference_uid=volume.frame_of_reference_uid,
         sop_instance_uids=volume.sop_instance_uids,
     )
-
-
-def read_reference(
-    path: str | Path, image: Volume, class_names: list[str]
-) -> tuple[np.ndarray, dict]:
-    """A reference mask as class labels on ``image``'s grid, and how its segments map.
-
-    A SEG's segments become classes by name when every segment label is a class name, else by
-    segment order (segment ``k`` -> class ``k``); a label map's values are classes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DensekitError(f"--reference {path}: no such file")
-    suffix = file_suffix(path)
-    if suffix in (*NIFTI_SUFFIXES, *NRRD_SUFFIXES):
-        return np.asarray(read_label_map(path, image).array), {"format": "label map"}
-    if suffix not in DICOM_SUFFIXES:
-        valid = ", ".join((*NIFTI_SUFFIXES, *NRRD_SUFFIXES, *DICOM_SUFFIXES))
-        raise DensekitError(f"--reference {path}: unknown mask format {suffix!r}; use {valid}")
-    masks, names = read_seg(path, image)
-    by_name = all(name in class_names[1:] for name in names)
-    targets = [class_names.index(n) if by_name else k + 1 for k, n in enumerate(names)]
-    if max(targets, default=0) >= len(class_names):
-        raise DensekitError(
-            f"--reference {path}: {len(names)} segments ({', '.join(names)}) for the "
-            f"checkpoint's {len(class_names) - 1} classes ({', '.join(class_names[1:])})"
-        )
-    lut = np.array([0, *targets], dtype=np.int64)
-    labels = lut[label_map(masks, names)]
-    segments = {n: class_names[t] for n, t in zip(names, targets, strict=True)}
-    return labels, {
-        "format": "seg",
-        "segments": segments,
-        "matched_by": "name" if by_name else "segment order",
-    }
-
-
-def file_suffix(path: Path) -> str:
-    """The suffix that names the format (``.nii.gz`` counts as one)."""
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 def input_key(volume: Volume) -> dict[str, str]:
@@ -312,6 +290,7 @@ def segment_volume(
     output: str | Path,
     *,
     series_uid: str | None = None,
+    on_missing: OnMissing = "error",
     reference: str | Path | None = None,
     batch_size: int = 8,
     device: str = "cpu",
@@ -327,6 +306,7 @@ def segment_volume(
         source: a DICOM folder or file, ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``.
         output: ``.nii``/``.nii.gz`` (labels with the input's affine) or ``.dcm`` (DICOM SEG).
         series_uid: the DICOM series to read when ``source`` holds several.
+        on_missing: missing DICOM slices: ``"error"`` or ``"resample"`` (interpolated).
         reference: a mask to score against: SEG or NIfTI/NRRD label map on the input grid.
         batch_size: slices per forward pass.
         device: torch device.
@@ -334,8 +314,8 @@ def segment_volume(
         progress: show a progress bar (stderr).
 
     Returns:
-        ``{"outputs": [paths written], "record": the sidecar's content}`` (the record also
-        without a reference, then without metrics).
+        ``{"outputs": [paths written: the output and its sidecar], "record": the sidecar's
+        content}`` (``reference`` and ``metrics`` null without a reference).
 
     Raises:
         DensekitError: any bad input (named); nothing is written then.
@@ -347,8 +327,12 @@ def segment_volume(
     if not Path(source).exists():
         raise DensekitError(f"--input {source}: no such file or folder")
     model = load_volume_model(checkpoint, device, plane, context, intensity)
-    volume = read_volume(source, series_uid=series_uid)
-    ref = None if reference is None else read_reference(reference, volume, model.class_names)
+    volume = read_volume(source, series_uid=series_uid, on_missing=on_missing)
+    ref = (
+        None
+        if reference is None
+        else read_reference(reference, volume, model.class_names, model.mask_classes)
+    )
     headers = source_headers(source, volume) if file_suffix(out) == ".dcm" else None
     labels = predict_volume(model, volume, batch_size, progress)
     record: dict[str, Any] = {
@@ -363,6 +347,8 @@ def segment_volume(
         "slices": model.settings.record(),
         "classes": model.class_names,
         "output_format": "dicom-seg" if headers is not None else "nifti",
+        "reference": None,
+        "metrics": None,
     }
     writers: dict[Path, Any] = {}
     if headers is not None:
@@ -380,10 +366,11 @@ def segment_volume(
         ref_labels, ref_info = ref
         record["reference"] = ref_info
         record["metrics"] = segmentation_metrics(
-            labels.array, ref_labels, model.class_names, volume.spacing
+            labels.array, ref_labels, model.class_names, volume.spacing, ignore=IGNORED
         )
-        text = json.dumps(record, indent=2) + "\n"
-        writers[sidecar_path(out)] = lambda tmp: Path(tmp).write_text(text)
+    # always, so a sidecar of an earlier run never stays beside this output
+    text = json.dumps(record, indent=2) + "\n"
+    writers[sidecar_path(out)] = lambda tmp: Path(tmp).write_text(text)
     atomic_outputs(writers)
     return {"outputs": [str(p) for p in writers], "record": record}
 
@@ -417,6 +404,7 @@ def volume_command(args: Any, device: str) -> int:
         args.input,
         args.output,
         series_uid=args.series_uid,
+        on_missing=args.on_missing,
         reference=args.reference,
         batch_size=args.batch_size,
         device=device,
@@ -429,7 +417,7 @@ def volume_command(args: Any, device: str) -> int:
     shape = "x".join(map(str, record["input"]["shape"]))
     classes = len(record["classes"])
     print(f"wrote {', '.join(result['outputs'])} ({shape} voxels, {classes} classes)")
-    for name, m in record.get("metrics", {}).get("classes", {}).items():
+    for name, m in (record["metrics"] or {}).get("classes", {}).items():
         dice = "n/a" if m["dice"] is None else f"{m['dice']:.4f}"
         hd95 = "n/a" if m["hd95_mm"] is None else f"{m['hd95_mm']:.2f} mm"
         print(f"{name}: Dice {dice}, HD95 {hd95}")

@@ -57,6 +57,7 @@ def segmentation_metrics(
     ref: np.ndarray,
     class_names: Sequence[str],
     spacing: Sequence[float],
+    ignore: int | None = None,
 ) -> dict[str, Any]:
     """Dice and HD95 (mm) per foreground class, and their macro means.
 
@@ -64,6 +65,7 @@ def segmentation_metrics(
         pred, ref: label volumes of the same shape (class indices, 0 = background).
         class_names: the names of classes ``0 .. K-1``.
         spacing: voxel size in mm along the array axes (``Volume.spacing``).
+        ignore: a reference value whose voxels are not scored (unlabelled in training).
 
     Returns:
         ``{"classes": {name: {"dice", "hd95_mm", "voxels_predicted", "voxels_reference"}},
@@ -77,15 +79,18 @@ def segmentation_metrics(
     if len(spacing) != pred.ndim:
         raise DensekitError(f"spacing {list(spacing)} for a {pred.ndim}-d volume")
     values = np.unique(ref)
+    if ignore is not None:
+        values = values[values != ignore]
     bad = values[(values < 0) | (values >= len(class_names))]
     if bad.size:
         raise DensekitError(
             f"reference label {int(bad[0])} is not one of the checkpoint's classes "
             f"0..{len(class_names) - 1} ({', '.join(class_names)})"
         )
+    scored = ref != ignore if ignore is not None else np.ones(ref.shape, bool)
     classes: dict[str, dict[str, Any]] = {}
     for c in range(1, len(class_names)):
-        p, r = pred == c, ref == c
+        p, r = (pred == c) & scored, ref == c
         classes[class_names[c]] = {
             "dice": dice(p, r),
             "hd95_mm": hd95(p, r, spacing),

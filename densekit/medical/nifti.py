@@ -24,11 +24,15 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from densekit.errors import DensekitError
 from densekit.medical.volume import LPS_TO_RAS, Volume
+
+if TYPE_CHECKING:
+    from densekit.medical.series import OnMissing
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -190,6 +194,7 @@ def write_nifti(volume: Volume, path: str | Path) -> Path:
     os.close(handle)
     try:
         nib.save(image, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have made
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -197,13 +202,30 @@ def write_nifti(volume: Volume, path: str | Path) -> Path:
     return path
 
 
-def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
+def _umask() -> int:
+    """The process umask: from /proc on Linux, else read by setting it and setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def read_volume(
+    path: str | Path, series_uid: str | None = None, on_missing: OnMissing = "error"
+) -> Volume:
     """Read a volume from a NIfTI, NRRD or DICOM source, chosen by its name.
 
     Args:
         path: ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, a DICOM file (``.dcm``) or a folder
             of DICOM files (:func:`densekit.medical.series.read_series`).
         series_uid: for DICOM only, the series to read when there are several.
+        on_missing: for DICOM only, missing slices: ``"error"`` or ``"resample"``
+            (:func:`~densekit.medical.series.read_series`).
 
     Raises:
         DensekitError: a missing path, an unknown suffix (the valid ones are listed), a
@@ -214,7 +236,7 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
     path = Path(path)
     suffix = _suffix(path)
     if path.is_dir() or (suffix in DICOM_SUFFIXES and path.is_file()):
-        return read_series(path, series_uid=series_uid)
+        return read_series(path, series_uid=series_uid, on_missing=on_missing)
     if not path.exists():
         raise DensekitError(f"no such file or folder: {path}")
     readers = {
@@ -226,6 +248,11 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
         raise DensekitError(f"{path}: unknown volume format {suffix!r}; use {valid}")
     if series_uid is not None:
         raise DensekitError(f"{path}: series_uid={series_uid!r} applies to DICOM only")
+    if on_missing != "error":
+        raise DensekitError(
+            f"{path}: on_missing={on_missing!r} applies to DICOM series only (a NIfTI or NRRD "
+            "volume has no missing slices)"
+        )
     return readers[suffix](path)
 
 

@@ -6,6 +6,24 @@ checkpoint sees the same inputs in both:
 * **plane** (``"axial"``, ``"coronal"``, ``"sagittal"``): the array axis whose direction in the
   affine is closest to the patient's S (axial), A-P (coronal) or L-R (sagittal) axis, whatever
   the acquisition plane (:func:`plane_axis`).
+* **display orientation** (:func:`display_order`): before slicing, every volume is brought into
+  one fixed orientation per plane, so DICOM, NIfTI and NRRD files of one anatomy give the same
+  slice inputs whatever their storage order. Axis 0 is the plane normal (towards +S, +P, +L in
+  LPS for axial, coronal, sagittal); in-plane, as radiologists view them:
+
+  ========  =======================  ========================
+  plane     rows go towards          columns go towards
+  ========  =======================  ========================
+  axial     posterior (+y LPS)       patient left (+x)
+  coronal   inferior (-z)            patient left (+x)
+  sagittal  inferior (-z)            posterior (+y)
+  ========  =======================  ========================
+
+  Only exact axis permutations and flips are used (no resampling): each patient axis goes to
+  the array axis whose affine step points most along it (the permutation maximising the summed
+  alignment, so an oblique volume still gets three distinct axes), flipped where that step
+  points the other way. :meth:`Display.undo` is the exact inverse, used to write predictions
+  back on the input grid.
 * **context** ``0`` (2D): the slice repeated as three channels, as an RGB backbone sees a grey
   image; ``k > 0`` (2.5D): the slices ``i - k, i, i + k`` as the three channels, clamped at the
   ends of the volume (:func:`slice_input`).
@@ -17,6 +35,7 @@ checkpoint sees the same inputs in both:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import permutations
 from typing import Literal
 
 import numpy as np
@@ -27,6 +46,12 @@ from densekit.medical.volume import Volume
 
 Plane = Literal["axial", "coronal", "sagittal"]
 PLANE_DIRECTION = {"sagittal": 0, "coronal": 1, "axial": 2}  # LPS axis of each plane's normal
+# (LPS axis, sign) of the display's axis 0 (normal), rows and columns, per plane
+DISPLAY: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {
+    "axial": ((2, 1), (1, 1), (0, 1)),
+    "coronal": ((1, 1), (2, -1), (0, 1)),
+    "sagittal": ((0, 1), (2, -1), (1, 1)),
+}
 
 
 @dataclass(frozen=True)
@@ -73,12 +98,51 @@ class Intensity:
         return np.asarray(percentile_normalize(array, lower, upper), dtype=np.float32)
 
 
-def plane_axis(volume: Volume, plane: Plane) -> int:
-    """The array axis (0, 1 or 2) whose voxel step points most along ``plane``'s normal."""
+def _check_plane(plane: str) -> None:
     if plane not in PLANE_DIRECTION:
         raise DensekitError(f"plane {plane!r} is not one of {sorted(PLANE_DIRECTION)}")
-    directions = np.abs(volume.affine[:3, :3]) / np.linalg.norm(volume.affine[:3, :3], axis=0)
-    return int(np.argmax(directions[PLANE_DIRECTION[plane]]))
+
+
+def patient_axes(affine: np.ndarray) -> tuple[int, int, int]:
+    """The array axis of each LPS axis ``(x, y, z)``: the permutation whose voxel steps point
+    most along the patient axes (largest summed ``|cosine|``)."""
+    directions = np.abs(affine[:3, :3]) / np.linalg.norm(affine[:3, :3], axis=0)
+    best = max(permutations(range(3)), key=lambda p: sum(directions[i, p[i]] for i in range(3)))
+    return int(best[0]), int(best[1]), int(best[2])
+
+
+@dataclass(frozen=True)
+class Display:
+    """A volume's way into the display orientation of a plane (see the module docstring):
+    ``np.transpose(array, order)``, then reverse the axes marked in ``flips``."""
+
+    order: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """``array`` on the volume's grid -> display orientation (axis 0: the plane normal)."""
+        out = np.transpose(array, self.order)
+        return out[tuple(slice(None, None, -1) if f else slice(None) for f in self.flips)]
+
+    def undo(self, array: np.ndarray) -> np.ndarray:
+        """The exact inverse of :meth:`apply`: display orientation -> the volume's grid."""
+        out = array[tuple(slice(None, None, -1) if f else slice(None) for f in self.flips)]
+        return np.transpose(out, np.argsort(self.order))
+
+
+def display_order(volume: Volume, plane: Plane) -> Display:
+    """How ``volume`` reaches ``plane``'s display orientation (see the module docstring)."""
+    _check_plane(plane)
+    axes = patient_axes(volume.affine)
+    order = tuple(axes[p] for p, _ in DISPLAY[plane])
+    flips = tuple(bool(volume.affine[p, axes[p]] * sign < 0) for p, sign in DISPLAY[plane])
+    return Display(order, flips)  # type: ignore[arg-type]
+
+
+def plane_axis(volume: Volume, plane: Plane) -> int:
+    """The array axis (0, 1 or 2) whose voxel step points most along ``plane``'s normal."""
+    _check_plane(plane)
+    return patient_axes(volume.affine)[PLANE_DIRECTION[plane]]
 
 
 def slice_count(volume: Volume, plane: Plane) -> int:

@@ -8,11 +8,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 import yaml
 from helpers import FIXTURES, REPO, needs_shared_data
 from PIL import Image
+from pydicom.uid import generate_uid
 
 from densekit.cli import main
 from densekit.data.augment import Augmentation
@@ -21,11 +23,12 @@ from densekit.medical import (
     Medical2DDataModule,
     MedicalSegmentationDataModule,
     Volume,
+    pseudonym,
     read_rtstruct,
     read_volume,
 )
 from densekit.medical.nifti import write_nifti
-from densekit.medical.slices import Intensity, plane_axis, slice_input
+from densekit.medical.slices import Intensity, display_order, plane_axis, slice_input
 
 DCMQI = "dicom-seg-ct-dcmqi"
 TINY = [
@@ -108,8 +111,12 @@ def test_patient_split_never_shares_a_patient_and_is_reproducible(tmp_path):
 
 def test_explicit_lists_sharing_a_patient_are_refused(tmp_path):
     cases = patients(tmp_path, n=2)
-    with pytest.raises(DensekitError, match=r"cases\[2\] \(train\) and val_cases\[0\] \(val\) are"):
+    with pytest.raises(
+        DensekitError, match=r"cases\[2\] \(train\) and val_cases\[0\] \(val\) are"
+    ) as err:
         module(cases[2:] + cases[:1], val_cases=[cases[1]])
+    for p in ("P00", "P01"):  # not even the hash of the patient (12 hex: brute-forceable)
+        assert p not in str(err.value) and pseudonym(p) not in str(err.value)
     dm = module(cases[:2], val_cases=cases[2:])  # other patient: fine
     assert cases_of(dm, "train").isdisjoint(cases_of(dm, "val"))
 
@@ -139,8 +146,9 @@ def test_items_are_slice_inputs_and_masks_aligned_by_geometry(tmp_path):
         return np.ascontiguousarray(array[::-1, ::-1]), b
 
     case = write_case(tmp_path, "c", labels, mask_affine=flipped)
-    image = Intensity(ct_window=(2.0, 4.0)).apply(labels.astype(np.float32))
+    scaled = Intensity(ct_window=(2.0, 4.0)).apply(labels.astype(np.float32))
     for plane in ("axial", "coronal", "sagittal"):
+        image = display_order(Volume(labels, affine()), plane).apply(scaled)
         for context in (0, 2):
             dm = module([case], plane=plane, context=context)
             ds = dm.datasets["train"]
@@ -148,11 +156,31 @@ def test_items_are_slice_inputs_and_masks_aligned_by_geometry(tmp_path):
             assert len(ds) == labels.shape[axis]
             for i in range(len(ds)):
                 item, (_, k) = ds[i], ds.slices[i]
-                expected = slice_input(image, axis, k, context)
+                expected = slice_input(image, 0, k, context)
                 assert item["image"].dtype == torch.float32 and item["mask"].dtype == torch.int64
                 assert torch.equal(item["image"], torch.from_numpy(expected))
                 assert torch.equal((item["image"][1] * 4).round().long(), item["mask"])
                 assert item["path"].endswith(f"{plane} slice {k}")
+
+
+def test_dicom_and_canonical_nifti_storage_give_the_same_items(tmp_path):
+    """The LPS-ordered volume and its RAS as_closest_canonical NIfTI (columns and rows stored
+    reversed) reach the model in one display orientation, image and mask alike."""
+    import nibabel as nib
+
+    labels = labels_volume()
+    case = write_case(tmp_path, "lps", labels)
+    for key in ("image", "mask"):
+        nib.save(nib.as_closest_canonical(nib.load(case[key])), tmp_path / f"ras_{key}.nii.gz")
+    ras = {"image": str(tmp_path / "ras_image.nii.gz"), "mask": str(tmp_path / "ras_mask.nii.gz")}
+    assert np.array_equal(read_volume(ras["mask"]).array, labels[:, ::-1, ::-1])
+    for plane in ("axial", "coronal", "sagittal"):
+        a = module([case], plane=plane, context=1).datasets["train"]
+        b = module([ras], plane=plane, context=1).datasets["train"]
+        assert len(a) == len(b) > 0
+        for i in range(len(a)):
+            assert torch.equal(a[i]["image"], b[i]["image"]), plane
+            assert torch.equal(a[i]["mask"], b[i]["mask"]), plane
 
 
 def test_label_map_unlisted_ignore_and_empty_slices(tmp_path):
@@ -199,15 +227,63 @@ def test_samples_per_epoch_sets_the_training_budget(tmp_path):
     assert len(set(batches[0]["path"])) == 2
 
 
-def test_hyperparameters_are_plane_context_intensity_only(tmp_path):
+def test_hyperparameters_are_the_slice_and_class_settings_only(tmp_path):
     dm = MedicalSegmentationDataModule(
-        intensity={"percentiles": [1, 99]}, cases=patients(tmp_path, 1)[:1], context=1
+        intensity={"percentiles": [1, 99]},
+        cases=patients(tmp_path, 1)[:1],
+        context=1,
+        label_map={2: 1},
+        unlisted="ignore",
     )
     assert dict(dm.hparams) == {
         "plane": "axial",
         "context": 1,
         "intensity": {"percentiles": [1, 99]},
+        "segments": None,
+        "label_map": {2: 1},
+        "priority": None,
+        "unlisted": "ignore",
     }
+
+
+def test_cases_of_two_series_in_one_folder_have_their_own_cache_keys(tmp_path):
+    src = needs_shared_data(DCMQI, "ct-3slice")
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.save_as(folder / f"a{f.name}")
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3.999", generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / f"b{f.name}")
+    first = read_volume(folder, series_uid=pydicom.dcmread(f).SeriesInstanceUID)
+    labels = np.zeros(first.shape, np.uint8)
+    labels[:, 100:200, 100:200] = 1
+    mask = str(write_nifti(Volume(labels, first.affine), tmp_path / "m.nii.gz"))
+    cases = [
+        {"image": str(folder), "series_uid": uid, "mask": mask, "patient": "P"}
+        for uid in (first.series_uid, "1.2.3.999")
+    ]
+    dm = module(cases, intensity={"ct_window": "soft_tissue"})
+    keys = {c.name: c.cache_key for c in dm.cases}
+    assert len(keys) == 2 and len(set(keys.values())) == 2, keys
+
+
+def test_on_missing_case_key_reaches_the_reader(tmp_path, monkeypatch):
+    import densekit.medical.data as data_module
+
+    case = write_case(tmp_path, "c", labels_volume())
+    with pytest.raises(DensekitError, match=r"cases\[0\]\.image: .*on_missing='resample' applies"):
+        module([{**case, "on_missing": "resample"}])
+    seen = []
+
+    def reader(path, series_uid=None, on_missing="error"):
+        seen.append(on_missing)
+        return read_volume(path)
+
+    monkeypatch.setattr(data_module, "read_volume", reader)
+    module([{**case, "on_missing": "resample"}])
+    assert seen == ["resample"]
 
 
 def test_bad_input_names_file_key_and_value(tmp_path):
@@ -221,7 +297,7 @@ def test_bad_input_names_file_key_and_value(tmp_path):
     with pytest.raises(DensekitError, match=r"o_seg\.nii\.gz .* is not on the grid of .*c_ct\.nii"):
         module([{**case, "mask": other["mask"]}])
     with pytest.raises(
-        DensekitError, match=r"unknown key.*'seg'.*image, mask, series_uid, patient"
+        DensekitError, match=r"unknown key.*'seg'.*image, mask, series_uid, patient, on_missing"
     ):
         module([{"image": case["image"], "seg": case["mask"]}])
     with pytest.raises(DensekitError, match="plane 'transverse' is not one of"):
@@ -354,6 +430,7 @@ def test_checkpoint_carries_the_slice_settings(tmp_path):
             "class_path": "densekit.medical.MedicalSegmentationDataModule",
             "init_args": {"cases": cases[:2], "val_cases": cases[2:], "context": 1,
                           "plane": "coronal", "intensity": {"ct_window": "soft_tissue"},
+                          "label_map": {1: 1, 2: 2},
                           "batch_size": 16},
         },
     }  # fmt: skip
@@ -366,9 +443,15 @@ def test_checkpoint_carries_the_slice_settings(tmp_path):
         assert main(argv) == 0
     (ckpt,) = tmp_path.rglob("*.ckpt")
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert saved["datamodule_hyper_parameters"] == {
+    hp = dict(saved["datamodule_hyper_parameters"])
+    # the YAML keys of label_map may come back as text; densekit volume reads them as numbers
+    assert {int(k): v for k, v in hp.pop("label_map").items()} == {1: 1, 2: 2}
+    assert hp == {
         "plane": "coronal",
         "context": 1,
         "intensity": {"ct_window": "soft_tissue"},
+        "segments": None,
+        "priority": None,
+        "unlisted": "background",
     }
     assert "p0" not in str(saved["datamodule_hyper_parameters"])

@@ -4,6 +4,8 @@ TotalSegmentator and pyradiomics files in ../shared/data, and the errors on bad 
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -95,6 +97,16 @@ def test_write_nifti_failure_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_nifti(oblique_volume(), tmp_path / "out.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_write_nifti_honours_the_umask_not_mkstemp(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = write_nifti(oblique_volume(), tmp_path / "out.nii.gz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # as open() creates files
 
 
 def write_nrrd(path, volume: Volume, space: str) -> None:

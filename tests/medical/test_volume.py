@@ -32,7 +32,8 @@ from densekit.medical.infer import (
 )
 from densekit.medical.masks import read_seg
 from densekit.medical.metrics import segmentation_metrics
-from densekit.medical.slices import Intensity, plane_axis, slice_input
+from densekit.medical.nifti import reorient_like
+from densekit.medical.slices import Intensity, display_order, plane_axis, slice_input
 from densekit.tasks import DepthTask, SegmentationTask
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -141,13 +142,43 @@ def test_checkpoint_volume_equals_its_forward_on_slice_inputs(ckpts):
     model = load_volume_model(ckpts["seg_2_5d"])
     assert (model.settings.plane, model.settings.context) == ("coronal", 1)
     labels = predict_volume(model, volume, batch_size=4, progress=False).array
-    axis = plane_axis(volume, "coronal")
-    scaled = Intensity(ct_window="soft_tissue").apply(volume.array)
+    display = display_order(volume, "coronal")
+    scaled = display.apply(Intensity(ct_window="soft_tissue").apply(volume.array))
+    shown = display.apply(labels)
+    assert shown.shape[0] == volume.shape[plane_axis(volume, "coronal")]
     with torch.no_grad():
-        for i in range(volume.shape[axis]):
-            x = torch.from_numpy(slice_input(scaled, axis, i, context=1))[None]
+        for i in range(shown.shape[0]):
+            x = torch.from_numpy(slice_input(scaled, 0, i, context=1))[None]
             want = model.task(x).argmax(1)[0].numpy()
-            np.testing.assert_array_equal(np.take(labels, i, axis=axis), want)
+            np.testing.assert_array_equal(shown[i], want)
+
+
+def test_storage_order_does_not_change_what_the_model_sees(tmp_path):
+    """A model that marks the top half of each slice: the DICOM-like volume and its RAS
+    canonical NIfTI (rows and columns stored reversed) get the same labels in patient space."""
+    import nibabel as nib
+
+    class TopHalf(torch.nn.Module):
+        def forward(self, x):
+            rows = torch.arange(x.shape[-2], dtype=x.dtype)[:, None].expand(x.shape[-2:])
+            top = (rows < x.shape[-2] // 2).to(x.dtype)
+            return torch.stack([1 - top, top, 0 * top], dim=0)[None].expand(len(x), -1, -1, -1)
+
+    volume = box_volume()
+    write_nifti(volume, tmp_path / "ct.nii.gz")
+    nib.save(nib.as_closest_canonical(nib.load(tmp_path / "ct.nii.gz")), tmp_path / "ras.nii.gz")
+    canonical = read_volume(tmp_path / "ras.nii.gz")
+    for plane in ("axial", "coronal", "sagittal"):
+        model = threshold_model(SliceSettings(plane, 0, Intensity(ct_window="soft_tissue")))
+        model.task = TopHalf()
+        a = predict_volume(model, volume, progress=False)
+        b = predict_volume(model, canonical, progress=False)
+        assert b.same_grid(canonical)
+        np.testing.assert_array_equal(reorient_like(b, a).array, a.array, err_msg=plane)
+        if plane != "axial":  # superior at the top: the top half is the upper (+z) half
+            z = a.affine[2, :3] @ np.indices(a.shape).reshape(3, -1)
+            top = a.array.reshape(-1) == 1
+            assert z[top].min() >= z[~top].max() - 1e-6, plane
 
 
 def test_nifti_output_has_the_input_geometry(ckpts, tmp_path):
@@ -158,7 +189,11 @@ def test_nifti_output_has_the_input_geometry(ckpts, tmp_path):
     image, pred = read_volume(tmp_path / "ct.nii.gz"), read_volume(tmp_path / "pred.nii.gz")
     assert pred.same_grid(image, tol_mm=1e-4) and pred.array.dtype == np.uint8
     assert set(np.unique(pred.array)) <= {0, 1, 2}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "pred.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ct.nii.gz",
+        "pred.metrics.json",
+        "pred.nii.gz",
+    ]
 
 
 # ------------------------------------------------------------------------------- DICOM SEG
@@ -250,6 +285,90 @@ def test_dice_and_hd95_against_the_reference_and_a_shifted_one(tmp_path, monkeyp
     assert scores["bright"]["dice"] == 0.0  # two slices thick, moved by two
     sidecar = json.loads((tmp_path / "b.metrics.json").read_text())
     assert sidecar["metrics"]["classes"] == scores
+
+
+def test_no_stale_sidecar_beside_a_new_output(tmp_path, monkeypatch):
+    monkeypatch.setattr(infer_module, "load_volume_model", lambda *a, **k: threshold_model())
+    volume = box_volume()
+    write_nifti(volume, tmp_path / "ct.nii.gz")
+    write_nifti(Volume(expected_labels(volume.array), volume.affine), tmp_path / "ref.nii.gz")
+    run = {"progress": False}
+    scored = segment_volume(
+        "x", tmp_path / "ct.nii.gz", tmp_path / "o.nii.gz", reference=tmp_path / "ref.nii.gz", **run
+    )
+    assert json.loads((tmp_path / "o.metrics.json").read_text())["metrics"]["mean_dice"] == 1.0
+    again = segment_volume("x", tmp_path / "ct.nii.gz", tmp_path / "o.nii.gz", **run)
+    assert again["outputs"] == [str(tmp_path / "o.nii.gz"), str(tmp_path / "o.metrics.json")]
+    record = json.loads((tmp_path / "o.metrics.json").read_text())
+    assert record["metrics"] is None and record["reference"] is None
+    assert record["input"] == scored["record"]["input"]
+
+
+def test_reference_label_map_through_the_checkpoint_label_map(tmp_path, monkeypatch):
+    """Raw TotalSegmentator-like values (5, 7) become the classes training made of them; what
+    training ignored (unlisted: ignore) is not scored."""
+    model = threshold_model()
+    model.mask_classes = {"label_map": {5: 1, "7": 2}, "unlisted": "ignore"}
+    monkeypatch.setattr(infer_module, "load_volume_model", lambda *a, **k: model)
+    volume = box_volume()
+    write_nifti(volume, tmp_path / "ct.nii.gz")
+    truth = expected_labels(volume.array)
+    raw = np.choose(truth, [0, 5, 7]).astype(np.uint8)
+    raw[12:, 4:12, 5:15] = 9  # unlisted: ignored, though the model calls it background
+    raw[4, 6, 7] = 9
+    write_nifti(Volume(raw, volume.affine), tmp_path / "ref.nii.gz")
+    out = segment_volume(
+        "x", tmp_path / "ct.nii.gz", tmp_path / "o.nii", reference=tmp_path / "ref.nii.gz",
+        progress=False,
+    )  # fmt: skip
+    record = out["record"]
+    assert record["reference"]["matched_by"] == "label_map of the checkpoint"
+    assert record["metrics"]["mean_dice"] == 1.0
+    assert record["metrics"]["classes"]["bright"]["voxels_reference"] == (truth == 2).sum() - 1
+
+
+def test_reference_seg_names_case_insensitive_or_checkpoint_segments(
+    ct_copy, tmp_path, monkeypatch
+):
+    upper = threshold_model()
+    upper.class_names = ["background", "SOFT", "Bright"]
+    model = upper
+    monkeypatch.setattr(infer_module, "load_volume_model", lambda *a, **k: model)
+    segment_volume("x", ct_copy, tmp_path / "ref.dcm", progress=False)  # segments SOFT, Bright
+    model = threshold_model()  # classes soft, bright: matched by name, whatever the case
+    run = {"reference": tmp_path / "ref.dcm", "progress": False}
+    record = segment_volume("x", ct_copy, tmp_path / "a.nii.gz", **run)["record"]
+    assert record["reference"]["matched_by"] == "name"
+    assert record["reference"]["segments"] == {"SOFT": "soft", "Bright": "bright"}
+    assert record["metrics"]["mean_dice"] == 1.0
+    model = threshold_model()  # the checkpoint's own segments mapping wins
+    model.mask_classes = {"segments": {"SOFT": 2, "Bright": 1}}
+    record = segment_volume("x", ct_copy, tmp_path / "b.nii.gz", **run)["record"]
+    assert record["reference"]["segments"] == {"SOFT": "bright", "Bright": "soft"}
+    assert record["metrics"]["classes"]["soft"]["dice"] == 0.0
+    model = threshold_model()  # no name matches: refused, never matched by segment order
+    model.class_names = ["background", "liver", "spleen"]
+    with pytest.raises(
+        DensekitError, match=r"segment\(s\) SOFT, Bright of its segments .* \(liver, spleen\)"
+    ):
+        segment_volume("x", ct_copy, tmp_path / "c.nii.gz", **run)
+    assert not (tmp_path / "c.nii.gz").exists()
+
+
+def test_on_missing_flag_reaches_the_reader(tmp_path, monkeypatch):
+    monkeypatch.setattr(infer_module, "load_volume_model", lambda *a, **k: threshold_model())
+    seen = []
+
+    def reader(path, series_uid=None, on_missing="error"):
+        seen.append(on_missing)
+        return box_volume()
+
+    monkeypatch.setattr(infer_module, "read_volume", reader)
+    (tmp_path / "ct").mkdir()
+    argv = ["volume", "--checkpoint", "x.ckpt", "--input", str(tmp_path / "ct"), "--output",
+            str(tmp_path / "o.nii.gz"), "--no-progress"]  # fmt: skip
+    assert main([*argv, "--on-missing", "resample"]) == 0 and main(argv) == 0
+    assert seen == ["resample", "error"]
 
 
 def test_metrics_undefined_cases_and_bad_labels():
