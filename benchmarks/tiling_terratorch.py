@@ -23,23 +23,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiling import BLUE_MARBLE, build_model
 
 
-def run(model, crop: int, stride: int, batch: int | None) -> dict:
+def run(model, crop: int, stride: int, batch: int | None, repeats: int) -> dict:
+    """The best of ``repeats`` timed runs (read the raster, tile, argmax), as densekit's own
+    figure is the best of its repeats."""
     from terratorch.tasks.tiled_inference import tiled_inference
 
-    tic = time.perf_counter()
-    with rasterio.open(BLUE_MARBLE) as s:
-        x = torch.from_numpy(s.read().astype(np.float32))[None]
     kwargs = {"crop": crop, "stride": stride}
     if batch is not None:
         kwargs["batch_size"] = batch
-    try:
-        out = tiled_inference(model, x, out_channels=model.channels, **kwargs)
-    except Exception as e:  # reported, not hidden
-        return {"error": f"{type(e).__name__}: {e}"[:500], **kwargs}
-    if out.numel() == 0:
-        return {"error": f"returned an empty tensor {tuple(out.shape)}", **kwargs}
-    out.argmax(1).to(torch.uint8)
-    return {"seconds": time.perf_counter() - tic, "shape": list(out.shape), **kwargs}
+    best = None
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        with rasterio.open(BLUE_MARBLE) as s:
+            x = torch.from_numpy(s.read().astype(np.float32))[None]
+        try:
+            out = tiled_inference(model, x, out_channels=model.channels, **kwargs)
+        except Exception as e:  # reported, not hidden
+            return {"error": f"{type(e).__name__}: {e}"[:500], **kwargs}
+        if out.numel() == 0:
+            return {"error": f"returned an empty tensor {tuple(out.shape)}", **kwargs}
+        out.argmax(1).to(torch.uint8)
+        seconds = time.perf_counter() - tic
+        best = seconds if best is None else min(best, seconds)
+    return {"seconds": best, "repeats": repeats, "shape": list(out.shape), **kwargs}
+
+
+def warm_up(model) -> None:
+    """One small untimed call first, so neither timed setting pays the first call's costs."""
+    from terratorch.tasks.tiled_inference import tiled_inference
+
+    tiled_inference(model, torch.rand(1, 3, 448, 448), out_channels=model.channels)
 
 
 def main() -> None:
@@ -47,11 +60,13 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=224)
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model("vitt", Path(tmp), "cpu", False)
-        same = run(model, args.tile, args.tile - args.overlap, args.batch)
-        defaults = run(model, 224, 192, None)
+        warm_up(model)
+        same = run(model, args.tile, args.tile - args.overlap, args.batch, args.repeats)
+        defaults = run(model, 224, 192, None, args.repeats)
     print(json.dumps({"same_tile_overlap": same, "defaults": defaults}))
 
 
