@@ -39,6 +39,7 @@ from densekit.heads import DPTHead, LinearHead, LinearHeadGrid
 from densekit.tasks.cache import FeatureCache, model_key
 from densekit.tasks.grid import (
     GridPoint,
+    check_validation,
     grid_points,
     grid_record,
     grid_step,
@@ -350,12 +351,8 @@ class DenseTask(L.LightningModule, abc.ABC):
                 f"a {type(self).__name__} (from the config or the checkpoint) cannot use a "
                 f"{type(dm).__name__}: the model and the data must be of the same task"
             )
-        datasets = getattr(dm, "datasets", None)
-        if stage == "fit" and self.grid and datasets is not None and "val" not in datasets:
-            raise DensekitError(
-                "model.head_grid picks its best head on validation data: give val files or "
-                "split fractions with a validation part"
-            )
+        if stage == "fit" and self.grid:
+            check_validation(dm)
 
     # -- steps -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -145,3 +145,13 @@ def grid_record(task: DenseTask) -> dict[str, Any]:
         "metric": selection_metric(task)[0],
         "val": dict(task.grid_scores),
     }
+
+
+def check_validation(datamodule: Any) -> None:
+    """A grid picks its head on validation data: the data module must have some."""
+    datasets = getattr(datamodule, "datasets", None)
+    if datasets is not None and "val" not in datasets:
+        raise DensekitError(
+            "model.head_grid picks its best head on validation data: give val files or "
+            "split fractions with a validation part"
+        )
