@@ -43,7 +43,11 @@ class Augmentation:
         square = A.Compose([*flips, A.RandomRotate90(p=self.rotate90)], additional_targets=targets)
         # a 90-degree turn would change the shape of a non-square item: flips only
         other = A.Compose(flips, additional_targets=targets)
-        return Transforms(square, other, self.gain)
+        transforms = Transforms(square, other, self.gain)
+        # albumentations keeps its own generator, which seed_everything does not reach: seed it
+        # from torch's seed, so a run without DataLoader workers repeats (workers reseed it)
+        transforms.reseed(torch.initial_seed() % 2**31)
+        return transforms
 
 
 @dataclass

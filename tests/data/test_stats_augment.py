@@ -141,6 +141,19 @@ def test_augmentation_moves_image_and_targets_together():
     assert torch.equal(out["mask"].flatten().argsort(), out["image1"][0].flatten().argsort())
 
 
+def test_augmentation_repeats_for_a_seed_without_workers():
+    image = torch.arange(4 * 4, dtype=torch.float32).reshape(1, 4, 4)
+
+    def draws(seed):
+        torch.manual_seed(seed)  # what seed_everything does for torch
+        aug = Augmentation(hflip=0.5, vflip=0.5, rotate90=0.5).build()
+        return [apply_augmentation({"image": image.clone()}, aug)["image"] for _ in range(12)]
+
+    first, again, other = draws(0), draws(0), draws(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
 def test_float_sample_is_uniform_across_blocks(tmp_path):
     """Half zeros (first rows) and half ones: the sample keeps both halves equally."""
     f = np.zeros((1, 400, 250), np.float32)
