@@ -93,7 +93,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         for run in card.runs(Path(args.out).resolve()):
             print(run.run_id)
         return 0
-    rows = run_benchmark(args.card, args.out)
+    try:
+        rows = run_benchmark(args.card, args.out)
+    except KeyboardInterrupt:
+        print(
+            f"densekit benchmark: interrupted; finished rows are in {args.out}/results.jsonl: "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
     out = Path(args.out)
     files = ", ".join(str(out / f"results.{ext}") for ext in ("csv", "md", "png"))
     print(f"{len(rows)} runs; wrote {files}")

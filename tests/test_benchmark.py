@@ -157,8 +157,8 @@ def test_one_benchmark_per_output_folder(tmp_path):
         ({"baselines": [{"name": "u", "model": {"head": "linear"}}]}, "set model.head: unet"),
         ({"heads": [{"name": "a"}, {"name": "a"}]}, "name 'a' must be unique"),
         ({"backbones": [{"name": "b", "backbone": "x"}]}, "missing \\['weights'\\]"),
-        ({"heads": [{"name": "lin", "model": {"haed_grid": 1}}]}, "heads 'lin':.*haed_grid"),
-        ({"trainer": {"max_epoch": 1}}, "baselines 'unet':.*max_epoch"),
+        ({"heads": [{"name": "lin", "model": {"haed_grid": 1}}]}, "heads 'lin'.*haed_grid"),
+        ({"trainer": {"max_epoch": 1}}, "baselines 'unet'.*max_epoch"),
     ],
 )
 def test_bad_cards_are_named_and_nothing_is_written(tmp_path, changes, message, capsys):
@@ -183,6 +183,15 @@ def test_a_failing_run_is_named_and_finished_rows_stay(tmp_path, capsys):
     assert main(["benchmark", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "run none__unet__f1__seed0" in err and "label value 2 is outside the classes" in err
+
+
+def test_a_value_that_cannot_be_built_is_named_without_a_traceback(tmp_path, capsys):
+    backbone = {"name": "b", "backbone": "densekit_vitt61", "weights": "bundled"}
+    path = card(tmp_path, seeds=[0], label_fractions=[1.0], baselines=[], backbones=[backbone])
+    assert main(["benchmark", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "run b__linear__f1__seed0" in err and "unknown backbone 'densekit_vitt61'" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_the_cli_lists_the_runs(tmp_path, capsys):

@@ -93,7 +93,8 @@ def markdown(card: Card, rows: Sequence[dict[str, Any]]) -> str:
         for a in amounts:
             values = [v for v in by_amount.get(a, []) if math.isfinite(v)]
             mean, std = mean_std(values)
-            cells.append(f"{mean:.4f} ± {std:.4f} (n={len(values)})" if values else "")
+            spread = f"{std:.4f}" if len(values) > 1 else "–"
+            cells.append(f"{mean:.4f} ± {spread} (n={len(values)})" if values else "")
         lines.append(f"| {backbone} | {head} | " + " | ".join(cells) + " |")
     grids = sorted({r["head"] for r in rows if r.get("selected_head")})
     if grids:

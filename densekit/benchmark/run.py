@@ -44,6 +44,21 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _cause(exc: BaseException) -> str:
+    """The densekit error behind ``exc``, else the last line of the innermost cause."""
+    seen: set[int] = set()
+    inner: BaseException = exc
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DensekitError):
+            return str(current)
+        seen.add(id(current))
+        inner = current
+        current = current.__cause__ or current.__context__
+    lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(inner).__name__
+
+
 def check_configs(card: Card, runs: list[Run]) -> None:
     """Parse every run's config as ``densekit fit`` would (no model is built), so a wrong key
     or type fails before anything trains, naming the card and the head."""
@@ -71,7 +86,8 @@ def check_configs(card: Card, runs: list[Run]) -> None:
             detail = [ln for ln in lines if ln.startswith(("- Problem", "Option", "Key", "Parser"))]
             group = "baselines" if run.backbone is None else "heads"
             raise DensekitError(
-                f"{card.path}: {group} {run.head!r}: {' '.join(detail) or lines[0]}"
+                f"{card.path}: the config of {group} {run.head!r} (the card's model, data and "
+                f"trainer with that entry's own): {' '.join(detail) or lines[0]}"
             ) from None
 
 
@@ -134,21 +150,27 @@ def execute(run: Run, folder: Path, card: Card) -> dict[str, Any]:
     }
     config_path = folder / "config.yaml"
     config_path.write_text(
-        f"# {card.name}: run {run.run_id} of `densekit benchmark {card.path}`; repeat it with\n"
-        f"#   densekit fit --config {config_path}\n" + yaml.safe_dump(config, sort_keys=False)
+        f"# {card.name}: run {run.run_id} of `densekit benchmark {card.path}`. Repeat its\n"
+        "# training from the folder the benchmark ran in (data paths are relative to it) with\n"
+        f"#   densekit fit --config {config_path} --trainer.enable_checkpointing true\n"
+        "# and its test metrics with densekit test --config ... --ckpt_path <that checkpoint>.\n"
+        + yaml.safe_dump(config, sort_keys=False)
     )
     with _quiet():
-        cli = LightningCLI(
-            DenseTask,
-            DenseDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=["--config", str(config_path)],
-            run=False,
-            auto_configure_optimizers=False,
-            save_config_callback=None,
-            parser_kwargs={"prog": "densekit benchmark"},
-        )
+        try:
+            cli = LightningCLI(
+                DenseTask,
+                DenseDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=["--config", str(config_path)],
+                run=False,
+                auto_configure_optimizers=False,
+                save_config_callback=None,
+                parser_kwargs={"prog": "densekit benchmark"},
+            )
+        except (Exception, SystemExit) as e:  # a value jsonargparse could not build
+            raise DensekitError(f"building the model and data: {_cause(e)}") from None
         start = time.perf_counter()
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         fit_s = time.perf_counter() - start

@@ -25,8 +25,8 @@
    referencing the source instances (:mod:`densekit.medical.seg_writer`; DICOM input only).
 5. With a reference mask (a SEG, or a NIfTI/NRRD label map on the input grid), read as the
    training masks were (:func:`~densekit.medical.reference.read_reference`): Dice and HD95 in
-   mm per class (:mod:`densekit.medical.metrics`). The JSON sidecar ``<output name without
-   suffix>.metrics.json`` is written with every output, in the same all-or-nothing step
+   mm per class (:mod:`densekit.medical.metrics`). The JSON sidecar ``<output file
+   name>.metrics.json`` is written with every output, in the same all-or-nothing step
    (``reference`` and ``metrics`` null without a reference), so no sidecar of an earlier run
    is left beside a new output.
 
@@ -258,7 +258,8 @@ def input_key(volume: Volume) -> dict[str, str]:
 
 
 def sidecar_path(output: Path) -> Path:
-    return output.with_name(output.name[: -len(file_suffix(output))] + ".metrics.json")
+    """``<output file name>.metrics.json``: a NIfTI and a SEG of one name keep their own."""
+    return output.with_name(output.name + ".metrics.json")
 
 
 def check_output(output: str | Path, source: str | Path) -> Path:

@@ -191,8 +191,8 @@ def test_nifti_output_has_the_input_geometry(ckpts, tmp_path):
     assert set(np.unique(pred.array)) <= {0, 1, 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "ct.nii.gz",
-        "pred.metrics.json",
         "pred.nii.gz",
+        "pred.nii.gz.metrics.json",
     ]
 
 
@@ -243,13 +243,13 @@ def test_real_checkpoint_seg_round_trip_scores_itself(ckpts, ct_copy, tmp_path, 
     args = ["volume", "--checkpoint", ckpts["seg"], "--input", str(ct_copy), "--no-progress"]
     assert main([*args, "--output", str(out)]) == 0
     assert main([*args, "--output", str(again), "--reference", str(out)]) == 0
-    record = json.loads((tmp_path / "again.metrics.json").read_text())
+    record = json.loads((tmp_path / "again.nii.gz.metrics.json").read_text())
     assert record["reference"]["matched_by"] == "name"
     for name in NAMES[1:]:  # the random head predicts both classes on this CT
         m = record["metrics"]["classes"][name]
         assert m["voxels_reference"] > 0 and (m["dice"], m["hd95_mm"]) == (1.0, 0.0)
     printed = capsys.readouterr()
-    sidecar = (tmp_path / "again.metrics.json").read_text()
+    sidecar = (tmp_path / "again.nii.gz.metrics.json").read_text()
     for text in (printed.out, printed.err, sidecar):
         assert PATIENT_NAME not in text and PATIENT_ID not in text and "Doe" not in text
         assert str(ct_copy) not in text
@@ -283,7 +283,7 @@ def test_dice_and_hd95_against_the_reference_and_a_shifted_one(tmp_path, monkeyp
     p, r = truth.array == 1, shifted.array == 1
     assert scores["soft"]["dice"] == pytest.approx(2 * (p & r).sum() / (p.sum() + r.sum()))
     assert scores["bright"]["dice"] == 0.0  # two slices thick, moved by two
-    sidecar = json.loads((tmp_path / "b.metrics.json").read_text())
+    sidecar = json.loads((tmp_path / "b.nii.metrics.json").read_text())
     assert sidecar["metrics"]["classes"] == scores
 
 
@@ -296,10 +296,10 @@ def test_no_stale_sidecar_beside_a_new_output(tmp_path, monkeypatch):
     scored = segment_volume(
         "x", tmp_path / "ct.nii.gz", tmp_path / "o.nii.gz", reference=tmp_path / "ref.nii.gz", **run
     )
-    assert json.loads((tmp_path / "o.metrics.json").read_text())["metrics"]["mean_dice"] == 1.0
+    assert json.loads((tmp_path / "o.nii.gz.metrics.json").read_text())["metrics"]["mean_dice"] == 1.0
     again = segment_volume("x", tmp_path / "ct.nii.gz", tmp_path / "o.nii.gz", **run)
-    assert again["outputs"] == [str(tmp_path / "o.nii.gz"), str(tmp_path / "o.metrics.json")]
-    record = json.loads((tmp_path / "o.metrics.json").read_text())
+    assert again["outputs"] == [str(tmp_path / "o.nii.gz"), str(tmp_path / "o.nii.gz.metrics.json")]
+    record = json.loads((tmp_path / "o.nii.gz.metrics.json").read_text())
     assert record["metrics"] is None and record["reference"] is None
     assert record["input"] == scored["record"]["input"]
 
