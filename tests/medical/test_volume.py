@@ -296,7 +296,9 @@ def test_no_stale_sidecar_beside_a_new_output(tmp_path, monkeypatch):
     scored = segment_volume(
         "x", tmp_path / "ct.nii.gz", tmp_path / "o.nii.gz", reference=tmp_path / "ref.nii.gz", **run
     )
-    assert json.loads((tmp_path / "o.nii.gz.metrics.json").read_text())["metrics"]["mean_dice"] == 1.0
+    assert (
+        json.loads((tmp_path / "o.nii.gz.metrics.json").read_text())["metrics"]["mean_dice"] == 1.0
+    )
     again = segment_volume("x", tmp_path / "ct.nii.gz", tmp_path / "o.nii.gz", **run)
     assert again["outputs"] == [str(tmp_path / "o.nii.gz"), str(tmp_path / "o.nii.gz.metrics.json")]
     record = json.loads((tmp_path / "o.nii.gz.metrics.json").read_text())
