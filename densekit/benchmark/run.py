@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import logging
 import os
@@ -177,6 +178,7 @@ def execute(run: Run, folder: Path, card: Card) -> dict[str, Any]:
         start = time.perf_counter()
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
         test_s = time.perf_counter() - start
+    gc.collect()  # the run's objects finalised now, not inside a later run's rasterio calls
     record = json.loads((Path(cli.trainer.log_dir or folder) / "test_metrics.json").read_text())
     subset = cli.datamodule.train_subset or {}
     model_args = config["model"]["init_args"]

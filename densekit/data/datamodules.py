@@ -250,6 +250,15 @@ class DenseDataModule(L.LightningDataModule):
             worker_init_fn=_seed_worker,
         )
 
+    def teardown(self, stage: str | None = None) -> None:
+        """Close the open readers at the end of a stage (they reopen when read again):
+        left to the garbage collector, a dataset closes inside some later rasterio call's
+        environment, which rasterio reports as "No GDAL environment exists"."""
+        for dataset in self.datasets.values():
+            readers = getattr(dataset, "_readers", None)
+            if readers is not None:
+                readers.close()
+
     def epoch_sampler(self, dataset: Any) -> RandomSampler | None:
         """With ``samples_per_epoch``, fixed training items in a fresh random order each epoch,
         repeated or cut to that many (random windows set their own length instead)."""

@@ -299,3 +299,17 @@ def test_two_split_fractions_go_with_separate_test_files():
             test_labels=str(CHIPS / "seg/labels_val"),
             split=[0.5, 0.25, 0.25],
         )
+
+
+def test_teardown_closes_the_open_readers():
+    dm = SegmentationDataModule(
+        images=str(CHIPS / "seg/images"), labels=str(CHIPS / "seg/labels"), window=30
+    )
+    dm.setup("fit")
+    dataset = dm.datasets["train"]
+    dataset[0]
+    readers = dataset._readers
+    assert readers._open  # files stay open between windows
+    dm.teardown("fit")
+    assert not readers._open  # closed here, not by the garbage collector later
+    assert dataset[1]["image"].shape == (3, 30, 30)  # and reopened when read again
