@@ -373,7 +373,8 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             )
             for i in range(n_train):
                 n = self.cases[i].image.shape[0]
-                for name, part in zip(SPLITS, split_parts(n, fractions, None), strict=False):
+                parts = split_parts(n, fractions, None)  # 2 or 3 parts: train, val(, test)
+                for name, part in zip(SPLITS[: len(parts)], parts, strict=True):
                     if not part:
                         raise DensekitError(
                             f"{self.cases[i].name}: its {n} {self.plane} slices are too few for "
@@ -383,7 +384,7 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
         else:
             groups = sorted({self.cases[i].group for i in range(n_train)})
             parts = split_parts(len(groups), fractions, self.split_seed)
-            for name, part in zip(SPLITS, parts, strict=False):
+            for name, part in zip(SPLITS[: len(parts)], parts, strict=True):
                 if not part:
                     if len(groups) == 1:
                         raise DensekitError(

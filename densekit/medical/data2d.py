@@ -233,7 +233,8 @@ class Medical2DDataModule(InMemoryDataModule):
         if self.split is not None:
             parts = split_parts(len(pairs), self.split, self.split_seed)
             plan = {
-                name: [pairs[i] for i in part] for name, part in zip(SPLITS, parts, strict=False)
+                name: [pairs[i] for i in part]
+                for name, part in zip(SPLITS[: len(parts)], parts, strict=True)
             }
         for name in ("val", "test"):
             spec = self.split_spec[name]
