@@ -15,7 +15,9 @@ It prints (and writes as JSON with --out):
    it is not a densekit dependency), at densekit's tile and overlap and at each tool's
    defaults. They hold the whole raster and output in memory; their time includes reading the
    raster and the class map (no file written), densekit's includes writing the COG. Each
-   tool's figure is its best of 2 runs (TerraTorch after one untimed warm-up call).
+   tool's figure is its best of 2 runs (TerraTorch after one untimed warm-up call). Importing
+   TerraTorch lowers torch's float32 matmul precision to "medium" for the whole process; its
+   runs are reset to "highest", densekit's precision, so the numerics are the same.
 
 The throughput model is a frozen ``densekit_vitt16`` (ViT-Tiny/16, random weights) with a
 linear head; the memory runs use a 2-block, 32-wide DINOv2-layout ViT so the 400-megapixel run
