@@ -117,3 +117,28 @@ def rank_tile(rank: int, port: int, ckpt: str, src: str, out: str) -> None:
     )
     torch.set_num_threads(1)
     tile(ckpt, src, out, tile=56, overlap=14, probabilities=True, progress=False)
+
+
+# `densekit fit` overrides that put the tiny DINOv2 fixture in place of a config's backbone
+TINY_CLI = [
+    "--model.init_args.weights",
+    str(FIXTURES / "tiny" / "dinov2_vits14_tiny.pth"),
+    "--model.init_args.backbone_overrides",
+    "{embed_dim: 64, depth: 6, num_heads: 2, mlp_ratio: 4}",
+    "--model.init_args.dpt_features",
+    "32",
+]
+
+
+def random_tiny_weights(path, **overrides) -> str:
+    """A random DINOv2-layout ViT (``overrides``: embed_dim, depth, ...) saved as an official
+    checkpoint at ``path``, for tasks that need a weights file."""
+    import warnings
+
+    from densekit.backbones import load_backbone
+    from densekit.backbones.export import official_state_dict, save_official
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = load_backbone("dinov2_vits14", "random", **overrides)
+    return str(save_official(official_state_dict(b.arch, b.model), path))

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import yaml
-from helpers import FIXTURES, REPO, TEST_DATA, needs_shared_data
+from helpers import REPO, TEST_DATA, TINY_CLI, needs_shared_data
 
 from densekit.cli import main
 
@@ -16,14 +16,6 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # configs on a dataset's own bands (13 Sentinel-2 bands, 5 Landsat bands): run on their real data
 REAL_DATA = {"oscd_change_linear", "sen1floods11_water_linear", "nc_landsat_sparse_linear"}
 CHIPS = TEST_DATA / "chips"
-TINY = [
-    "--model.init_args.weights",
-    str(FIXTURES / "tiny" / "dinov2_vits14_tiny.pth"),
-    "--model.init_args.backbone_overrides",
-    "{embed_dim: 64, depth: 6, num_heads: 2, mlp_ratio: 4}",
-    "--model.init_args.dpt_features",
-    "32",
-]
 
 
 def chip_overrides(config) -> list[str]:
@@ -98,7 +90,7 @@ def test_config_runs_with_fast_dev_run(config, tmp_path):
         "fit",
         "--config",
         str(config),
-        *TINY,
+        *TINY_CLI,
         *chip_overrides(config),
         "--trainer.fast_dev_run",
         "true",
@@ -193,7 +185,7 @@ def test_fit_on_two_cpu_processes(tmp_path):
         "fit",
         "--config",
         str(config),
-        *TINY,
+        *TINY_CLI,
         *chip_overrides(config),
         "--trainer.accelerator",
         "cpu",
@@ -219,7 +211,7 @@ def test_predict_writes_georeferenced_windows(tmp_path):
         "predict",
         "--config",
         str(config),
-        *TINY,
+        *TINY_CLI,
         *chip_overrides(config),
         "--data.init_args.images",
         str(CHIPS / "seg/images_val"),
@@ -243,7 +235,7 @@ def test_model_and_data_of_different_tasks(tmp_path, capsys):
         "validate",
         "--config",
         str(REPO / "configs" / "segmentation_linear.yaml"),
-        *TINY,
+        *TINY_CLI,
         "--data",
         "densekit.data.DepthDataModule",
         "--data.init_args.images",

@@ -17,12 +17,17 @@ import pytest
 import rasterio
 import torch
 import torch.multiprocessing as mp
-from helpers import TEST_DATA, free_port, needs_shared_data, rank_tile, write_raster
+from helpers import (
+    TEST_DATA,
+    free_port,
+    needs_shared_data,
+    random_tiny_weights,
+    rank_tile,
+    write_raster,
+)
 from rasterio.transform import from_origin
 from torch import nn
 
-from densekit.backbones import load_backbone
-from densekit.backbones.export import official_state_dict, save_official
 from densekit.cli import main
 from densekit.data import ChangeDataModule, DepthDataModule, SegmentationDataModule
 from densekit.errors import DensekitError, InputImageError
@@ -64,10 +69,7 @@ def _fit(task, data, path):
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        b = load_backbone("dinov2_vits14", "random", **TINY)
-    weights = str(save_official(official_state_dict(b.arch, b.model), root / "tiny.pth"))
+    weights = random_tiny_weights(root / "tiny.pth", **TINY)
     common = dict(weights=weights, backbone_overrides=TINY, scale=1 / 255)
     seg = SegmentationTask(num_classes=3, class_names=["bg", "road", "roof"], **common)
     seg_data = SegmentationDataModule(

@@ -227,17 +227,26 @@ class DenseDataModule(L.LightningDataModule):
 
     def _subset(self, kept: list[Sample], classes: list[set[int]] | None) -> list[Sample]:
         """The labelled subset of the training windows (see :mod:`densekit.data.subsets`)."""
-        n = len(kept)
+        return [kept[i] for i in self._subset_indices(len(kept), classes)]
+
+    def _subset_indices(self, n: int, classes: list[set[int]] | None) -> list[int]:
+        """Indices of the kept training items among ``n`` (all without a fraction or count);
+        ``classes``: the classes of each item, used with ``stratify``."""
+        if self.label_fraction is None and self.label_count is None:
+            return list(range(n))
         size = subset_size(n, self.label_fraction, self.label_count)
-        order = nested_order(n, self.subset_seed, classes)
+        order = nested_order(n, self.subset_seed, classes if self.stratify else None)
         self.train_subset = {"labelled": n, "kept": size}
-        return [kept[i] for i in sorted(order[:size])]
+        return sorted(order[:size])
+
+    # what a missing split needs, for the error of _loader; the loaders' batch assembly
+    split_files: ClassVar[str] = "{name}_* files"
+    collate_fn: Any = None
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.datasets:
-            raise DensekitError(
-                f"no {name} data: give {name}_* files or split fractions that include it"
-            )
+            files = self.split_files.format(name=name)
+            raise DensekitError(f"no {name} data: give {files} or split fractions that include it")
         dataset = self.datasets[name]
         sampler = self.epoch_sampler(dataset) if shuffle else None
         return DataLoader(
@@ -248,6 +257,7 @@ class DenseDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_seed_worker,
+            collate_fn=self.collate_fn,
         )
 
     def teardown(self, stage: str | None = None) -> None:

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
-from densekit.data.datamodules import DenseDataModule, _seed_worker
+from densekit.data.datamodules import DenseDataModule
 from densekit.data.files import Files, pair_files
-from densekit.data.subsets import nested_order, subset_size
+from densekit.data.subsets import nested_order
 from densekit.data.windows import split_columns
 from densekit.errors import DensekitError
 from densekit.medical.classes import map_values
@@ -66,36 +66,17 @@ class InMemoryDataModule(DenseDataModule):
     kind = "segmentation"
     ignore_index: int
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        if name not in self.datasets:
-            raise DensekitError(
-                f"no {name} data: give {name} cases/files or split fractions that include it"
-            )
-        sampler = self.epoch_sampler(self.datasets[name]) if shuffle else None
-        return DataLoader(
-            self.datasets[name],
-            batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=_seed_worker,
-            collate_fn=functools.partial(pad_collate, ignore_index=self.ignore_index),
-        )
+    split_files = "{name} cases/files"
+
+    @property
+    def collate_fn(self) -> Any:  # batches of slices of different sizes are padded
+        return functools.partial(pad_collate, ignore_index=self.ignore_index)
 
     def predict_dataloader(self) -> DataLoader:
         raise DensekitError(
             "densekit predict writes georeferenced rasters; for medical data use "
             "`densekit volume --checkpoint CKPT --input ...` or `densekit test`"
         )
-
-    def _subset_indices(self, n: int, classes: list[set[int]]) -> list[int]:
-        """Kept training items (label_fraction / label_count; all when neither is given)."""
-        if self.label_fraction is None and self.label_count is None:
-            return list(range(n))
-        size = subset_size(n, self.label_fraction, self.label_count)
-        self.train_subset = {"labelled": n, "kept": size}
-        return sorted(nested_order(n, self.subset_seed, classes if self.stratify else None)[:size])
 
 
 def read_image(path: str) -> np.ndarray:

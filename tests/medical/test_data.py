@@ -12,7 +12,7 @@ import pydicom
 import pytest
 import torch
 import yaml
-from helpers import FIXTURES, REPO, needs_shared_data
+from helpers import REPO, TINY_CLI, needs_shared_data
 from PIL import Image
 from pydicom.uid import generate_uid
 
@@ -31,14 +31,6 @@ from densekit.medical.nifti import write_nifti
 from densekit.medical.slices import Intensity, display_order, plane_axis, slice_input
 
 DCMQI = "dicom-seg-ct-dcmqi"
-TINY = [
-    "--model.init_args.weights",
-    str(FIXTURES / "tiny" / "dinov2_vits14_tiny.pth"),
-    "--model.init_args.backbone_overrides",
-    "{embed_dim: 64, depth: 6, num_heads: 2, mlp_ratio: 4}",
-    "--model.init_args.dpt_features",
-    "32",
-]
 # level 2, width 4: labels 0..4 -> image 0..1, so image * 4 == label where aligned
 EQUAL = {"ct_window": [2.0, 4.0]}
 
@@ -405,7 +397,7 @@ CONFIGS = sorted((REPO / "configs" / "medical").glob("*.yaml"))
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_medical_config_trains_with_fast_dev_run(config, tmp_path):
     needs_shared_data()
-    argv = ["fit", "--config", str(config), *TINY, "--trainer.fast_dev_run", "true",
+    argv = ["fit", "--config", str(config), *TINY_CLI, "--trainer.fast_dev_run", "true",
             "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -436,7 +428,7 @@ def test_checkpoint_carries_the_slice_settings(tmp_path):
     }  # fmt: skip
     path = tmp_path / "fit.yaml"
     path.write_text(yaml.safe_dump(config))
-    argv = ["fit", "--config", str(path), *TINY[:4], "--trainer.max_steps", "1",
+    argv = ["fit", "--config", str(path), *TINY_CLI[:4], "--trainer.max_steps", "1",
             "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -14,11 +14,9 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from helpers import needs_shared_data
+from helpers import needs_shared_data, random_tiny_weights
 from pydicom.uid import generate_uid
 
-from densekit.backbones import load_backbone
-from densekit.backbones.export import official_state_dict, save_official
 from densekit.cli import main
 from densekit.errors import DensekitError
 from densekit.medical import Volume, read_series, read_volume, write_nifti
@@ -60,10 +58,7 @@ def save_task(task, path: Path, datamodule: dict | None) -> str:
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        b = load_backbone("dinov2_vits14", "random", **TINY)
-    weights = str(save_official(official_state_dict(b.arch, b.model), root / "tiny.pth"))
+    weights = random_tiny_weights(root / "tiny.pth", **TINY)
     common = dict(weights=weights, backbone_overrides=TINY, scale=1.0)
     torch.manual_seed(0)
     seg = SegmentationTask(num_classes=3, class_names=NAMES, **common)
@@ -460,8 +455,7 @@ def test_checkpoint_of_the_slice_data_module_runs_as_trained(tmp_path):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        b = load_backbone("dinov2_vits14", "random", **TINY)
-        weights = str(save_official(official_state_dict(b.arch, b.model), tmp_path / "w.pth"))
+        weights = random_tiny_weights(tmp_path / "w.pth", **TINY)
         task = SegmentationTask(
             num_classes=3, class_names=NAMES, weights=weights, backbone_overrides=TINY, scale=1
         )
