@@ -10,7 +10,9 @@ What every task does the same way:
 * the head (``"linear"``, ``"dpt"``) on the backbone's layers, or ``"unet"``: a
   segmentation-models-pytorch U-Net trained from scratch on all input bands, the supervised
   baseline, chosen by this one switch;
-* predictions upsampled bilinearly to the input size (the patch padding cropped away);
+* predictions upsampled bilinearly to the input size (the patch padding cropped away), or with
+  the options for pixel detail (:mod:`densekit.heads.refine`): the backbone on the image resized
+  by ``input_upscale``, an image-guided upsampler, a pixel branch on all input bands;
 * AdamW with a linear warm-up then cosine, polynomial (power 0.9) or constant learning rate;
 * one ``_shared_step(batch, stage)`` for training, validation and testing; metrics logged each
   epoch, and test metrics also written to ``test_metrics.json`` in the run folder.
@@ -32,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from densekit import __version__
 from densekit.backbones import Backbone, load_backbone
 from densekit.errors import DensekitError
 from densekit.heads import DPTHead, LinearHead, LinearHeadGrid
+from densekit.heads.refine import DetailDecoder, resample
 from densekit.tasks.cache import FeatureCache, model_key
+from densekit.tasks.checkpoint import check_record, provenance, save_record
 from densekit.tasks.grid import (
     GridPoint,
     check_validation,
@@ -45,6 +48,12 @@ from densekit.tasks.grid import (
     grid_step,
     param_groups,
     select_best,
+)
+from densekit.tasks.inputs import (
+    backbone_input,
+    check_detail_options,
+    coverage,
+    input_statistics,
 )
 
 HeadName = Literal["linear", "dpt", "unet"]
@@ -91,6 +100,17 @@ class DenseTask(L.LightningModule, abc.ABC):
         head_grid: train several linear heads on one backbone pass, e.g. ``{lr: [1e-4, 1e-3,
             1e-2], layers: [last, last4]}``, and use the best on validation (``metric``, default
             the task's main metric); see :mod:`densekit.tasks.grid`.
+        backbone_bands: positions (0-based, among the input bands) of the bands the backbone
+            sees, e.g. ``[3, 2, 1]`` for B4, B3, B2 of 13 Sentinel-2 bands; default all. The
+            pixel branch and the guided upsampler always see every band.
+        input_upscale: the backbone runs on the image resized by this factor, so a patch covers
+            ``patch / input_upscale`` input pixels (e.g. 2-4 for 10 m Sentinel-2; cost grows
+            with its square, attention with its fourth power).
+        upsampler: ``"bilinear"``, or ``"guided"``: a learned joint bilateral upsampler guided by
+            the input bands (:class:`densekit.heads.refine.GuidedUpsampler`).
+        pixel_branch: channels of a small convolutional stem on the full-resolution bands, fused
+            with the upsampled head output (0: off); the head then outputs ``detail_channels``.
+        detail_channels: the head's output channels when a pixel branch is fused.
     """
 
     kind: ClassVar[str]
@@ -123,12 +143,18 @@ class DenseTask(L.LightningModule, abc.ABC):
         feature_cache: str | None = None,
         feature_cache_gb: float = 20.0,
         head_grid: dict[str, Any] | None = None,
+        backbone_bands: list[int] | None = None,
+        input_upscale: float = 1.0,
+        upsampler: Literal["bilinear", "guided"] = "bilinear",
+        pixel_branch: int = 0,
+        detail_channels: int = 32,
     ) -> None:
         super().__init__()
         if weights is not None and Path(weights).expanduser().exists():
             weights = str(Path(weights).expanduser().resolve())  # checkpoints work from any folder
         if head_grid is not None and head != "linear":
             raise DensekitError(f"model.head_grid trains linear heads; head is {head!r}")
+        check_detail_options(locals())
         self.save_hyperparameters()
         self.grid: list[GridPoint] = []
         self.grid_scores: dict[str, float] = {}
@@ -164,6 +190,7 @@ class DenseTask(L.LightningModule, abc.ABC):
     def configure_models(self) -> None:
         hp = self.hp
         self.backbone: Backbone | None = None
+        self.detail: DetailDecoder | None = None
         if hp.head == "unet":
             self.unet = smp.Unet(
                 encoder_name=hp.unet_encoder,
@@ -184,15 +211,17 @@ class DenseTask(L.LightningModule, abc.ABC):
                     f"model.weights is required for the {hp.head} head on {hp.backbone}: a "
                     "weights file, 'official' (online) or 'random'"
                 )
+            seen = len(hp.backbone_bands) if hp.backbone_bands else hp.in_channels
             self.backbone = load_backbone(
                 hp.backbone,
                 hp.weights,
                 layers=hp.layers,
-                in_chans=hp.in_channels if hp.in_channels != 3 else None,
+                in_chans=seen if seen != 3 else None,
                 **(hp.backbone_overrides or {}),
             )
-            mean, std = self._backbone_statistics()
+            mean, std = input_statistics(hp, self.backbone)
             channels = self.backbone.out_channels
+            outputs = hp.detail_channels if hp.pixel_branch > 0 else self.num_outputs
             if self.input_images == 2:
                 channels = self.fusion.out_channels(channels)
             if hp.head_grid is not None:
@@ -201,15 +230,24 @@ class DenseTask(L.LightningModule, abc.ABC):
                     channels, self.num_outputs, [p.positions for p in self.grid], hp.dropout
                 )
             elif hp.head == "linear":
-                self.head = LinearHead(channels, self.num_outputs, dropout=hp.dropout)
+                self.head = LinearHead(channels, outputs, dropout=hp.dropout)
             else:
                 self.head = DPTHead(
                     channels,
                     self.backbone.strides,
-                    self.num_outputs,
+                    outputs,
                     kind=self.head_kind(),
                     features=hp.dpt_features,
                     readout="project" if self.backbone.spec.is_vit else "ignore",
+                )
+            if hp.upsampler != "bilinear" or hp.pixel_branch > 0:
+                self.detail = DetailDecoder(
+                    hp.in_channels,
+                    self.input_images,
+                    outputs,
+                    self.num_outputs,
+                    hp.upsampler,
+                    hp.pixel_branch,
                 )
         if len(mean) != hp.in_channels or len(std) != hp.in_channels:
             raise DensekitError(
@@ -218,25 +256,6 @@ class DenseTask(L.LightningModule, abc.ABC):
         self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
         self.input_scale = 1.0 if hp.scale is None else float(hp.scale)
-
-    def _backbone_statistics(self) -> tuple[list[float], list[float]]:
-        hp = self.hp
-        if hp.mean is not None or hp.std is not None:
-            if hp.mean is None or hp.std is None:
-                raise DensekitError("give both mean and std, or neither")
-            return list(hp.mean), list(hp.std)
-        norm = self.backbone.normalization if self.backbone is not None else None
-        if norm is None:
-            raise DensekitError(
-                f"in_channels {hp.in_channels}: the adapted backbone has no statistics of its "
-                "own; give mean and std for every band"
-            )
-        if hp.scale is None:
-            raise DensekitError(
-                f"scale is required with {hp.backbone}'s own statistics ({norm.name}, for values "
-                "in [0, 1]): e.g. 0.00392156862745098 (1/255) for 8-bit data"
-            )
-        return list(norm.mean), list(norm.std)
 
     @abc.abstractmethod
     def configure_losses(self) -> None:
@@ -289,31 +308,59 @@ class DenseTask(L.LightningModule, abc.ABC):
             return None
         if getattr(self, "_cache", None) is None:
             self._cache = FeatureCache(self.hp.feature_cache, self.hp.feature_cache_gb)
+            seen = self.hp.backbone_bands or list(range(self.hp.in_channels))
             self._cache_model_key = model_key(
-                self.backbone, self.input_mean, self.input_std, self.input_scale
+                self.backbone,
+                self.input_mean[seen],
+                self.input_std[seen],
+                self.input_scale,
+                input_upscale=self.hp.input_upscale,
             )
         return self._cache
 
-    def upsample(self, y: Tensor, size: Sequence[int]) -> Tensor:
-        """Head outputs on the patch grid, upsampled to ``size``."""
+    def upsample(
+        self, y: Tensor, size: Sequence[int], images: Sequence[Tensor] | None = None
+    ) -> Tensor:
+        """Head outputs on the patch grid, upsampled to ``size``; with the pixel-detail options
+        guided by, or fused with, the normalised ``images``."""
         if self.backbone is None:
             raise DensekitError("the U-Net baseline has no head on features")
-        return upsample_to(y, size, self.backbone.patch_size)
+        if self.detail is not None:
+            if images is None:
+                raise DensekitError("the guided upsampler and the pixel branch need the images")
+            return self.detail(
+                y, images, coverage(size, self.backbone.patch_size, self.hp.input_upscale)
+            )
+        if self.hp.input_upscale == 1:
+            return upsample_to(y, size, self.backbone.patch_size)
+        return resample(y, size, coverage(size, self.backbone.patch_size, self.hp.input_upscale))
 
-    def decode(self, maps: list[Tensor], tokens: list[Tensor], size: Sequence[int]) -> Tensor:
-        """Head outputs upsampled to ``size``."""
-        return self.upsample(self.head(maps, tokens), size)
+    def decode(
+        self,
+        maps: list[Tensor],
+        tokens: list[Tensor],
+        size: Sequence[int],
+        images: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """Head outputs upsampled to ``size`` (``images``: the normalised inputs)."""
+        return self.upsample(self.head(maps, tokens), size, images)
 
     def encode(
         self, images: Sequence[Tensor], keys: Sequence[Sequence[str]] | None = None
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Raw images (one per date) -> the maps and class tokens the head reads (both dates
         fused for change detection)."""
-        xs = [self.normalize(x) for x in images]
+        return self._encode([self.normalize(x) for x in images], keys)
+
+    def _encode(
+        self, xs: Sequence[Tensor], keys: Sequence[Sequence[str]] | None
+    ) -> tuple[list[Tensor], list[Tensor]]:
         k = list(keys) if keys is not None else [None] * len(xs)
+        hp = self.hp
+        seen = [backbone_input(x, hp.backbone_bands, hp.input_upscale) for x in xs]
         if len(xs) == 1:
-            return self.features(xs[0], k[0])
-        (m1, t1), (m2, t2) = self.features(xs[0], k[0]), self.features(xs[1], k[1])
+            return self.features(seen[0], k[0])
+        (m1, t1), (m2, t2) = self.features(seen[0], k[0]), self.features(seen[1], k[1])
         return self.fusion(m1, m2), self.fusion(t1, t2)
 
     def forward(self, *images: Tensor, keys: Sequence[Sequence[str]] | None = None) -> Tensor:
@@ -321,11 +368,11 @@ class DenseTask(L.LightningModule, abc.ABC):
 
         ``keys``: feature-cache keys, one sequence per image (date), one key per item."""
         size = images[0].shape[-2:]
+        xs = [self.normalize(x) for x in images]
         if self.backbone is None:
-            xs = [self.normalize(x) for x in images]
             return self.postprocess(self._unet_forward(torch.cat(xs, dim=1)))
-        maps, tokens = self.encode(images, keys)
-        return self.postprocess(self.decode(maps, tokens, size))
+        maps, tokens = self._encode(xs, keys)
+        return self.postprocess(self.decode(maps, tokens, size, xs))
 
     def postprocess(self, y: Tensor) -> Tensor:
         return y
@@ -452,48 +499,10 @@ class DenseTask(L.LightningModule, abc.ABC):
 
     # -- checkpoints -------------------------------------------------------------------------
     def _provenance(self) -> dict[str, Any]:
-        if self.backbone is None:
-            return {"backbone": None, "densekit_version": __version__}
-        w = self.backbone.weights
-        return {
-            "backbone": {
-                "name": self.backbone.name,
-                "source": w.source,
-                "path": w.path,
-                "sha256": w.sha256,
-            },
-            "densekit_version": __version__,
-        }
+        return provenance(self.backbone)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["densekit"] = {"task": type(self).__name__, **self._provenance()}
-        if self.backbone is not None and self.backbone.weights.source != "random":
-            sd = checkpoint["state_dict"]
-            for key in [k for k in sd if k.startswith("backbone.")]:
-                del sd[key]
+        save_record(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("densekit")
-        if meta is None:
-            raise DensekitError("not a densekit checkpoint (no 'densekit' record)")
-        if meta["task"] != type(self).__name__:
-            raise DensekitError(f"the checkpoint is a {meta['task']}, not a {type(self).__name__}")
-        recorded = meta.get("backbone")
-        if self.backbone is None or recorded is None:
-            return
-        sd = checkpoint["state_dict"]
-        if recorded["source"] == "random":
-            if self.backbone.weights.source != "random":
-                raise DensekitError(
-                    "the checkpoint was trained on a random backbone (saved in the checkpoint); "
-                    "load it with weights='random', not with another weights file"
-                )
-            return
-        if recorded["sha256"] != self.backbone.weights.sha256:
-            raise DensekitError(
-                f"the checkpoint was trained on backbone weights {recorded['path']} (sha256 "
-                f"{recorded['sha256']}), but {self.backbone.weights.path} has sha256 "
-                f"{self.backbone.weights.sha256}: the file changed or is another one"
-            )
-        for key, value in self.backbone.state_dict().items():
-            sd[f"backbone.{key}"] = value
+        check_record(self, checkpoint)
