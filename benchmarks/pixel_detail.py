@@ -241,7 +241,10 @@ def pack(images: list[torch.Tensor], mask: torch.Tensor) -> dict[str, Any]:
 
 
 class Tiles(Dataset):
-    """Non-overlapping tiles (up to ``TILE`` pixels a side) covering every test region."""
+    """Tiles of ``TILE`` pixels a side (or the region's side) covering every test region. The
+    last row and column of tiles are shifted back inside the region (a sliver would be smaller
+    than a patch); the pixels they share with the tiles before are unlabelled there, so every
+    test pixel is scored once."""
 
     def __init__(self, regions: list[Region], bands: list[int]) -> None:
         self.regions, self.bands = regions, bands
@@ -258,11 +261,16 @@ class Tiles(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         k, r0, c0 = self.boxes[i]
         r = self.regions[k]
+        h, w = r.mask.shape
+        r1, c1 = min(r0, max(h - TILE, 0)), min(c0, max(w - TILE, 0))  # shifted back
+        rows, cols = slice(r1, r1 + TILE), slice(c1, c1 + TILE)
         images = [
-            torch.from_numpy(np.ascontiguousarray(x[self.bands, r0 : r0 + TILE, c0 : c0 + TILE]))
-            for x in r.images
+            torch.from_numpy(np.ascontiguousarray(x[self.bands, rows, cols])) for x in r.images
         ]
-        return pack(images, torch.from_numpy(r.mask[r0 : r0 + TILE, c0 : c0 + TILE].copy()))
+        mask = r.mask[rows, cols].copy()
+        mask[: r0 - r1] = IGNORE  # scored by the tile above
+        mask[:, : c0 - c1] = IGNORE  # scored by the tile to the left
+        return pack(images, torch.from_numpy(mask))
 
 
 # -- methods -----------------------------------------------------------------------------------
