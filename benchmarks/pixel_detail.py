@@ -45,6 +45,7 @@ import logging
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -479,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    failed = False
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.out / "runs" if args.out else Path(tmp)
         for name in args.sets:
@@ -493,10 +495,17 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"[{name}] {method} ...", flush=True)
                 tic = time.perf_counter()
-                if method in ("logreg", "rf"):
-                    value = run_sklearn(method, spec, train, test, args)
-                else:
-                    value = run_trained(method, spec, train, test, args, runs / name / method)
+                try:
+                    if method in ("logreg", "rf"):
+                        value = run_sklearn(method, spec, train, test, args)
+                    else:
+                        value = run_trained(method, spec, train, test, args, runs / name / method)
+                except Exception:  # one failed run is reported; the others still run
+                    traceback.print_exc()
+                    print(f"[{name}] {method}: FAILED (traceback above)", flush=True)
+                    results[name][method] = {"value": None, "note": "failed"}
+                    failed = True
+                    continue
                 seconds = time.perf_counter() - tic
                 results[name][method] = {"value": value, "seconds": seconds}
                 print(f"[{name}] {method}: {spec.metric} {value:.3f} ({seconds:.0f} s)", flush=True)
@@ -513,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         (args.out / "results.json").write_text(json.dumps(record(args, results), indent=2))
         (args.out / "table.md").write_text(f"{header}\n\n{text}\n")
-    return 0
+    return 1 if failed else 0
 
 
 def record(args: argparse.Namespace, results: dict) -> dict[str, Any]:
