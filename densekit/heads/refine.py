@@ -32,6 +32,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def upsample_to(logits: Tensor, size: Sequence[int], multiple: int) -> Tensor:
+    """Resize ``logits`` (covering the input padded to ``multiple``) to the padded size, bilinear,
+    and crop to ``size`` (the plain path, without input scaling)."""
+    h, w = int(size[0]), int(size[1])
+    padded = (h + (-h % multiple), w + (-w % multiple))
+    if tuple(logits.shape[-2:]) != padded:
+        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+    return logits[..., :h, :w]
+
+
 def coarse_coordinates(out: int, cells: int, cover: float, device: torch.device) -> Tensor:
     """The coarse-grid coordinate of each of ``out`` output pixels (float, cell units)."""
     q = torch.arange(out, device=device, dtype=torch.float32)
@@ -155,6 +165,15 @@ class DetailDecoder(nn.Module):
                 nn.ReLU(),
                 nn.Conv2d(coarse_channels, num_outputs, 1),
             )
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters of each part."""
+        parts = {"upsampler": self.upsampler, "pixel branch": self.stem, "fusion": self.fuse}
+        return {
+            name: sum(p.numel() for p in m.parameters())
+            for name, m in parts.items()
+            if m is not None
+        }
 
     def forward(self, y: Tensor, images: Sequence[Tensor], cover: Sequence[float]) -> Tensor:
         if self.upsampler is not None:

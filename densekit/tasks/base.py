@@ -32,14 +32,15 @@ import lightning as L
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from densekit.backbones import Backbone, load_backbone
 from densekit.errors import DensekitError
 from densekit.heads import DPTHead, LinearHead, LinearHeadGrid
-from densekit.heads.refine import DetailDecoder, resample
+from densekit.heads.refine import DetailDecoder, resample, upsample_to
 from densekit.tasks.cache import FeatureCache, model_key
-from densekit.tasks.checkpoint import check_record, provenance, save_record
+from densekit.tasks.checkpoint import check_record, check_task_file, provenance, save_record
 from densekit.tasks.grid import (
     GridPoint,
     check_validation,
@@ -58,16 +59,6 @@ from densekit.tasks.inputs import (
 
 HeadName = Literal["linear", "dpt", "unet"]
 LayerChoice = Literal["last", "last4", "dpt"] | list[int]
-
-
-def upsample_to(logits: Tensor, size: Sequence[int], multiple: int) -> Tensor:
-    """Resize ``logits`` (covering the input padded to ``multiple``) to the padded size, bilinear,
-    and crop to ``size``."""
-    h, w = int(size[0]), int(size[1])
-    padded = (h + (-h % multiple), w + (-w % multiple))
-    if tuple(logits.shape[-2:]) != padded:
-        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
-    return logits[..., :h, :w]
 
 
 class DenseTask(L.LightningModule, abc.ABC):
@@ -257,6 +248,16 @@ class DenseTask(L.LightningModule, abc.ABC):
         self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
         self.input_scale = 1.0 if hp.scale is None else float(hp.scale)
 
+    def detail_parameters(self) -> dict[str, int]:
+        """Trainable parameters of the head and of each pixel-detail module."""
+        sizes = {"head": sum(p.numel() for p in self.head.parameters())} if self.backbone else {}
+        return {**sizes, **(self.detail.parameter_counts() if self.detail is not None else {})}
+
+    def on_fit_start(self) -> None:
+        if self.detail is not None:
+            sizes = ", ".join(f"{k} {v:,}" for k, v in self.detail_parameters().items())
+            rank_zero_info(f"trainable parameters: {sizes}")
+
     @abc.abstractmethod
     def configure_losses(self) -> None:
         """Build ``self.loss_fn``."""
@@ -287,21 +288,9 @@ class DenseTask(L.LightningModule, abc.ABC):
         if cache is None or keys is None or len(keys) != x.shape[0]:
             pairs = self.backbone.forward_with_class_tokens(x)
             return [m for m, _ in pairs], [c for _, c in pairs]
-        paths = [cache.path(self._cache_model_key, k) for k in keys]
-        found = [cache.load(p) for p in paths]
-        missing = [i for i, f in enumerate(found) if f is None]
-        if missing:
-            pairs = self.backbone.forward_with_class_tokens(x[missing])
-            for j, i in enumerate(missing):
-                maps = [m[j].cpu() for m, _ in pairs]
-                tokens = [c[j].cpu() for _, c in pairs]
-                cache.save(paths[i], maps, tokens)
-                found[i] = (maps, tokens)
-        entries = [f for f in found if f is not None]
-        n = len(entries[0][0])
-        maps = [torch.stack([e[0][k] for e in entries]).to(x.device) for k in range(n)]
-        tokens = [torch.stack([e[1][k] for e in entries]).to(x.device) for k in range(n)]
-        return maps, tokens
+        return cache.features(
+            self._cache_model_key, keys, x, self.backbone.forward_with_class_tokens
+        )
 
     def _feature_cache(self) -> FeatureCache | None:
         if self.hp.get("feature_cache") is None or self.backbone is None:
@@ -380,13 +369,7 @@ class DenseTask(L.LightningModule, abc.ABC):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
         """Lightning's loader, after checking that the checkpoint is one of this task."""
-        meta = torch.load(checkpoint_path, map_location="cpu", weights_only=True).get("densekit")
-        if meta is None:
-            raise DensekitError(f"{checkpoint_path}: not a densekit checkpoint")
-        if cls is not DenseTask and meta["task"] != cls.__name__:
-            raise DensekitError(
-                f"{checkpoint_path}: the checkpoint is a {meta['task']}, not a {cls.__name__}"
-            )
+        check_task_file(cls, DenseTask, checkpoint_path)
         kwargs.setdefault("weights_only", True)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 

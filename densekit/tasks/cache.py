@@ -23,8 +23,9 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -104,6 +105,27 @@ class FeatureCache:
         entry = {"maps": [m.clone() for m in maps], "tokens": [t.clone() for t in tokens]}
         torch.save(entry, tmp)
         os.replace(tmp, path)
+
+    def features(
+        self, model: str, keys: Sequence[str], x: Tensor, compute: Callable[[Tensor], Any]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The maps and class tokens of the batch ``x`` (one key per item): read back, and the
+        missing ones computed with ``compute(x) -> [(map, class token)]`` and saved."""
+        paths = [self.path(model, k) for k in keys]
+        found = [self.load(p) for p in paths]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            pairs = compute(x[missing])
+            for j, i in enumerate(missing):
+                maps = [m[j].cpu() for m, _ in pairs]
+                tokens = [c[j].cpu() for _, c in pairs]
+                self.save(paths[i], maps, tokens)
+                found[i] = (maps, tokens)
+        entries = [f for f in found if f is not None]
+        n = len(entries[0][0])
+        maps_out = [torch.stack([e[0][k] for e in entries]).to(x.device) for k in range(n)]
+        tokens_out = [torch.stack([e[1][k] for e in entries]).to(x.device) for k in range(n)]
+        return maps_out, tokens_out
 
     def evict(self) -> int:
         """Remove the least recently used entries until the folder fits; returns how many."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from densekit import __version__
 from densekit.backbones import Backbone
 from densekit.errors import DensekitError
@@ -23,6 +25,15 @@ def provenance(backbone: Backbone | None) -> dict[str, Any]:
         "backbone": {"name": backbone.name, "source": w.source, "path": w.path, "sha256": w.sha256},
         "densekit_version": __version__,
     }
+
+
+def check_task_file(cls: type, base: type, path: Any) -> None:
+    """``path`` is a densekit checkpoint of the task ``cls`` (any task when ``cls`` is ``base``)."""
+    meta = torch.load(path, map_location="cpu", weights_only=True).get("densekit")
+    if meta is None:
+        raise DensekitError(f"{path}: not a densekit checkpoint")
+    if cls is not base and meta["task"] != cls.__name__:
+        raise DensekitError(f"{path}: the checkpoint is a {meta['task']}, not a {cls.__name__}")
 
 
 def save_record(task: Any, checkpoint: dict[str, Any]) -> None:
