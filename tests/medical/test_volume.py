@@ -69,6 +69,18 @@ def ckpts(tmp_path_factory):
         ),
         "bare": save_task(seg, root / "bare.ckpt", None),
         "depth": save_task(DepthTask(**common), root / "depth.ckpt", SLICES),
+        "seg_detail": save_task(  # the pixel-detail options of the heads
+            SegmentationTask(
+                num_classes=3,
+                class_names=NAMES,
+                input_upscale=1.5,
+                upsampler="guided",
+                pixel_branch=4,
+                **common,
+            ),
+            root / "seg_detail.ckpt",
+            {**SLICES, "context": 1, "plane": "coronal"},
+        ),
     }
 
 
@@ -132,9 +144,10 @@ def test_known_labels_on_the_input_grid_in_every_plane():
         np.testing.assert_array_equal(labels.array, expected_labels(volume.array))
 
 
-def test_checkpoint_volume_equals_its_forward_on_slice_inputs(ckpts):
+@pytest.mark.parametrize("name", ["seg_2_5d", "seg_detail"])
+def test_checkpoint_volume_equals_its_forward_on_slice_inputs(ckpts, name):
     volume = box_volume()
-    model = load_volume_model(ckpts["seg_2_5d"])
+    model = load_volume_model(ckpts[name])
     assert (model.settings.plane, model.settings.context) == ("coronal", 1)
     labels = predict_volume(model, volume, batch_size=4, progress=False).array
     display = display_order(volume, "coronal")
