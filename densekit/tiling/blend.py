@@ -18,7 +18,7 @@ FINISH_COLUMNS = 2048  # columns finished at a time (rounded to whole blocks of 
 
 # ``emit(c0, c1, sums (K, T, c1 - c0), valid (T, c1 - c0))``: padded columns ``[c0, c1)`` of the
 # strip have received every tile of the strip; the views are only valid during the call.
-Emit = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+Emit = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 
 def hann_window(size: int) -> torch.Tensor:
@@ -27,8 +27,8 @@ def hann_window(size: int) -> torch.Tensor:
     return torch.sin(math.pi * (i + 0.5) / size).pow(2).float()
 
 
-def weight_tables(plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed weights per row and per column of the raster.
+def weight_tables(plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """Summed weights per row and per column of the raster (float32).
 
     The weights are separable and the tiles form a full grid, so the summed weight at ``(r, c)``
     is (sum over tile rows covering ``r``) x (sum over tile columns covering ``c``).
@@ -41,7 +41,7 @@ def weight_tables(plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
     cols = torch.zeros(plan.cols[-1] + t)
     for c in plan.cols:
         cols[c : c + t] += w1
-    return rows, cols[: plan.width]
+    return rows.numpy(), cols[: plan.width].numpy()
 
 
 class StripSums:
@@ -60,6 +60,11 @@ class StripSums:
     by the tile size except for the thin overlap band. Every pixel receives its tiles in the
     same order (strip by strip, left to right) as with sums over whole strips, so the result
     has the same bits whatever ``FINISH_COLUMNS`` is.
+
+    The sums are NumPy arrays, not tensors: these small element-wise steps run between forward
+    passes, and torch would spread each over its intra-op threads, whose start and join cost
+    more than the arithmetic (and much more when another thread, such as the reader, or another
+    process holds a core). Float32 products and sums round the same in both.
     """
 
     def __init__(self, plan: Plan, channels: int) -> None:
@@ -67,12 +72,13 @@ class StripSums:
         self.tile, self.step = t, plan.step
         self.width = plan.cols[-1] + t  # padded: the last tile may reach past the raster
         self.span = min(max(FINISH_COLUMNS // BLOCK, 1) * BLOCK + t, self.width)
-        self.window = hann_window(t)[:, None] * hann_window(t)[None, :]
-        self.acc = torch.zeros(channels, t, self.span)
-        self.valid = torch.zeros(t, self.span, dtype=torch.bool)
+        self.window = (hann_window(t)[:, None] * hann_window(t)[None, :]).numpy()
+        self.acc = np.zeros((channels, t, self.span), np.float32)
+        self.valid = np.zeros((t, self.span), bool)
         overlap = t - plan.step
-        self.carry = torch.zeros(channels, overlap, self.width)
-        self.carry_valid = torch.zeros(overlap, self.width, dtype=torch.bool)
+        self.carry = np.zeros((channels, overlap, self.width), np.float32)
+        self.carry_valid = np.zeros((overlap, self.width), bool)
+        self._product = np.empty((channels, t, t), np.float32)
         self.x0 = 0  # raster column of ``acc[:, :, 0]``
         self.emit: Emit | None = None
 
@@ -81,14 +87,15 @@ class StripSums:
         self.x0, self.emit = 0, emit
         self._load(0, self.span)
 
-    def add(self, c: int, out: torch.Tensor, ok: np.ndarray) -> None:
-        """Add the tile at column ``c``: outputs ``(K, T, T)``, valid pixels ``(T, T)``."""
+    def add(self, c: int, out: np.ndarray, ok: np.ndarray) -> None:
+        """Add the tile at column ``c``: outputs ``(K, T, T)`` float32, valid pixels ``(T, T)``."""
         t = self.tile
         if c + t > self.x0 + self.span:  # columns < c are complete: make room
             self._finish(c // BLOCK * BLOCK)
         j = c - self.x0
-        self.acc[:, :, j : j + t] += out * self.window
-        self.valid[:, j : j + t] |= torch.from_numpy(ok)
+        product = np.multiply(out, self.window, out=self._product)
+        self.acc[:, :, j : j + t] += product
+        self.valid[:, j : j + t] |= ok
 
     def end(self) -> None:
         """Finish the strip's remaining columns."""
@@ -108,8 +115,8 @@ class StripSums:
         self._emit(e)
         m = e - self.x0
         keep = self.span - m
-        self.acc[:, :, :keep] = self.acc[:, :, m:].clone()
-        self.valid[:, :keep] = self.valid[:, m:].clone()
+        self.acc[:, :, :keep] = self.acc[:, :, m:].copy()
+        self.valid[:, :keep] = self.valid[:, m:].copy()
         self.x0 = e
         self._load(e + keep, e + self.span)
 

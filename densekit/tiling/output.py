@@ -48,6 +48,7 @@ def _profile(grid: Grid, count: int, dtype: str, nodata: float) -> dict[str, Any
         "blockxsize": BLOCK,
         "blockysize": BLOCK,
         "compress": "deflate",
+        "zlevel": 1,  # intermediate files: the COG recompresses them at the default level
         "BIGTIFF": "IF_SAFER",
     }
     if grid.georeferenced:

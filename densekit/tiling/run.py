@@ -199,7 +199,7 @@ class _StripOutput:
         model: TileModel,
         plan: Plan,
         writer: _StripWriter,
-        weights: tuple[torch.Tensor, torch.Tensor],
+        weights: tuple[np.ndarray, np.ndarray],
         s: int,
         write: bool,
         timings: dict[str, float],
@@ -212,7 +212,7 @@ class _StripOutput:
         if write:
             self.dst, self.probs = self.files.enter_context(writer.strip(s, self.rows))
 
-    def __call__(self, c0: int, c1: int, sums: torch.Tensor, valid: torch.Tensor) -> None:
+    def __call__(self, c0: int, c1: int, sums: np.ndarray, valid: np.ndarray) -> None:
         """Padded columns ``[c0, c1)`` are final: their first rows go to the strip's files."""
         c1 = min(c1, self.plan.width)
         if self.dst is None or c1 <= c0:
@@ -222,10 +222,11 @@ class _StripOutput:
         n = b - a
         model = self.model
         weight = self.weights[0][a:b, None] * self.weights[1][None, c0:c1]
-        blended = (sums[:, :n, : c1 - c0] / weight).numpy()
-        ok = valid[:n, : c1 - c0].numpy()
+        blended = sums[:, :n, : c1 - c0] / weight
+        ok = valid[:n, : c1 - c0]
         values = model.finish(blended)
-        values[~ok] = np.nan if model.kind == "depth" else CLASS_NODATA
+        if not ok.all():
+            values[~ok] = np.nan if model.kind == "depth" else CLASS_NODATA
         window = Window(c0, 0, c1 - c0, n)
         self.dst.write(values, 1, window=window)
         if self.probs is not None:
@@ -272,7 +273,7 @@ def _run_part(
                 strip = _StripOutput(model, plan, writer, weights, s, s != seed, timings)
                 sums.start(strip)
             tic = time.perf_counter()
-            out = model(*inputs).cpu()
+            out = model(*inputs).cpu().numpy()
             timings["model_s"] += time.perf_counter() - tic
             for k, c in enumerate(cols):
                 sums.add(c, out[k], ok[k])
