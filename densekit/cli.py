@@ -257,7 +257,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output YAML")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser(
+        "quickstart",
+        help="the main job in one command, offline, on bundled real data",
+        description="Train a linear head on bundled real data, test it on a held-out part, "
+        "tile the whole image (or segment the CT volume), and write the checkpoint, "
+        "predictions, pictures and metrics (see densekit.quickstart).",
+    )
+    p.add_argument("--out", default="densekit-quickstart", help="output folder")
+    p.add_argument(
+        "--domain",
+        choices=("geo", "medical"),
+        default="geo",
+        help="geo: SpaceNet buildings (GeoTIFF); medical: CT liver (DICOM + SEG)",
+    )
+    p.add_argument("--backbone", default="densekit_vitt16", help="registry name")
+    p.add_argument(
+        "--weights", default="bundled", help="weights file, 'bundled', 'official' or 'random'"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 15 / 30)")
+    p.set_defaults(func=cmd_quickstart)
     return parser
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from densekit.quickstart import quickstart
+
+    if args.epochs is not None and args.epochs < 1:
+        raise DensekitError(f"--epochs {args.epochs}: give 1 or more")
+    quickstart(args.out, args.domain, args.backbone, args.weights, args.epochs)
+    return 0
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "pretrain")

@@ -1,0 +1,81 @@
+"""`densekit quickstart`: the main job on the bundled data, every output opened and checked
+(short training: the pipeline, not the scores, is under test)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from densekit.cli import main
+from densekit.quickstart import GEO_IMAGE, OUTPUTS
+
+
+def run(argv: list[str]) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return main(argv)
+
+
+def test_geo_quickstart_writes_every_output(tmp_path, capsys):
+    import rasterio
+
+    out = tmp_path / "qs"
+    assert run(["quickstart", "--out", str(out), "--epochs", "2"]) == 0
+    for name in OUTPUTS["geo"]:
+        assert (out / name).is_file(), name
+    with rasterio.open(out / "prediction.tif") as pred, rasterio.open(GEO_IMAGE) as image:
+        assert pred.crs == image.crs and pred.crs.to_epsg() == 32616
+        assert pred.transform == image.transform and pred.shape == image.shape
+        assert pred.dtypes[0] == "uint8" and set(np.unique(pred.read(1))) <= {0, 1}
+        assert pred.overviews(1)  # a COG with overviews
+    overview = Image.open(out / "overview.png")
+    assert overview.width > 3 * 300 and overview.mode in ("RGB", "RGBA")
+    pca = np.asarray(Image.open(out / "features_pca.png"))
+    assert pca.shape == (900, 900, 3) and pca.std() > 10  # a picture, not a flat image
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["test_metrics"]["iou_building"] <= 1
+    assert 0 <= metrics["tiled_iou_building_test_columns"] <= 1
+    assert metrics["backbone"]["name"] == "densekit_vitt16"
+    ckpt = torch.load(out / "model.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["densekit"]["task"] == "SegmentationTask"
+    err = capsys.readouterr().err
+    assert "[6/6]" in err and "densekit fit --config" in err and str(out) in err
+    # the written config trains again as it is
+    assert "densekit_vitt16" in (out / "quickstart.yaml").read_text()
+
+
+def test_medical_quickstart_writes_nifti_seg_and_png(tmp_path):
+    import highdicom as hd
+
+    from densekit.medical import read_volume
+    from densekit.quickstart import CT_SERIES
+
+    out = tmp_path / "qsm"
+    assert run(["quickstart", "--domain", "medical", "--out", str(out), "--epochs", "2"]) == 0
+    for name in OUTPUTS["medical"]:
+        assert (out / name).is_file(), name
+    ct, labels = read_volume(CT_SERIES), read_volume(out / "liver.nii.gz")
+    assert labels.same_grid(ct, tol_mm=1e-3) and set(np.unique(labels.array)) <= {0, 1}
+    seg = hd.seg.segread(out / "liver_seg.dcm")
+    assert seg.number_of_segments == 1
+    assert Image.open(out / "overview.png").width > 900
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["volume_metrics"]["mean_dice"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "0"], "--epochs 0"),
+        (["--weights", "/nonexistent/w.pth"], "/nonexistent/w.pth"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_them(tmp_path, capsys, argv, message):
+    assert run(["quickstart", "--out", str(tmp_path / "q"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()  # nothing written
