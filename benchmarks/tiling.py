@@ -24,7 +24,8 @@ linear head; the memory runs use a 2-block, 32-wide DINOv2-layout ViT so the 400
 takes minutes on 2 cores.
 
 Usage: python benchmarks/tiling.py [--tile 224] [--overlap 32] [--batch 8] [--device cpu]
-       [--bf16] [--skip-memory] [--terratorch-python PATH] [--out results.json]
+       [--bf16] [--skip-memory] [--only-throughput] [--terratorch-python PATH]
+       [--out results.json]
 """
 
 from __future__ import annotations
@@ -243,6 +244,7 @@ def main() -> None:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--repeats", type=int, default=3, help="runs of part 1 (best of each)")
     p.add_argument("--only-memory", action="store_true")
+    p.add_argument("--only-throughput", action="store_true", help="part 1 only")
     p.add_argument("--memory-tile", type=int, default=504)
     p.add_argument("--terratorch-python", default=None)
     p.add_argument("--out", default=None)
@@ -303,6 +305,10 @@ def main() -> None:
             f"on the same {tiles} tiles: ratio {fwd / e2e:.3f} (goal >= 0.9)",
             flush=True,
         )
+        if args.only_throughput:
+            if args.out:
+                Path(args.out).write_text(json.dumps(results, indent=1))
+            return
         results["equivariance_eps_units"] = equivariance(folder)
         print(
             f"3. translation-equivariant model, tiled vs untiled: max diff "
