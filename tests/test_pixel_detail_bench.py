@@ -12,13 +12,7 @@ from helpers import REPO, needs_shared_data
 
 def test_pixel_detail_table(tmp_path):
     needs_shared_data("levir-cd-samples")
-    import inspect
-
-    from densekit.tasks.base import DenseTask
-
-    methods = ["logreg", "rf", "unet", "linear"]
-    if "pixel_branch" in inspect.signature(DenseTask.__init__).parameters:
-        methods.append("linear+all")
+    methods = ["logreg", "rf", "unet", "linear", "linear+all"]
     cmd = [
         sys.executable, str(REPO / "benchmarks" / "pixel_detail.py"),
         "--sets", "levir", "--methods", *methods, "--budget", "2", "--threads", "1",
