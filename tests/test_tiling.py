@@ -86,10 +86,14 @@ def ckpts(tmp_path_factory):
         labels=str(CHIPS / "change/labels"),
         batch_size=4,
     )
+    detail = ChangeDetectionTask(  # the pixel-detail options
+        input_upscale=2.0, upsampler="guided", pixel_branch=4, **common
+    )
     return {
         "seg": _fit(seg, seg_data, root / "seg.ckpt"),
         "depth": _fit(depth, depth_data, root / "depth.ckpt"),
         "change": _fit(change, change_data, root / "change.ckpt"),
+        "change_detail": _fit(detail, change_data, root / "change_detail.ckpt"),
         "weights": weights,
     }
 
@@ -223,6 +227,18 @@ def test_change_detection_aligns_date_two_on_date_one(ckpts, tmp_path):
     with pytest.raises(DensekitError, match=r"does not overlap.*far.tif"):
         tile(ckpts["change"], a, tmp_path / "c2.tif", inputs2=far, tile=56, **QUIET)
     assert not (tmp_path / "c2.tif").exists()
+
+
+def test_a_change_model_with_the_pixel_detail_options(ckpts, tmp_path, capsys):
+    a = _raster(tmp_path / "a.tif", seed=0, nodata_box=False)
+    b = _raster(tmp_path / "b.tif", seed=1, nodata_box=False)
+    [record] = tile(ckpts["change_detail"], a, tmp_path / "c.tif", inputs2=b, tile=56,
+                    overlap=14, batch_size=2, device="cpu", progress=True)  # fmt: skip
+    assert record["backbone_tile"] == 112  # 56 px tiles resized x2 for the backbone
+    assert "the backbone sees 112 x 112 px per 56 px tile" in capsys.readouterr().err
+    with rasterio.open(tmp_path / "c.tif") as o:
+        c = o.read(1)
+    assert c.shape == (130, 150) and set(np.unique(c)) <= {0, 1}
 
 
 def test_many_inputs_in_one_call(ckpts, tmp_path):

@@ -31,6 +31,7 @@ class TileModel:
         self.in_channels = int(hp.in_channels)
         self.bands = list(hp.bands) if hp.bands is not None else None
         self.patch = task.backbone.patch_size if task.backbone is not None else 32
+        self.upscale = float(hp.get("input_upscale", 1.0))
         if self.kind == "depth":
             self.channels = 1
             self.class_names: list[str] = []
@@ -41,6 +42,21 @@ class TileModel:
             self.class_names = list(names) or (
                 ["no_change", "change"] if binary else [f"class{i}" for i in range(hp.num_classes)]
             )
+
+    def backbone_tile(self, tile: int) -> int:
+        """The side in pixels of what the backbone sees of a ``tile``-pixel tile (padded to
+        its patch): ``tile`` unless the model scales its input (``input_upscale``)."""
+        side = max(round(tile * self.upscale), 1)
+        return side + -side % self.patch
+
+    def scaling_note(self, tile: int) -> str:
+        """What input scaling does to the backbone's share of a tile."""
+        side = self.backbone_tile(tile)
+        return (
+            f"input_upscale {self.upscale:g}: the backbone sees {side} x {side} px per {tile} px "
+            f"tile ({(side / tile) ** 2:.1f}x the pixels; lower --batch-size by that factor for "
+            "the memory of an unscaled run)"
+        )
 
     @torch.no_grad()
     def __call__(self, *images: torch.Tensor) -> torch.Tensor:

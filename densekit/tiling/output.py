@@ -247,5 +247,8 @@ def _assemble(
         "backbone": None
         if backbone is None
         else backbone.weights.as_dict() | {"name": backbone.name},
+        # with input scaling the backbone sees each tile resized: its memory and time follow
+        # that side (tokens grow with its square), not the tile's
+        "backbone_tile": None if backbone is None else model.backbone_tile(plan.tile),
         "options": asdict(opts),
     }

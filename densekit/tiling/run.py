@@ -8,6 +8,7 @@ import math
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -342,6 +343,8 @@ def tile_raster(
     raster = open_input(model, str(input), None if input2 is None else str(input2))
     plan = make_plan(raster.grid, opts, model.patch, str(input))
     rank, world = _rank_world()
+    if model.upscale != 1 and opts.progress and rank == 0:
+        tqdm.write(model.scaling_note(plan.tile), file=sys.stderr)
     own_group = _init_distributed(world)
     try:
         return _tile_distributed(model, raster, plan, opts, output, rank, world, tic)
