@@ -249,7 +249,7 @@ def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Consol
         "backbone": test.get("backbone"),
         "test_metrics": scores,
         "tiled_iou_building_test_columns": tiled_iou,
-        "head_grid": test.get("head_grid"),
+        "selected_head": (test.get("head_grid") or {}).get("selected"),
         "seconds": steps.times,
         "outputs": {k: str(out / k) for k in OUTPUTS["geo"]},
         "torch_threads": torch.get_num_threads(),
