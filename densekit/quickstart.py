@@ -83,6 +83,10 @@ def _write_yaml(path: Path, doc: dict[str, Any], header: str) -> None:
     atomic_outputs({path: lambda tmp: tmp.write_text(text)})
 
 
+def _copy(src: Path, dest: Path) -> None:
+    atomic_outputs({dest: lambda tmp: shutil.copyfile(src, tmp)})
+
+
 def _checkpoint(run: Path) -> Path:
     found = sorted(run.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
@@ -175,6 +179,50 @@ def _geo_config(out: Path, stats: dict[str, Any], backbone: str, weights: str, e
     }
 
 
+def _benchmark_card(out: Path, config: dict, backbone: str, weights: str) -> Path:
+    """A ``densekit benchmark`` card on the bundled tile: the quickstart's head against a
+    U-Net from scratch at 10 % and 100 % of the labelled windows, two seeds."""
+    from densekit.benchmark.card import load_card
+
+    model = dict(config["model"]["init_args"])
+    data = dict(config["data"]["init_args"])
+    stats = {k: model[k] for k in ("bands", "mean", "std")}
+    card = {
+        "name": "quickstart_buildings",
+        "description": "SpaceNet Atlanta buildings (bundled tile), label-fraction benchmark",
+        "task": "segmentation",
+        "metric": "iou_building",
+        "data": {**data, "samples_per_epoch": 32},
+        "model": {
+            "num_classes": 2,
+            "class_names": ["background", "building"],
+            "loss": "ce",
+            "class_weights": model["class_weights"],
+            "warmup_steps": 5,
+            **stats,
+        },
+        "trainer": {"max_epochs": 10, "log_every_n_steps": 5},
+        "label_fractions": [0.1, 1.0],
+        "stratify": True,
+        "seeds": [0, 1],
+        "feature_cache": True,
+        "backbones": [{"name": "quickstart", "backbone": backbone, "weights": weights}],
+        "heads": [{"name": "linear", "model": {"head": "linear", "layers": "last4",
+                                               "head_grid": model["head_grid"]}}],
+        "baselines": [{
+            "name": "unet",
+            "model": {"head": "unet", "unet_encoder": "resnet18", "in_channels": 1,
+                      "bands": [1], "mean": stats["mean"][:1], "std": stats["std"][:1]},
+            "data": {"bands": [1], "train_windows": "random",
+                     "augment": {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5}},
+        }],
+    }  # fmt: skip
+    path = out / "benchmark_card.yaml"
+    _write_yaml(path, card, "# densekit benchmark on the quickstart's data (written by it)\n")
+    load_card(path)  # a card that does not load is a bug here, not the user's
+    return path
+
+
 def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Console) -> dict:
     import rasterio
     import torch
@@ -194,21 +242,23 @@ def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Consol
 
     steps.start(f"training linear heads on {backbone} (left 60 % of the columns; feature cache)")
     config = out / "quickstart.yaml"
+    settings = _geo_config(out, stats, backbone, weights, epochs)
     _write_yaml(
         config,
-        _geo_config(out, stats, backbone, weights, epochs),
+        settings,
         "# The config densekit quickstart trained with; rerun: densekit fit --config THIS\n",
     )
+    _benchmark_card(out, settings, backbone, weights)
     shutil.rmtree(out / "run", ignore_errors=True)
     _lightning(["fit", "--config", str(config)])
     ckpt = out / "model.ckpt"
-    shutil.copyfile(_checkpoint(out / "run"), ckpt)
+    _copy(_checkpoint(out / "run"), ckpt)
     steps.done(f"-> {ckpt}")
 
     steps.start("testing on the right 20 % of the columns (never seen in training)")
     _lightning(["test", "--config", str(config), "--ckpt_path", str(ckpt)])
     test = _test_metrics(out / "run")
-    shutil.copyfile(sorted((out / "run").rglob("test_metrics.json"))[-1], out / "test_metrics.json")
+    _copy(sorted((out / "run").rglob("test_metrics.json"))[-1], out / "test_metrics.json")
     scores = test["metrics"]
     steps.done(f"building IoU {scores['iou_building']:.3f}, mIoU {scores['miou']:.3f}")
 
@@ -335,10 +385,10 @@ def run_medical(out: Path, backbone: str, weights: str, epochs: int, console: Co
     shutil.rmtree(out / "run", ignore_errors=True)
     _lightning(["fit", "--config", str(config)])
     ckpt = out / "model.ckpt"
-    shutil.copyfile(_checkpoint(out / "run"), ckpt)
+    _copy(_checkpoint(out / "run"), ckpt)
     _lightning(["test", "--config", str(config), "--ckpt_path", str(ckpt)])
     test = _test_metrics(out / "run")
-    shutil.copyfile(sorted((out / "run").rglob("test_metrics.json"))[-1], out / "test_metrics.json")
+    _copy(sorted((out / "run").rglob("test_metrics.json"))[-1], out / "test_metrics.json")
     steps.done(f"-> {ckpt}; test slice liver IoU {test['metrics']['iou_liver']:.3f}")
 
     steps.start("densekit volume: NIfTI labels and a DICOM SEG, scored against the reference SEG")
@@ -406,6 +456,11 @@ OUTPUTS = {
         "metrics.json",
     ],
 }
+# written too (sidecars, the benchmark card); not listed in the summary
+EXTRA_OUTPUTS = {
+    "geo": ["prediction.json", "benchmark_card.yaml"],
+    "medical": ["liver.nii.gz.metrics.json", "liver_seg.dcm.metrics.json"],
+}
 RUNNERS: dict[str, Callable[..., dict]] = {"geo": run_geo, "medical": run_medical}
 
 
@@ -419,7 +474,7 @@ def quickstart(
     """Run the quickstart of ``domain`` (``"geo"`` or ``"medical"``) into ``out``."""
     if domain not in RUNNERS:
         raise DensekitError(f"--domain {domain!r}: valid values are 'geo' and 'medical'")
-    for f in (GEO_IMAGE, GEO_LABELS, CT_SEG) if domain == "geo" else (CT_SERIES, CT_SEG):
+    for f in (GEO_IMAGE, GEO_LABELS) if domain == "geo" else (CT_SERIES, CT_SEG):
         if not f.exists():
             raise DensekitError(f"the bundled sample {f} is missing: reinstall densekit")
     if weights not in ("bundled", "official", "random") and not Path(weights).expanduser().exists():
@@ -431,7 +486,9 @@ def quickstart(
     if folder.exists() and not folder.is_dir():
         raise DensekitError(f"--out {out}: exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    console = Console(stderr=True)
+    for name in [*OUTPUTS[domain], *EXTRA_OUTPUTS[domain]]:  # no stale outputs of an earlier run
+        (folder / name).unlink(missing_ok=True)
+    console = Console(stderr=True, soft_wrap=True)  # commands stay on one line for copying
     console.print(
         f"densekit quickstart ({domain}): offline, bundled data and backbone {backbone} "
         f"({weights}); outputs in {folder}"
@@ -456,8 +513,8 @@ def _summary(console: Console, out: Path, domain: str, record: dict[str, Any]) -
             f"{out / 'model.ckpt'} --input YOUR.tif --output pred.tif"
         )
         console.print(
-            "  label fractions vs a U-Net:    densekit benchmark tasks/spacenet_buildings.yaml "
-            "--out runs/benchmark/spacenet_buildings"
+            f"  label fractions vs a U-Net:    densekit benchmark {out / 'benchmark_card.yaml'} "
+            f"--out {out / 'benchmark'}"
         )
         console.print("  the same on CT:                densekit quickstart --domain medical")
     else:

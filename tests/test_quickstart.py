@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from densekit.benchmark.card import load_card
 from densekit.cli import main
 from densekit.quickstart import GEO_IMAGE, OUTPUTS
 
@@ -45,8 +46,12 @@ def test_geo_quickstart_writes_every_output(tmp_path, capsys):
     assert ckpt["densekit"]["task"] == "SegmentationTask"
     err = capsys.readouterr().err
     assert "[6/6]" in err and "densekit fit --config" in err and str(out) in err
-    # the written config trains again as it is
-    assert "densekit_vitt16" in (out / "quickstart.yaml").read_text()
+    # the written config trains again as it is, and the benchmark card it suggests loads
+    config = ["--config", str(out / "quickstart.yaml"), "--trainer.fast_dev_run", "true"]
+    assert run(["fit", *config, "--trainer.default_root_dir", str(tmp_path / "again")]) == 0
+    card = load_card(out / "benchmark_card.yaml")
+    assert card.spec["data"]["images"] == str(GEO_IMAGE)
+    assert f"densekit benchmark {out / 'benchmark_card.yaml'}" in err
 
 
 def test_medical_quickstart_writes_nifti_seg_and_png(tmp_path):

@@ -7,11 +7,13 @@ grid, and bilinear upsampling can only blur it. Two light modules put the pixel 
   JBU of FeatUp, Fu et al. 2024, written here from the papers): each full-resolution output is a
   weighted average of the coarse map's ``k x k`` cells nearest to it. The weight of a cell is a
   spatial Gaussian of the distance to the cell centre (learned width, in cells) times a range
-  term ``exp(-|g(q) - mean_g(cell)|^2)`` on a learned guide ``g``: a small convolution of the
-  normalised input bands (all of them; both dates for change detection). Weights sum to 1, so the
-  upsampled map stays in the coarse map's range, and because the average is linear in the coarse
-  map, upsampling a linear head's logits equals applying the head to upsampled features: the
-  linear head keeps its protocol and the upsampler works on ``K`` channels instead of ``C``.
+  term ``exp(-|g(q) - mean_g(cell)|^2)`` on a learned guide ``g`` (the cell mean by adaptive
+  average pooling, approximate when a cell is not a whole number of pixels): a small
+  convolution of the normalised input bands (all of them; both dates for change detection).
+  Weights sum to 1, so the upsampled map stays in the coarse map's range, and because the
+  average is linear in the coarse map, upsampling a linear head's logits equals applying the
+  head to upsampled features: the linear head keeps its protocol and the upsampler works on
+  ``K`` channels instead of ``C``.
 * :class:`PixelStem`, two 3x3 convolutions on the full-resolution bands, whose output is
   concatenated with the upsampled head output and fused by ``3x3 conv + BN + ReLU + 1x1 conv``;
   the head then outputs ``hidden`` channels instead of the classes. For two dates the stem runs
@@ -56,8 +58,11 @@ def resample(y: Tensor, size: Sequence[int], cover: Sequence[float]) -> Tensor:
     gy = (2 * uy + 1) / h - 1  # grid_sample's normalised coordinates (align_corners=False)
     gx = (2 * ux + 1) / w - 1
     grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)
-    grid = grid.to(y.dtype).expand(y.shape[0], -1, -1, -1)
-    return F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    grid = grid.expand(y.shape[0], -1, -1, -1)  # float32: bf16 coordinates would be off by pixels
+    out = F.grid_sample(
+        y.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out.to(y.dtype)
 
 
 class GuidedUpsampler(nn.Module):
@@ -86,7 +91,9 @@ class GuidedUpsampler(nn.Module):
         h, w = y.shape[-2:]
         size = image.shape[-2:]
         g = self.guide(image)
-        # the guide of each cell: its mean over the input pixels the cell covers
+        # the guide of each cell: about its mean over the input pixels the cell covers (adaptive
+        # average pooling of the padded guide: exact when the cover is a whole multiple of the
+        # cells, otherwise bins of whole pixels that may overlap by one)
         pad_h = max(round(cover[0]) - size[0], 0)
         pad_w = max(round(cover[1]) - size[1], 0)
         g_cells = F.adaptive_avg_pool2d(F.pad(g, (0, pad_w, 0, pad_h), mode="replicate"), (h, w))

@@ -304,6 +304,7 @@ class DenseTask(L.LightningModule, abc.ABC):
                 self.input_std[seen],
                 self.input_scale,
                 input_upscale=self.hp.input_upscale,
+                backbone_bands=self.hp.backbone_bands,
             )
         return self._cache
 

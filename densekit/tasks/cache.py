@@ -4,8 +4,8 @@ The backbone is frozen, so the features of a window depend only on
 
 * the model side: backbone name, a sha256 of its weights as loaded (so random weights, adapted
   input channels and overrides are covered), the layers, the input normalisation (mean, std,
-  scale) of the bands the backbone sees, the input scaling factor, the autocast dtype and
-  densekit's version;
+  scale) and positions of the bands the backbone sees, the input scaling factor, the autocast
+  dtype and densekit's version;
 * the data side: each image file (absolute path, size, modification time), the window and the
   region it is read from, the bands, the nodata override. Items that are augmented or drawn at
   random have no key and are always computed.
@@ -35,10 +35,16 @@ from densekit.backbones.base import Backbone
 
 
 def model_key(
-    backbone: Backbone, mean: Tensor, std: Tensor, scale: float, input_upscale: float = 1.0
+    backbone: Backbone,
+    mean: Tensor,
+    std: Tensor,
+    scale: float,
+    input_upscale: float = 1.0,
+    backbone_bands: Sequence[int] | None = None,
 ) -> str:
     """The model side of the key (see the module docstring); ``mean``/``std`` of the bands the
-    backbone sees, ``input_upscale`` the factor it sees them resized by."""
+    backbone sees (``backbone_bands``: their positions among the inputs), ``input_upscale`` the
+    factor it sees them resized by."""
     h = hashlib.sha256()
     for name, t in sorted(backbone.state_dict().items()):
         h.update(name.encode())
@@ -55,6 +61,8 @@ def model_key(
     }
     if input_upscale != 1:
         record["input_upscale"] = input_upscale
+    if backbone_bands is not None:
+        record["backbone_bands"] = list(backbone_bands)
     return json.dumps(record, sort_keys=True)
 
 

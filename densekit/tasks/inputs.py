@@ -4,6 +4,7 @@ checks of the pixel-detail options (the modules are in :mod:`densekit.heads.refi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,11 @@ def input_statistics(hp: Any, backbone: Backbone | None) -> tuple[list[float], l
         if hp.mean is None or hp.std is None:
             raise DensekitError("give both mean and std, or neither")
         return list(hp.mean), list(hp.std)
+    if hp.get("backbone_bands") is not None:
+        raise DensekitError(
+            "model.backbone_bands: give mean and std for every input band (the backbone's own "
+            "statistics are per backbone channel, not per input band)"
+        )
     norm = backbone.normalization if backbone is not None else None
     if norm is None:
         raise DensekitError(
@@ -42,8 +48,8 @@ def input_statistics(hp: Any, backbone: Backbone | None) -> tuple[list[float], l
 def check_detail_options(args: dict[str, Any]) -> None:
     """Reject option values and combinations that cannot work, naming the key."""
     upscale = args["input_upscale"]
-    if not upscale > 0:
-        raise DensekitError(f"model.input_upscale must be > 0, got {upscale}")
+    if not (math.isfinite(upscale) and upscale > 0):
+        raise DensekitError(f"model.input_upscale must be a finite number > 0, got {upscale}")
     if args["upsampler"] not in ("bilinear", "guided"):
         raise DensekitError(
             f"model.upsampler {args['upsampler']!r}: valid values are 'bilinear' and 'guided'"
@@ -52,6 +58,11 @@ def check_detail_options(args: dict[str, Any]) -> None:
         raise DensekitError(
             f"model.pixel_branch must be >= 0 and detail_channels >= 1, got "
             f"{args['pixel_branch']} and {args['detail_channels']}"
+        )
+    if args["detail_channels"] != 32 and args["pixel_branch"] == 0:
+        raise DensekitError(
+            f"model.detail_channels {args['detail_channels']} is used only with a pixel branch; "
+            "set pixel_branch too, or leave detail_channels out"
         )
     detail = args["upsampler"] != "bilinear" or args["pixel_branch"] > 0
     options = upscale != 1 or detail or args["backbone_bands"] is not None

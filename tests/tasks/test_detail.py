@@ -185,7 +185,9 @@ def test_change_and_depth_with_options(weights):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"input_upscale": 0}, "input_upscale must be > 0"),
+        ({"input_upscale": 0}, "input_upscale must be a finite number > 0"),
+        ({"input_upscale": float("inf")}, "input_upscale must be a finite number > 0"),
+        ({"detail_channels": 16}, "detail_channels 16 is used only with a pixel branch"),
         ({"upsampler": "bicubic"}, "valid values are 'bilinear' and 'guided'"),
         ({"pixel_branch": -1}, "pixel_branch must be >= 0"),
         ({"backbone_bands": [0, 3]}, "backbone_bands [0, 3]"),
@@ -214,10 +216,28 @@ def test_checkpoint_round_trip_with_options(weights, tmp_path):
     assert loaded.hp.upsampler == "guided" and loaded.hp.input_upscale == 2.0
 
 
-def test_input_scaling_changes_the_feature_cache_key(weights, tmp_path):
+def test_input_scaling_and_backbone_bands_change_the_feature_cache_key(weights, tmp_path):
+    """Same statistics for every band: only the key's record of the options tells them apart."""
     keys = []
-    for f in (1.0, 2.0):
-        task = seg(weights, input_upscale=f, feature_cache=str(tmp_path / "cache"))
+    for options in (
+        {},
+        {"input_upscale": 2.0},
+        {"backbone_bands": [0, 1, 2]},
+        {"backbone_bands": [2, 1, 0]},
+        {"backbone_bands": [3, 4, 0]},
+    ):
+        task = seg(weights, bands=5, feature_cache=str(tmp_path / "cache"), **options)
         task._feature_cache()
         keys.append(task._cache_model_key)
-    assert keys[0] != keys[1]
+    assert len(set(keys)) == len(keys)
+
+
+def test_backbone_bands_need_statistics_for_every_input_band(weights):
+    with pytest.raises(DensekitError, match="backbone_bands: give mean and std"):
+        SegmentationTask(
+            backbone="dinov2_vits14",
+            weights=weights,
+            backbone_overrides=DIMS,
+            scale=1 / 255,
+            backbone_bands=[2, 1, 0],
+        )
