@@ -145,13 +145,15 @@ def run_sklearn(method: str, spec: SetSpec, train: list[Region], test: list[Regi
     return scores_of(spec.kind, spec.positive, torch.cat(preds), torch.cat(targets))
 
 
-def build_task(method: str, spec: SetSpec, train: list[Region]) -> tuple[DenseTask, list[int]]:
+def build_task(
+    method: str, spec: SetSpec, train: list[Region], lr: float = 1e-3, loss: str | None = None
+) -> tuple[DenseTask, list[int]]:
     """The task of a trained method and the set's bands it takes, in order."""
     n_bands = train[0].images[0].shape[0]
     common: dict[str, Any] = {
         "num_classes": 2,
-        "loss": spec.loss,
-        "lr": 1e-3,
+        "loss": loss or spec.loss,
+        "lr": lr,
         "warmup_steps": 10,
         "schedule": "constant",
     }
@@ -188,7 +190,9 @@ def run_trained(
     method: str, spec: SetSpec, train: list[Region], test: list[Region], args, folder: Path
 ) -> tuple[float, int]:
     L.seed_everything(args.seed, workers=True, verbose=False)
-    task, bands = build_task(method, spec, train)
+    lr = args.unet_lr if method == "unet" else args.head_lr
+    loss = None if args.loss is None else ("bce+dice" if spec.kind == "change" else args.loss)
+    task, bands = build_task(method, spec, train, lr, loss)
     trainer = L.Trainer(
         accelerator=args.accelerator,
         devices=1,
@@ -250,6 +254,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="default: all")
     p.add_argument("--budget", type=float, default=30.0, help="training seconds per run")
+    p.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
+    p.add_argument("--unet-lr", type=float, default=1e-3, help="learning rate of the U-Net")
+    p.add_argument(
+        "--loss", default=None, help="segmentation loss of every trained run (default: per set)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch and scikit-learn threads")
     p.add_argument("--pixels", type=int, default=100_000, help="logreg training pixels")
