@@ -265,7 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
         "tile the whole image (or segment the CT volume), and write the checkpoint, "
         "predictions, pictures and metrics (see densekit.quickstart).",
     )
-    p.add_argument("--out", default="densekit-quickstart", help="output folder")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default densekit-quickstart, densekit-quickstart-medical)",
+    )
     p.add_argument(
         "--domain",
         choices=("geo", "medical"),

@@ -465,13 +465,14 @@ RUNNERS: dict[str, Callable[..., dict]] = {"geo": run_geo, "medical": run_medica
 
 
 def quickstart(
-    out: str | Path = "densekit-quickstart",
+    out: str | Path | None = None,
     domain: str = "geo",
     backbone: str = "densekit_vitt16",
     weights: str = "bundled",
     epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Run the quickstart of ``domain`` (``"geo"`` or ``"medical"``) into ``out``."""
+    """Run the quickstart of ``domain`` (``"geo"`` or ``"medical"``) into ``out`` (default
+    ``densekit-quickstart`` / ``densekit-quickstart-medical``)."""
     if domain not in RUNNERS:
         raise DensekitError(f"--domain {domain!r}: valid values are 'geo' and 'medical'")
     for f in (GEO_IMAGE, GEO_LABELS) if domain == "geo" else (CT_SERIES, CT_SEG):
@@ -482,12 +483,15 @@ def quickstart(
             f"--weights {weights}: no such file or folder; give a weights file, 'bundled' "
             "(densekit_vitt16), 'official' (downloads when online) or 'random'"
         )
+    if out is None:
+        out = "densekit-quickstart" + ("-medical" if domain == "medical" else "")
     folder = Path(out).expanduser().resolve()
     if folder.exists() and not folder.is_dir():
         raise DensekitError(f"--out {out}: exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    for name in [*OUTPUTS[domain], *EXTRA_OUTPUTS[domain]]:  # no stale outputs of an earlier run
-        (folder / name).unlink(missing_ok=True)
+    for d in RUNNERS:  # no stale outputs of an earlier run (of either domain) left beside
+        for name in [*OUTPUTS[d], *EXTRA_OUTPUTS[d]]:
+            (folder / name).unlink(missing_ok=True)
     console = Console(stderr=True, soft_wrap=True)  # commands stay on one line for copying
     console.print(
         f"densekit quickstart ({domain}): offline, bundled data and backbone {backbone} "
