@@ -31,7 +31,7 @@ that run (fit + test). The last row is the best densekit head minus the best bas
 
 Usage:
     python benchmarks/pixel_detail.py [--sets oscd levir] [--methods logreg unet linear+all]
-        [--budget 30] [--seed 0] [--threads 2] [--out runs/pixel_detail]
+        [--budget 30] [--seeds 0 1 2] [--threads 2] [--out runs/pixel_detail]
 
 Needs scikit-learn (``pip install -e .[bench]``).
 """
@@ -237,7 +237,8 @@ def table(
                 cells.append(r.get("note", "n/a"))
             else:
                 steps = f", {r['steps']} steps" if r.get("steps") is not None else ""
-                cells.append(f"{r['value']:.3f} ({r['seconds']:.0f} s{steps})")
+                spread = f" ± {r['std']:.3f}" if r.get("std") is not None else ""
+                cells.append(f"{r['value']:.3f}{spread} ({r['seconds']:.0f} s{steps})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     gaps = []
     for s in sets:
@@ -259,7 +260,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--loss", default=None, help="segmentation loss of every trained run (default: per set)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="one run per seed; cells: mean ± std"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch and scikit-learn threads")
     p.add_argument("--pixels", type=int, default=100_000, help="logreg training pixels")
     p.add_argument("--rf-pixels", type=int, default=30_000, help="random forest training pixels")
@@ -292,24 +295,41 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {}
             for method in methods:
                 print(f"[{name}] {method} ...", flush=True)
-                tic = time.perf_counter()
-                steps = None
-                try:
-                    if method in ("logreg", "rf"):
-                        value = run_sklearn(method, spec, train, test, args)
-                    else:
-                        value, steps = run_trained(
-                            method, spec, train, test, args, runs / name / method
-                        )
-                except Exception:  # one failed run is reported; the others still run
-                    traceback.print_exc()
-                    print(f"[{name}] {method}: FAILED (traceback above)", flush=True)
+                runs_of: list[dict[str, Any]] = []
+                for seed in args.seeds:
+                    args.seed = seed
+                    tic = time.perf_counter()
+                    steps = None
+                    try:
+                        if method in ("logreg", "rf"):
+                            value = run_sklearn(method, spec, train, test, args)
+                        else:
+                            folder = runs / name / method / f"seed{seed}"
+                            value, steps = run_trained(method, spec, train, test, args, folder)
+                    except Exception:  # one failed run is reported; the others still run
+                        traceback.print_exc()
+                        print(f"[{name}] {method}: FAILED (traceback above)", flush=True)
+                        failed = True
+                        break
+                    seconds = time.perf_counter() - tic
+                    runs_of.append({"value": value, "seconds": seconds, "steps": steps})
+                    print(
+                        f"[{name}] {method} seed {seed}: {spec.metric} {value:.3f} "
+                        f"({seconds:.0f} s)",
+                        flush=True,
+                    )
+                if len(runs_of) < len(args.seeds):
                     results[name][method] = {"value": None, "note": "failed"}
-                    failed = True
                     continue
-                seconds = time.perf_counter() - tic
-                results[name][method] = {"value": value, "seconds": seconds, "steps": steps}
-                print(f"[{name}] {method}: {spec.metric} {value:.3f} ({seconds:.0f} s)", flush=True)
+                values = np.array([r["value"] for r in runs_of])
+                steps_of = [r["steps"] for r in runs_of if r["steps"] is not None]
+                results[name][method] = {
+                    "value": float(values.mean()),
+                    "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+                    "values": values.tolist(),
+                    "seconds": float(np.mean([r["seconds"] for r in runs_of])),
+                    "steps": round(float(np.mean(steps_of))) if steps_of else None,
+                }
                 if args.out:
                     (args.out / "results.json").write_text(
                         json.dumps(record(args, results), indent=2)
@@ -317,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results, args.sets, methods)
     header = (
         f"backbone densekit_vitt16 (bundled weights); budget {args.budget:.0f} s per trained run; "
-        f"seed {args.seed}; threads {torch.get_num_threads()}"
+        f"seeds {', '.join(map(str, args.seeds))}; threads {torch.get_num_threads()}"
     )
     print(f"\n{header}\n\n{text}")
     if args.out:
@@ -329,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 def record(args: argparse.Namespace, results: dict) -> dict[str, Any]:
     return {
         "budget_s": args.budget,
-        "seed": args.seed,
+        "seeds": args.seeds,
         "threads": torch.get_num_threads(),
         "backbone": BACKBONE,
         "metrics": {s: SETS[s].metric for s in results},

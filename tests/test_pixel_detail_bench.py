@@ -15,7 +15,7 @@ def test_pixel_detail_table(tmp_path):
     methods = ["logreg", "rf", "unet", "linear", "linear+all"]
     cmd = [
         sys.executable, str(REPO / "benchmarks" / "pixel_detail.py"),
-        "--sets", "levir", "--methods", *methods, "--budget", "2", "--threads", "1",
+        "--sets", "levir", "--methods", *methods, "--budget", "2", "--threads", "1", "--seeds", "0", "1",
         "--pixels", "5000", "--rf-pixels", "5000", "--out", str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -25,7 +25,8 @@ def test_pixel_detail_table(tmp_path):
     assert sorted(results) == sorted(methods)
     for method, record in results.items():
         assert 0.0 <= record["value"] <= 1.0, (method, record)
-        assert record["seconds"] > 0
+        assert record["seconds"] > 0 and len(record["values"]) == 2  # two seeds
+        assert record["std"] is not None
     table = (tmp_path / "table.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("|")}
     for method in methods:
