@@ -39,6 +39,7 @@ from rich.console import Console
 
 from densekit.errors import DensekitError
 from densekit.io import atomic_outputs
+from densekit.pictures import panels, stretch
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 GEO_IMAGE = SAMPLES / "spacenet_atlanta" / "image.tif"
@@ -101,37 +102,13 @@ def _test_metrics(run: Path) -> dict[str, Any]:
     return dict(json.loads(found[-1].read_text()))
 
 
-def _stretch(a: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """A grey image stretched between its 2nd and 98th percentiles to [0, 1]."""
-    values = a[valid] if valid is not None else a.ravel()
-    lo, hi = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
-    return np.clip((a.astype(np.float64) - lo) / max(hi - lo, 1e-9), 0, 1)
-
-
-def _panels(
-    path: Path, panels: list[tuple[str, np.ndarray, str | None]], title: str, mark: int | None
-) -> None:
-    """Side-by-side pictures as one PNG (matplotlib, no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6))
-    for ax, (name, a, cmap) in zip(axes, panels, strict=True):
-        ax.imshow(a, cmap=cmap, interpolation="nearest", vmin=0, vmax=1 if cmap else None)
-        if mark is not None:
-            ax.axvline(mark, color="yellow", lw=1, ls="--")
-        ax.set_title(name, fontsize=10)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=100, format="png")
-
-    atomic_outputs({path: write})
-    plt.close(fig)
+def _trainer(out: Path, epochs: int, log_every: int) -> dict[str, Any]:
+    return {
+        "max_epochs": epochs,
+        "log_every_n_steps": log_every,
+        "default_root_dir": str(out / "run"),
+        "logger": False,
+    }
 
 
 def _geo_config(out: Path, stats: dict[str, Any], backbone: str, weights: str, epochs: int) -> dict:
@@ -139,12 +116,7 @@ def _geo_config(out: Path, stats: dict[str, Any], backbone: str, weights: str, e
     mean, std = stats["mean"][0], stats["std"][0]
     return {
         "seed_everything": 0,
-        "trainer": {
-            "max_epochs": epochs,
-            "log_every_n_steps": 5,
-            "default_root_dir": str(out / "run"),
-            "logger": False,
-        },
+        "trainer": _trainer(out, epochs, 5),
         "model": {
             "class_path": "densekit.tasks.SegmentationTask",
             "init_args": {
@@ -279,10 +251,10 @@ def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Consol
                f"building IoU on the test columns {tiled_iou:.3f}")  # fmt: skip
 
     steps.start("pictures: image | prediction | label, and the PCA of the features")
-    _panels(
+    panels(
         out / "overview.png",
         [
-            ("image (panchromatic)", _stretch(image, image > 0), "gray"),
+            ("image (panchromatic)", stretch(image, image > 0), "gray"),
             ("prediction (densekit tile)", pred.astype(float), "gray"),
             ("label (SpaceNet footprints)", label.astype(float), "gray"),
         ],
@@ -330,12 +302,7 @@ def _pca_picture(path: Path, task: Any, image: np.ndarray) -> None:
 def _medical_config(out: Path, backbone: str, weights: str, epochs: int) -> dict:
     return {
         "seed_everything": 0,
-        "trainer": {
-            "max_epochs": epochs,
-            "log_every_n_steps": 1,
-            "default_root_dir": str(out / "run"),
-            "logger": False,
-        },
+        "trainer": _trainer(out, epochs, 1),
         "model": {
             "class_path": "densekit.tasks.SegmentationTask",
             "init_args": {
@@ -405,7 +372,7 @@ def run_medical(out: Path, backbone: str, weights: str, epochs: int, console: Co
     window = display.apply(Intensity(ct_window="soft_tissue").apply(ct.array))[k]
     predicted = display.apply(read_volume(out / "liver.nii.gz").array)[k]
     reference = display.apply(masks[0])[k]
-    _panels(
+    panels(
         out / "overview.png",
         [
             ("CT (soft-tissue window)", window, "gray"),
