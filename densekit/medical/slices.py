@@ -91,9 +91,8 @@ class Intensity:
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         """``array`` (a whole volume, so percentiles are the volume's) scaled to ``[0, 1]``."""
-        if self.ct_window is not None:
+        if self.percentiles is None:  # then ct_window is set (checked in __post_init__)
             return np.asarray(ct_window(array, self.window()), dtype=np.float32)
-        assert self.percentiles is not None
         lower, upper = self.percentiles
         return np.asarray(percentile_normalize(array, lower, upper), dtype=np.float32)
 
