@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -72,6 +73,26 @@ from pixel_detail_data import (
 
 BATCH = 8
 BACKBONE = {"backbone": "densekit_vitt16", "weights": "bundled"}
+
+
+class TimeDecay(L.Callback):
+    """A cosine decay of every learning rate over the wall-time budget (the step count of a
+    timed run is not known in advance, so the task's own step-based schedules cannot end on
+    time). Set before each optimizer step; the task's warm-up factor is kept."""
+
+    def __init__(self, budget: float, warmup: int) -> None:
+        self.budget, self.warmup, self.start = budget, warmup, 0.0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: L.Trainer, module, batch, batch_idx: int) -> None:
+        progress = min((time.perf_counter() - self.start) / self.budget, 1.0)
+        factor = 0.5 * (1 + math.cos(math.pi * progress))
+        factor *= min(1.0, (trainer.global_step + 1) / max(self.warmup, 1))
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
 
 
 # -- methods -----------------------------------------------------------------------------------
@@ -206,6 +227,7 @@ def run_trained(
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(folder),
+        callbacks=[TimeDecay(args.budget, 10)] if args.decay == "cosine" else [],
     )
     train_loader = DataLoader(RandomWindows(train, bands), batch_size=BATCH)
     trainer.fit(task, train_dataloaders=train_loader)
@@ -256,6 +278,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="default: all")
     p.add_argument("--budget", type=float, default=30.0, help="training seconds per run")
     p.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
+    p.add_argument(
+        "--decay",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="learning rate after the warm-up: constant, or a cosine over the time budget",
+    )
     p.add_argument("--unet-lr", type=float, default=1e-3, help="learning rate of the U-Net")
     p.add_argument(
         "--loss", default=None, help="segmentation loss of every trained run (default: per set)"

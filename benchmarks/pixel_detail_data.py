@@ -179,7 +179,7 @@ class RandomWindows(Dataset):
         flips = [d for d, p in ((-1, torch.rand(())), (-2, torch.rand(()))) if p < 0.5]
         if flips:
             images = [x.flip(flips) for x in images]
-            target = target.flip([d + 1 for d in flips])
+            target = target.flip(flips)  # the same dims: (H, W) ends as (C, H, W) does
         return pack(images, target)
 
 

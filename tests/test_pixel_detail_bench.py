@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from helpers import REPO, needs_shared_data
 
 
@@ -33,3 +35,30 @@ def test_pixel_detail_table(tmp_path):
         cell = rows[method].split("|")[2].strip()
         assert 0.0 <= float(cell.split()[0]) <= 1.0, rows[method]
     assert "LEVIR-CD change F1" in done.stdout
+
+
+def test_training_windows_keep_image_and_mask_aligned():
+    """Every random window, flipped or not, carries the mask of its own pixels: band 0 holds
+    each pixel's position, the mask is a function of band 1, so a flip applied to the image but
+    not to the mask (or along another axis) shows."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch
+    from pixel_detail_data import WINDOW, RandomWindows, Region
+
+    h, w = 300, 260
+    rows, cols = np.mgrid[:h, :w]
+    values = np.random.default_rng(0).normal(size=(h, w)).astype(np.float32)
+    image = np.stack([rows * 1000 + cols, values]).astype(np.float32)
+    mask = (values > 0.3).astype(np.int64)
+    windows = RandomWindows([Region([image, image * 2], mask)], [0, 1], length=60)
+    torch.manual_seed(0)
+    seen = set()
+    for i in range(len(windows)):
+        item = windows[i]
+        x1, x2, target = item["image1"].numpy(), item["image2"].numpy(), item["mask"].numpy()
+        assert x1.shape == (2, WINDOW, WINDOW) and np.array_equal(x2, x1 * 2)
+        where = x1[0].astype(np.int64)
+        assert np.array_equal(x1[1], values[where // 1000, where % 1000]), i
+        assert np.array_equal(target, mask[where // 1000, where % 1000]), i
+        seen.add((bool(where[0, 0] > where[0, -1]), bool(where[0, 0] > where[-1, 0])))
+    assert len(seen) == 4  # unflipped, flipped left-right, up-down and both were all drawn
