@@ -24,14 +24,16 @@ backbone sees); the plain heads take only those three.
 
 Every trained method (U-Net and heads) gets the same wall-time budget (``Trainer(max_time)``):
 random windows of the training region with random flips, batch 8, AdamW, linear warm-up then a
-constant learning rate (a cosine needs a known step count). The test regions are evaluated once,
+constant learning rate, or with ``--decay cosine`` a cosine decay over the time budget (the step
+count of a timed run is not known in advance). The test regions are evaluated once,
 in non-overlapping tiles, with the task's own metrics (``ConfusionMetrics``); the per-pixel
 baselines are scored with the same metric class. Each cell shows the metric and the wall time of
 that run (fit + test). The last row is the best densekit head minus the best baseline.
 
 Usage:
     python benchmarks/pixel_detail.py [--sets oscd levir] [--methods logreg unet linear+all]
-        [--budget 30] [--seeds 0 1 2] [--threads 2] [--out runs/pixel_detail]
+        [--budget 30] [--seeds 0 1 2] [--threads 2] [--decay cosine] [--out runs/pixel_detail]
+    python benchmarks/pixel_detail.py --merge A/results.json B/results.json [--out DIR]
 
 Needs scikit-learn (``pip install -e .[bench]``).
 """
@@ -296,11 +298,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rf-pixels", type=int, default=30_000, help="random forest training pixels")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--out", type=Path, default=None, help="folder for results.json, table.md")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="run nothing: one table from the results.json of earlier runs of one protocol",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -362,16 +374,16 @@ def main(argv: list[str] | None = None) -> int:
                     (args.out / "results.json").write_text(
                         json.dumps(record(args, results), indent=2)
                     )
+    rec = record(args, results)
     text = table(results, args.sets, methods)
-    header = (
-        f"backbone densekit_vitt16 (bundled weights); budget {args.budget:.0f} s per trained run; "
-        f"seeds {', '.join(map(str, args.seeds))}; threads {torch.get_num_threads()}"
-    )
-    print(f"\n{header}\n\n{text}")
+    print(f"\n{header_of(rec)}\n\n{text}")
     if args.out:
-        (args.out / "results.json").write_text(json.dumps(record(args, results), indent=2))
-        (args.out / "table.md").write_text(f"{header}\n\n{text}\n")
+        (args.out / "results.json").write_text(json.dumps(rec, indent=2))
+        (args.out / "table.md").write_text(f"{header_of(rec)}\n\n{text}\n")
     return 1 if failed else 0
+
+
+PROTOCOL = ("budget_s", "seeds", "threads", "backbone", "head_lr", "unet_lr", "loss", "decay")
 
 
 def record(args: argparse.Namespace, results: dict) -> dict[str, Any]:
@@ -380,9 +392,60 @@ def record(args: argparse.Namespace, results: dict) -> dict[str, Any]:
         "seeds": args.seeds,
         "threads": torch.get_num_threads(),
         "backbone": BACKBONE,
+        "head_lr": args.head_lr,
+        "unet_lr": args.unet_lr,
+        "loss": args.loss,
+        "decay": args.decay,
         "metrics": {s: SETS[s].metric for s in results},
         "results": results,
     }
+
+
+def header_of(rec: dict[str, Any]) -> str:
+    keys = ("head_lr", "unet_lr", "loss", "decay")
+    settings = "; ".join(f"{k} {rec[k]}" for k in keys if k in rec)
+    return (
+        f"backbone densekit_vitt16 (bundled weights); budget {rec['budget_s']:.0f} s per trained "
+        f"run; seeds {', '.join(map(str, rec['seeds']))}; threads {rec['threads']}"
+        + (f"; {settings}" if settings else "")
+    )
+
+
+def merge(paths: list[Path], out: Path | None) -> int:
+    """One table from the ``results.json`` of runs of one protocol (say the methods split over
+    two processes, one per core)."""
+    records = []
+    for path in paths:
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"--merge: cannot read {path}: {e}") from None
+    for key in PROTOCOL:
+        seen = {json.dumps(r.get(key)) for r in records}
+        if len(seen) > 1:
+            raise SystemExit(
+                f"--merge: the files differ in {key!r} ({' vs '.join(sorted(seen))}); "
+                "one table needs one protocol"
+            )
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for path, rec in zip(paths, records, strict=True):
+        for name, cells in rec["results"].items():
+            for method, cell in cells.items():
+                if method in results.get(name, {}):
+                    raise SystemExit(
+                        f"--merge: {name} / {method} is in more than one file ({path})"
+                    )
+                results.setdefault(name, {})[method] = cell
+    sets = [s for s in SETS if s in results]
+    methods = [m for m in METHODS if any(m in results[s] for s in sets)]
+    rec = {**records[0], "metrics": {s: SETS[s].metric for s in sets}, "results": results}
+    text = table(results, sets, methods)
+    print(f"{header_of(rec)}\n\n{text}")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(rec, indent=2))
+        (out / "table.md").write_text(f"{header_of(rec)}\n\n{text}\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from helpers import REPO, needs_shared_data
 
 
@@ -62,3 +61,35 @@ def test_training_windows_keep_image_and_mask_aligned():
         assert np.array_equal(target, mask[where // 1000, where % 1000]), i
         seen.add((bool(where[0, 0] > where[0, -1]), bool(where[0, 0] > where[-1, 0])))
     assert len(seen) == 4  # unflipped, flipped left-right, up-down and both were all drawn
+
+
+def _results(budget: float, cells: dict) -> dict:
+    return {"budget_s": budget, "seeds": [0, 1], "threads": 1, "results": {"levir": cells}}
+
+
+def test_merge_makes_one_table_and_refuses_mixed_protocols(tmp_path):
+    cell = {"value": 0.5, "std": 0.1, "values": [0.4, 0.6], "seconds": 61.0, "steps": 100}
+    a, b, c = (tmp_path / f"{k}.json" for k in "abc")
+    a.write_text(json.dumps(_results(60, {"logreg": {**cell, "steps": None}})))
+    b.write_text(json.dumps(_results(60, {"linear+pixel": {**cell, "value": 0.7}})))
+    c.write_text(json.dumps(_results(30, {"unet": cell})))
+    script = str(REPO / "benchmarks" / "pixel_detail.py")
+
+    def merge(*paths, out=None):
+        extra = ["--out", str(out)] if out else []
+        cmd = [sys.executable, script, "--merge", *map(str, paths), *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    done = merge(a, b, out=tmp_path / "merged")
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = (tmp_path / "merged" / "table.md").read_text()
+    assert "| logreg | 0.500 ± 0.100 (61 s) |" in table
+    assert "| linear+pixel | 0.700 ± 0.100 (61 s, 100 steps) |" in table
+    assert "| best head - best baseline | +0.200 |" in table
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert sorted(merged["results"]["levir"]) == ["linear+pixel", "logreg"]
+
+    mixed = merge(a, c)
+    assert mixed.returncode != 0 and "budget_s" in mixed.stderr
+    twice = merge(a, a)
+    assert twice.returncode != 0 and "levir / logreg is in more than one file" in twice.stderr
