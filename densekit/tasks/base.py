@@ -462,7 +462,15 @@ class DenseTask(L.LightningModule, abc.ABC):
         if self.grid:
             params = param_groups(self)  # one learning rate per grid head
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        steps = float(self.trainer.estimated_stepping_batches)
+        if not math.isfinite(steps) and hp.schedule != "constant":
+            raise DensekitError(
+                f"model.schedule {hp.schedule!r} decays over the run's steps, but this run has no "
+                "step count (trainer.max_epochs -1 and no trainer.max_steps; trainer.max_time "
+                "does not give one): set trainer.max_steps or trainer.max_epochs, or use "
+                "schedule: constant"
+            )
+        total = max(int(steps), 1) if math.isfinite(steps) else hp.warmup_steps
         warmup = min(hp.warmup_steps, total)
 
         def factor(step: int) -> float:

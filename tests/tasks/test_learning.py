@@ -11,6 +11,7 @@ import torch
 from helpers import FIXTURES, TEST_DATA, TINY_DIMS
 
 from densekit.data import ChangeDataModule, DepthDataModule, SegmentationDataModule
+from densekit.errors import DensekitError
 from densekit.tasks import ChangeDetectionTask, DepthTask, SegmentationTask
 
 CHIPS = TEST_DATA / "chips"
@@ -145,3 +146,27 @@ def test_change_learns():
     p = y.mean()
     trivial_f1 = 2 * p / (1 + p)  # "everything changed"; "nothing changed" scores 0
     assert metrics["val/f1"] > trivial_f1 + 0.2, (metrics["val/f1"], trivial_f1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_time_limited_run_without_step_count(schedule):
+    """A run limited only by ``trainer.max_time`` (``max_epochs: -1``) has no step count: a
+    decaying schedule is refused with the keys to set, a constant one trains."""
+    task = SegmentationTask(num_classes=3, head="linear", schedule=schedule, warmup_steps=2, **TINY)
+    trainer = L.Trainer(
+        max_epochs=-1,
+        max_time={"seconds": 3},
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if schedule == "cosine":
+            with pytest.raises(DensekitError, match=r"trainer\.max_steps.*schedule: constant"):
+                trainer.fit(task, seg_data())
+        else:
+            trainer.fit(task, seg_data())
+            assert trainer.global_step > 2
