@@ -101,7 +101,7 @@ def main() -> None:
             run()
         gflop = counter.get_total_flops() / 1e9 / args.batch
         base = base or seconds
-        sizes = ", ".join(f"{k} {v:,}" for k, v in task.detail_parameters().items())
+        sizes = ", ".join(f"{k} {v:,}" for k, v in task.model.parameter_counts().items())
         mpx = args.batch * args.tile**2 / seconds / 1e6
         print(
             f"{name:<18} {1000 * seconds / args.batch:8.1f} {mpx:7.3f} {seconds / base:8.2f} "

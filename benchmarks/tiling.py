@@ -3,7 +3,7 @@
 
 It prints (and writes as JSON with --out):
 
-1. throughput: ``densekit.tiling.tile_raster`` end to end (read, model, blend, write the COG)
+1. throughput: ``densekit.inference.tile_raster`` end to end (read, model, blend, write the COG)
    in megapixels/s, divided by the same model's forward on the same tiles, batched the same,
    already in memory (goal >= 0.9); the best of ``--repeats`` alternated runs of each;
 2. memory: peak RSS of a ``tile`` run on a 20000 x 20000 VRT that repeats the Blue Marble,
@@ -45,8 +45,9 @@ import torch
 
 from densekit.backbones import load_backbone
 from densekit.backbones.export import official_state_dict, save_official
+from densekit.inference import TileOptions, Trained, make_plan, tile_raster
+from densekit.models import InputSpec, OutputSpec
 from densekit.tasks import SegmentationTask
-from densekit.tiling import TileModel, TileOptions, make_plan, tile_raster
 
 ROOT = Path(__file__).resolve().parent.parent
 BLUE_MARBLE = (
@@ -55,7 +56,7 @@ BLUE_MARBLE = (
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
-def build_model(kind: str, folder: Path, device: str, bf16: bool) -> TileModel:
+def build_model(kind: str, folder: Path, device: str) -> Trained:
     """A segmentation task (2 classes, linear head) on a frozen random backbone, seeded."""
     torch.manual_seed(0)
     name, overrides = ("densekit_vitt16", {}) if kind == "vitt" else ("dinov2_vits14", TINY)
@@ -70,7 +71,7 @@ def build_model(kind: str, folder: Path, device: str, bf16: bool) -> TileModel:
         backbone_overrides=overrides,
         scale=1 / 255,
     )
-    return TileModel(task, None, device, "bf16" if bf16 else "32")
+    return Trained.of(task.model).to(device)
 
 
 def repeat_vrt(src: Path, width: int, height: int, dest: Path) -> None:
@@ -102,7 +103,7 @@ def repeat_vrt(src: Path, width: int, height: int, dest: Path) -> None:
     dest.write_text("\n".join(lines))
 
 
-def forward_in_memory(model: TileModel, src: Path, opts: TileOptions) -> tuple[float, int]:
+def forward_in_memory(model: Trained, src: Path, opts: TileOptions) -> tuple[float, int]:
     """Seconds of the model alone on the tiles ``tile_raster`` would make, batched the same."""
     with rasterio.open(src) as s:
         grid_w, grid_h = s.width, s.height
@@ -120,10 +121,10 @@ def forward_in_memory(model: TileModel, src: Path, opts: TileOptions) -> tuple[f
             batches.append(
                 torch.from_numpy(np.stack([padded[:, r : r + t, c : c + t] for c in cols]))
             )
-    model(batches[0])  # warm-up
+    model(batches[0], precision=opts.precision)  # warm-up
     tic = time.perf_counter()
-    for x in batches:
-        model(x).cpu()
+    for x in batches:  # the model and its activation, as tile_raster runs them
+        model.output.activate(model(x, precision=opts.precision)).cpu()
     return time.perf_counter() - tic, sum(len(b) for b in batches)
 
 
@@ -131,15 +132,11 @@ def equivariance(folder: Path) -> float:
     """Max |tiled - untiled| / (eps * max|untiled|) for 1x1 convolutions on pixels."""
     from torch import nn
 
-    class PixelTask(nn.Module):
-        kind = "depth"
-        backbone = None
-
+    class PixelNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(0)
             self.net = nn.Sequential(nn.Conv2d(3, 16, 1), nn.GELU(), nn.Conv2d(16, 1, 1))
-            self.hparams = type("HP", (dict,), {"__getattr__": dict.get})(in_channels=3, bands=None)
 
         def forward(self, x):
             return self.net(torch.nan_to_num(x / 255, nan=0.0))
@@ -151,27 +148,34 @@ def equivariance(folder: Path) -> float:
         data = s.read(window=win)
     with rasterio.open(crop, "w", **profile) as d:
         d.write(data)
-    model = TileModel(PixelTask(), None, "cpu", "32")
+    model = Trained(
+        model=PixelNet(),
+        output=OutputSpec("depth", 1, "none", description="depth"),
+        inputs=InputSpec(3, 1, None, (127.5,) * 3, (64.0,) * 3, 1.0),
+    )
     tile_raster(
         model, crop, folder / "eq.tif", options=TileOptions(tile=224, overlap=32, progress=False)
     )
     with torch.no_grad():
-        full = model.task(torch.from_numpy(data.astype(np.float32))[None])[0, 0].numpy()
+        full = model.model(torch.from_numpy(data.astype(np.float32))[None])[0, 0].numpy()
     with rasterio.open(folder / "eq.tif") as o:
         tiled = o.read(1)
     return float(np.abs(tiled - full).max() / (np.finfo(np.float32).eps * np.abs(full).max()))
 
 
-def monai_run(
-    model: TileModel, src: Path, tile: int, overlap: float, batch: int, mode: str
-) -> float:
+def monai_run(model: Trained, src: Path, tile: int, overlap: float, batch: int, mode: str) -> float:
     from monai.inferers import sliding_window_inference
 
     tic = time.perf_counter()
     with rasterio.open(src) as s:
         x = torch.from_numpy(s.read().astype(np.float32))[None]
     out = sliding_window_inference(
-        x, roi_size=(tile, tile), sw_batch_size=batch, predictor=model, overlap=overlap, mode=mode
+        x,
+        roi_size=(tile, tile),
+        sw_batch_size=batch,
+        predictor=lambda t: model.output.activate(model(t)),
+        overlap=overlap,
+        mode=mode,
     )
     out.argmax(1).to(torch.uint8)
     return time.perf_counter() - tic
@@ -192,7 +196,7 @@ def memory_child(size: int, vrt: str, out: str, tile: int, overlap: int) -> None
     """
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_model("tiny", Path(tmp), "cpu", False)
+        model = build_model("tiny", Path(tmp), "cpu")
         before = _status_mib("VmRSS")
         tic = time.perf_counter()
         opts = TileOptions(tile=tile, overlap=overlap, batch_size=4, progress=False)
@@ -270,13 +274,14 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model = build_model("vitt", folder, args.device, args.bf16)
+        model = build_model("vitt", folder, args.device)
         opts = TileOptions(
             tile=args.tile,
             overlap=args.overlap,
             batch_size=args.batch,
             progress=False,
             device=args.device,
+            precision="bf16" if args.bf16 else "32",
         )
         with rasterio.open(BLUE_MARBLE) as s:
             mpx = s.width * s.height / 1e6

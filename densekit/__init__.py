@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from densekit.backbones import Backbone, load_backbone
+from densekit.version import __version__
 
 __all__ = ["Backbone", "__version__", "load_backbone"]

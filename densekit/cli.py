@@ -1,9 +1,8 @@
-"""The ``densekit`` command.
-
-The parser and the small subcommands live here (``features`` and ``stats`` in
-:mod:`densekit.commands`, ``tile``, ``volume`` and ``benchmark`` in their packages); errors in
-what the user gave print one message naming the file, key or value and exit with status 2,
-writing nothing.
+"""The ``densekit`` command: the parser of every subcommand, and the small adapters that turn
+its arguments into calls of the library (the Lightning commands, ``features``, ``stats`` and
+``quickstart`` in :mod:`densekit.commands`; ``tile`` and ``volume`` in
+:mod:`densekit.inference`; ``benchmark`` in :mod:`densekit.benchmark`). Errors in what the user
+gave print one message naming the file, key or value and exit with status 2, writing nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from densekit import __version__
-from densekit.commands import cmd_features, cmd_stats, parse_device
+from densekit.commands.lightning import LIGHTNING_COMMANDS, lightning_command
+from densekit.commands.tools import cmd_features, cmd_stats, parse_device
 from densekit.errors import DensekitError
+from densekit.version import __version__
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
@@ -47,29 +47,26 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_tile(args: argparse.Namespace) -> int:
-    from densekit.tiling import StoppedEarly, tile
+    from densekit.inference import StoppedEarly, TileOptions, tile
 
     inputs = args.input[0] if len(args.input) == 1 else args.input
     inputs2 = None
     if args.input2:
         inputs2 = args.input2[0] if len(args.input2) == 1 else args.input2
+    options = TileOptions(
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        probabilities=args.probabilities,
+        device=args.device,
+        precision=args.precision,
+        prefetch=args.prefetch,
+        resume=args.resume,
+        stop_after_strips=args.stop_after_strips,
+        progress=not args.no_progress,
+    )
     try:
-        records = tile(
-            args.checkpoint,
-            inputs,
-            args.output,
-            inputs2,
-            tile=args.tile,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            probabilities=args.probabilities,
-            device=args.device,
-            precision=args.precision,
-            prefetch=args.prefetch,
-            resume=args.resume,
-            stop_after_strips=args.stop_after_strips,
-            progress=not args.no_progress,
-        )
+        records = tile(args.checkpoint, inputs, args.output, inputs2, options)
     except StoppedEarly as e:
         print(f"densekit tile: {e}", file=sys.stderr)
         return 3
@@ -80,9 +77,49 @@ def cmd_tile(args: argparse.Namespace) -> int:
 
 
 def cmd_volume(args: argparse.Namespace) -> int:
-    from densekit.medical.infer import volume_command
+    """Run ``densekit volume``, print the outputs and the metrics (no patient data)."""
+    from densekit.inference import segment_volume
 
-    return volume_command(args, device=str(parse_device(args.device)))
+    if args.ct_window is not None and args.percentiles is not None:
+        raise DensekitError("give --ct-window or --percentiles, not both")
+    intensity: dict[str, Any] | None = None
+    if args.ct_window is not None:
+        parts = args.ct_window.split(",")
+        intensity = {
+            "ct_window": args.ct_window if len(parts) == 1 else _numbers(parts, "--ct-window")
+        }
+    elif args.percentiles is not None:
+        intensity = {"percentiles": _numbers(args.percentiles.split(","), "--percentiles")}
+    result = segment_volume(
+        args.checkpoint,
+        args.input,
+        args.output,
+        series_uid=args.series_uid,
+        on_missing=args.on_missing,
+        reference=args.reference,
+        batch_size=args.batch_size,
+        device=str(parse_device(args.device)),
+        plane=args.plane,
+        context=args.context,
+        intensity=intensity,
+        progress=not args.no_progress,
+    )
+    record = result["record"]
+    shape = "x".join(map(str, record["input"]["shape"]))
+    classes = len(record["classes"])
+    print(f"wrote {', '.join(result['outputs'])} ({shape} voxels, {classes} classes)")
+    for name, m in (record["metrics"] or {}).get("classes", {}).items():
+        dice = "n/a" if m["dice"] is None else f"{m['dice']:.4f}"
+        hd95 = "n/a" if m["hd95_mm"] is None else f"{m['hd95_mm']:.2f} mm"
+        print(f"{name}: Dice {dice}, HD95 {hd95}")
+    return 0
+
+
+def _numbers(parts: list[str], flag: str) -> list[float]:
+    try:
+        return [float(v) for v in parts]
+    except ValueError:
+        raise DensekitError(f"{flag} {','.join(parts)!r}: expected numbers like 40,400") from None
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -176,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tile",
         help="apply a trained head to whole rasters: tiled, blended, streamed, COG output",
         description=(
-            "Tiled inference with a densekit checkpoint (see densekit.tiling). Under torchrun "
+            "Tiled inference with a densekit checkpoint (see densekit.inference). Under torchrun "
             "the strips are split between the processes."
         ),
     )
@@ -204,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "volume",
         help="segment a DICOM/NIfTI/NRRD volume slice by slice: NIfTI labels or a DICOM SEG",
-        description="A SegmentationTask run slice by slice (see densekit.medical.infer).",
+        description="A segmentation model run slice by slice (see densekit.inference.volume).",
     )
     p.add_argument("--checkpoint", required=True, help="a SegmentationTask checkpoint")
     p.add_argument("--input", required=True, help="DICOM folder or file, .nii(.gz), .nrrd")
@@ -263,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main job in one command, offline, on bundled real data",
         description="Train a linear head on bundled real data, test it on a held-out part, "
         "tile the whole image (or segment the CT volume), and write the checkpoint, "
-        "predictions, pictures and metrics (see densekit.quickstart).",
+        "predictions, pictures and metrics (see densekit.commands.quickstart).",
     )
     p.add_argument(
         "--out",
@@ -286,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from densekit.quickstart import quickstart
+    from densekit.commands.quickstart import quickstart
 
     if args.epochs is not None and args.epochs < 1:
         raise DensekitError(f"--epochs {args.epochs}: give 1 or more")
@@ -294,73 +331,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "pretrain")
-
-
-def _densekit_cause(exc: BaseException | None) -> DensekitError | None:
-    """The DensekitError behind ``exc`` (jsonargparse wraps errors raised while it instantiates
-    the model and data classes)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, DensekitError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def run_lightning(argv: Sequence[str]) -> int:
-    """``densekit fit|validate|test|predict --config FILE.yaml``: LightningCLI on the tasks."""
-    from lightning.pytorch.cli import LightningCLI
-
-    from densekit.data.datamodules import DenseDataModule
-    from densekit.tasks import DenseTask
-
-    argv = list(argv)
-    if len(argv) > 1 and not any(a.startswith("--weights_only") for a in argv):
-        # Checkpoints given with --ckpt_path are read without running code from them.
-        argv.append("--weights_only=true")
-    if argv and argv[0] == "pretrain":  # LightningCLI's fit on the DINO module
-        from densekit.pretrain import DinoPretrainTask, PretrainDataModule
-
-        LightningCLI(
-            DinoPretrainTask,
-            PretrainDataModule,
-            args=["fit", *argv[1:]],
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": "densekit pretrain"},
-        )
-        return 0
-    trainer_defaults: dict[str, Any] = {}
-    if argv and argv[0] == "predict":
-        from densekit.tasks.writer import PredictionWriter
-
-        trainer_defaults["callbacks"] = [PredictionWriter()]
-    LightningCLI(
-        DenseTask,
-        DenseDataModule,
-        trainer_defaults=trainer_defaults,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": f"densekit {argv[0]}" if argv else "densekit"},
-    )
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        try:
-            return run_lightning(argv)
-        except Exception as e:
-            cause = _densekit_cause(e)
-            if cause is None:
-                raise
-            print(f"densekit {argv[0]}: error: {cause}", file=sys.stderr)
-            return 2
+        return lightning_command(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

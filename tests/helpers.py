@@ -107,16 +107,18 @@ def write_raster(path, data, crs=None, transform=None, **profile) -> None:
 
 
 def rank_tile(rank: int, port: int, ckpt: str, src: str, out: str) -> None:
-    """mp.spawn worker: one of two processes of ``densekit.tiling.tile``."""
+    """mp.spawn worker: one of two processes of ``densekit.inference.tile``."""
     import os
 
-    from densekit.tiling import tile
+    from densekit.inference import TileOptions, tile
 
     os.environ.update(
         RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
-    tile(ckpt, src, out, tile=56, overlap=14, probabilities=True, progress=False)
+    tile(
+        ckpt, src, out, options=TileOptions(tile=56, overlap=14, probabilities=True, progress=False)
+    )
 
 
 # `densekit fit` overrides that put the tiny DINOv2 fixture in place of a config's backbone

@@ -13,7 +13,7 @@ from PIL import Image
 
 from densekit.benchmark.card import load_card
 from densekit.cli import main
-from densekit.quickstart import GEO_IMAGE, OUTPUTS
+from densekit.commands.quickstart import GEO_IMAGE, OUTPUTS
 
 
 def run(argv: list[str]) -> int:
@@ -57,8 +57,8 @@ def test_geo_quickstart_writes_every_output(tmp_path, capsys):
 def test_medical_quickstart_writes_nifti_seg_and_png(tmp_path):
     import highdicom as hd
 
+    from densekit.commands.quickstart import CT_SERIES
     from densekit.medical import read_volume
-    from densekit.quickstart import CT_SERIES
 
     out = tmp_path / "qsm"
     assert run(["quickstart", "--domain", "medical", "--out", str(out), "--epochs", "2"]) == 0

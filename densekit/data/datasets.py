@@ -304,8 +304,8 @@ class WindowDataset(Dataset):
         return item
 
     def cache_keys(self, s: Sample) -> list[str]:
-        """The data side of the feature-cache key of each date (:mod:`densekit.tasks.cache`)."""
-        from densekit.tasks.cache import item_key
+        """The data side of the feature-cache key of each date (:mod:`densekit.models.cache`)."""
+        from densekit.models.cache import item_key
 
         extra = {"bands": self.bands, "nodata": self.nodata, "grid": s.grid.describe()}
         return [

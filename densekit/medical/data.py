@@ -311,7 +311,7 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             key = image.patient_key if self.split_by != "study" else pseudonym(image.study_uid)
             group = f"{self.split_by} {key}" if key else f"{where} (no {self.split_by} tag)"
         series = f" (series {pseudonym(image.series_uid)[:8]})" if image.series_uid else ""
-        from densekit.tasks.cache import item_key
+        from densekit.models.cache import item_key
 
         extra = {
             "intensity": repr(self.intensity),

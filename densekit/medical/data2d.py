@@ -200,7 +200,7 @@ class Medical2DDataModule(InMemoryDataModule):
             )[0].clamp(0, 1)
             y = torch.nn.functional.interpolate(y[None, None].float(), size, mode="nearest-exact")
             y = y[0, 0].long()
-        from densekit.tasks.cache import item_key
+        from densekit.models.cache import item_key
 
         h, w = x.shape[1:]
         key = item_key([image], [0, 0, w, h], [0, 0, w, h], {"size": self.size, "medical2d": 1})

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import permutations
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -167,3 +167,44 @@ def slice_input(array: np.ndarray, axis: int, index: int, context: int = 0) -> n
 def slice_target(labels: np.ndarray, axis: int, index: int) -> np.ndarray:
     """The ``(H, W)`` label slice matching :func:`slice_input`."""
     return np.take(labels, index, axis=axis)
+
+
+@dataclass(frozen=True)
+class SliceSettings:
+    """How a model's slice inputs are made: the ``plane``, the ``context`` and the
+    ``intensity`` (what the slice data module records in checkpoints)."""
+
+    plane: Plane
+    context: int
+    intensity: Intensity
+
+    def record(self) -> dict[str, Any]:
+        """The settings as the slice data module's hyper-parameters write them."""
+        i = self.intensity
+        intensity: dict[str, Any] = (
+            {"ct_window": i.ct_window if isinstance(i.ct_window, str) else list(i.window())}
+            if i.ct_window is not None
+            else {"percentiles": list(i.percentiles or ())}
+        )
+        return {"plane": self.plane, "context": self.context, "intensity": intensity}
+
+
+def parse_intensity(value: Any, where: str) -> Intensity:
+    """``{ct_window: name or [level, width]}`` or ``{percentiles: [lower, upper]}``."""
+    if not isinstance(value, dict) or len(value) != 1:
+        raise DensekitError(
+            f"{where} = {value!r}: give one key, ct_window (a preset or [level, width]) or "
+            "percentiles ([lower, upper])"
+        )
+    [(key, setting)] = value.items()
+    if key == "ct_window":
+        if isinstance(setting, str):
+            return Intensity(ct_window=setting)
+        if isinstance(setting, list | tuple) and len(setting) == 2:
+            return Intensity(ct_window=(float(setting[0]), float(setting[1])))
+    elif key == "percentiles" and isinstance(setting, list | tuple) and len(setting) == 2:
+        return Intensity(percentiles=(float(setting[0]), float(setting[1])))
+    raise DensekitError(
+        f"{where}.{key} = {setting!r}: valid are ct_window: a preset name or [level, width], "
+        "and percentiles: [lower, upper]"
+    )

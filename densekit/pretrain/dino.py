@@ -67,8 +67,9 @@ from densekit.backbones.checkpoint import sha256_file
 from densekit.backbones.export import official_state_dict, save_official
 from densekit.backbones.vit import DinoViT
 from densekit.errors import DensekitError
-from densekit.pretrain.objective import DINOHead, cosine, dino_loss, ibot_loss, koleo_loss
+from densekit.pretrain.objective import DINOHead, dino_loss, ibot_loss, koleo_loss
 from densekit.pretrain.probe import Probe
+from densekit.schedules import cosine
 
 
 class DinoPretrainTask(L.LightningModule):

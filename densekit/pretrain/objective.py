@@ -5,8 +5,6 @@ Shapes: ``B`` images, ``K`` prototypes, ``N`` patches per image, ``M`` masked pa
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -71,10 +69,3 @@ def ibot_loss(t_probs: Tensor, s_logp: Tensor, masks: Tensor) -> Tensor:
     weight = (1 / per_image.clamp(min=1)).expand_as(masks)[masks]
     loss = -(t_probs * s_logp).sum(-1) * weight
     return loss.sum() / (per_image > 0).sum().clamp(min=1)
-
-
-def cosine(step: int, total: int, start: float, end: float) -> float:
-    """Cosine from ``start`` (step 0) to ``end`` (step ``total``), then ``end``."""
-    if total <= 0 or step >= total:
-        return end
-    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * step / total))

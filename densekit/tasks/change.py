@@ -6,17 +6,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
-from densekit.heads import ChangeFusion
 from densekit.heads.change import FusionMode
+from densekit.models import OutputSpec
 from densekit.tasks.base import DenseTask
 from densekit.tasks.losses import ChangeLoss, ChangeLossFn, SegmentationLoss
 from densekit.tasks.metrics import ConfusionMetrics
 from densekit.tasks.segmentation import check_labels
-
-STAGES = ("train", "val", "test")
 
 
 class ChangeDetectionTask(DenseTask):
@@ -36,6 +33,7 @@ class ChangeDetectionTask(DenseTask):
 
     kind = "change"
     main_metric = "f1"
+    images = 2
 
     def __init__(
         self,
@@ -52,34 +50,19 @@ class ChangeDetectionTask(DenseTask):
     def binary(self) -> bool:
         return int(self.hp.num_classes) == 2
 
-    @property
-    def num_outputs(self) -> int:
-        return 1 if self.binary else int(self.hp.num_classes)
+    def output_spec(self) -> OutputSpec:
+        return OutputSpec.change(self.hp.num_classes, self.hp.class_names)
 
-    @property
-    def input_images(self) -> int:
-        return 2
-
-    def configure_models(self) -> None:
-        self.fusion = ChangeFusion(self.hp.fusion)
-        super().configure_models()
-
-    def configure_losses(self) -> None:
+    def configure_loss(self) -> nn.Module:
         hp = self.hp
         if self.binary:
-            self.loss_fn: nn.Module = ChangeLossFn(hp.loss, hp.ignore_index)
-        else:
-            kind: Literal["ce", "ce+dice"] = "ce" if hp.loss == "bce" else "ce+dice"
-            self.loss_fn = SegmentationLoss(kind, hp.ignore_index)
+            return ChangeLossFn(hp.loss, hp.ignore_index)
+        kind: Literal["ce", "ce+dice"] = "ce" if hp.loss == "bce" else "ce+dice"
+        return SegmentationLoss(kind, hp.ignore_index)
 
-    def configure_metrics(self) -> None:
+    def configure_metric(self) -> nn.Module:
         hp = self.hp
-        names = hp.class_names or (
-            ["no_change", "change"] if self.binary else [f"class{i}" for i in range(hp.num_classes)]
-        )
-        self.metrics = nn.ModuleDict(
-            {f"m_{s}": ConfusionMetrics(hp.num_classes, hp.ignore_index, names) for s in STAGES}
-        )
+        return ConfusionMetrics(hp.num_classes, hp.ignore_index, self.output_spec().class_names)
 
     def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
         return batch["image1"], batch["image2"]
@@ -89,11 +72,8 @@ class ChangeDetectionTask(DenseTask):
         check_labels(mask, self.hp.num_classes, self.hp.ignore_index, batch.get("path"))
         return mask
 
-    def classes(self, output: Tensor) -> Tensor:
-        return (output[:, 0] > 0).long() if self.binary else output.max(1).indices
-
     def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None:
-        self.metric(stage).update(self.classes(output), target)
+        self.metric(stage).update(self.model.output.labels(output), target)
 
     def compute_metrics(self, stage: str) -> dict[str, float]:
         m = self.metric(stage)
@@ -112,9 +92,3 @@ class ChangeDetectionTask(DenseTask):
             )
         m.reset()
         return scores
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        """Change probability ``(B, 1, H, W)`` (binary) or class probabilities, and the map."""
-        out = self(*self.inputs(batch))
-        probs = torch.sigmoid(out) if self.binary else torch.softmax(out, dim=1)
-        return {"probs": probs, "pred": self.classes(out)}

@@ -9,12 +9,11 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from densekit.errors import DensekitError
-from densekit.heads import DepthOutput
+from densekit.models import OutputSpec
+from densekit.models.outputs import DepthBins
 from densekit.tasks.base import DenseTask
 from densekit.tasks.losses import DepthLoss, DepthLossFn, align_scale_shift, valid_depth
 from densekit.tasks.metrics import DepthMetrics
-
-STAGES = ("train", "val", "test")
 
 
 class DepthTask(DenseTask):
@@ -69,30 +68,17 @@ class DepthTask(DenseTask):
             )
         super().__init__(**kwargs)
 
-    @property
-    def num_outputs(self) -> int:
+    def output_spec(self) -> OutputSpec:
         hp = self.hp
-        return 1 if hp.depth_mode == "regression" else int(hp.num_bins)
+        bins = DepthBins(hp.depth_mode, hp.num_bins, hp.bin_spacing, hp.min_depth, hp.max_depth)
+        return OutputSpec.values("depth", bins)
 
-    def head_kind(self) -> Literal["segmentation", "depth"]:
-        return "depth"
-
-    def configure_models(self) -> None:
+    def configure_loss(self) -> nn.Module:
         hp = self.hp
-        super().configure_models()
-        self.depth_output = DepthOutput(
-            hp.depth_mode, hp.num_bins, hp.bin_spacing, hp.min_depth, hp.max_depth
-        )
+        return DepthLossFn(hp.loss, hp.grad_weight, hp.scale_shift_invariant, hp.height)
 
-    def postprocess(self, y: Tensor) -> Tensor:
-        return self.depth_output(y)
-
-    def configure_losses(self) -> None:
-        hp = self.hp
-        self.loss_fn = DepthLossFn(hp.loss, hp.grad_weight, hp.scale_shift_invariant, hp.height)
-
-    def configure_metrics(self) -> None:
-        self.metrics = nn.ModuleDict({f"m_{s}": DepthMetrics(self.hp.height) for s in STAGES})
+    def configure_metric(self) -> nn.Module:
+        return DepthMetrics(self.hp.height)
 
     def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
         return (batch["image"],)
@@ -121,7 +107,3 @@ class DepthTask(DenseTask):
                 f"height={data_height} (data.init_args.height): set both to true for heights "
                 "above ground (0 = ground is valid) or both to false for depths"
             )
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        """Depth ``(B, 1, H, W)`` in the target's units."""
-        return {"depth": self(*self.inputs(batch))}

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from densekit.errors import DensekitError
+from densekit.models import OutputSpec
 from densekit.tasks.base import DenseTask
 from densekit.tasks.losses import SegLoss, SegmentationLoss
 from densekit.tasks.metrics import ConfusionMetrics
-
-STAGES = ("train", "val", "test")
 
 
 def check_labels(mask: Tensor, num_classes: int, ignore_index: int | None, paths: Any) -> None:
@@ -64,20 +62,17 @@ class SegmentationTask(DenseTask):
             raise DensekitError(f"{len(class_weights)} class_weights for {num_classes} classes")
         super().__init__(**kwargs)
 
-    @property
-    def num_outputs(self) -> int:
-        return int(self.hp.num_classes)
+    def output_spec(self) -> OutputSpec:
+        return OutputSpec.segmentation(self.hp.num_classes, self.hp.class_names)
 
-    def configure_losses(self) -> None:
+    def configure_loss(self) -> nn.Module:
         hp = self.hp
-        self.loss_fn = SegmentationLoss(hp.loss, hp.ignore_index, hp.class_weights)
+        return SegmentationLoss(hp.loss, hp.ignore_index, hp.class_weights)
 
-    def configure_metrics(self) -> None:
+    def configure_metric(self) -> nn.Module:
         hp = self.hp
-        names = hp.class_names or [f"class{i}" for i in range(hp.num_classes)]
-        self.metrics = nn.ModuleDict(
-            {f"m_{s}": ConfusionMetrics(hp.num_classes, hp.ignore_index, names) for s in STAGES}
-        )
+        names = self.output_spec().class_names
+        return ConfusionMetrics(hp.num_classes, hp.ignore_index, names)
 
     def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
         return (batch["image"],)
@@ -88,14 +83,9 @@ class SegmentationTask(DenseTask):
         return mask
 
     def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None:
-        self.metric(stage).update(output.max(1).indices, target)  # argmax(1) is ~15x slower on CPU
+        self.metric(stage).update(self.model.output.labels(output), target)
 
     def compute_metrics(self, stage: str) -> dict[str, float]:
         scores = self.metric(stage).scores()
         self.metric(stage).reset()
         return scores
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        """Class probabilities ``(B, K, H, W)`` and the class map ``(B, H, W)``."""
-        probs = torch.softmax(self(*self.inputs(batch)), dim=1)
-        return {"probs": probs, "pred": probs.max(1).indices}

@@ -1,8 +1,9 @@
 """Writing ``densekit predict`` outputs: one GeoTIFF per window, georeferenced like its image.
 
-For each item of a prediction batch the class map (segmentation, change: uint8) or the depth
-(float32) is written to ``<output_dir>/<image stem>_c<col>_r<row>.tif`` with the CRS of the
-source image and the transform of the window; files appear complete or not at all.
+For each item of a prediction batch the map (labels as uint8, or values such as depth as
+float32, as the model's :class:`~densekit.models.OutputSpec` says) is written to
+``<output_dir>/<image stem>_c<col>_r<row>.tif`` with the CRS of the source image and the
+transform of the window; files appear complete or not at all.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import rasterio
 from lightning.pytorch.callbacks import BasePredictionWriter
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
+
+from densekit.errors import DensekitError
+from densekit.tasks.base import DenseTask
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -49,13 +52,18 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if not isinstance(pl_module, DenseTask):
+            raise DensekitError(f"PredictionWriter writes a DenseTask's outputs, not a {pl_module}")
         folder = self._folder(trainer)
-        values = prediction["depth"][:, 0] if "depth" in prediction else prediction["pred"]
+        spec = pl_module.model.output
+        if spec.is_map_of_classes:
+            values = prediction["pred"]
+        else:
+            values = prediction[spec.description][:, 0]
         for i in range(values.shape[0]):
             image = str(batch["image_path"][i])
             col, row, w, h = (int(v) for v in batch["window"][i])
-            data = values[i].detach().cpu().numpy()
-            data = data.astype(np.float32) if "depth" in prediction else data.astype(np.uint8)
+            data = values[i].detach().cpu().numpy().astype(spec.dtype)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 with rasterio.open(image) as src:

@@ -8,7 +8,7 @@ from helpers import load_tiny
 from densekit import load_backbone
 from densekit.errors import DensekitError
 from densekit.heads import ChangeFusion, DepthOutput, DPTHead, LinearHead
-from densekit.tasks.base import upsample_to
+from densekit.heads.refine import upsample_to
 
 SIZES = [(1, 45, 61), (2, 30, 100), (1, 14, 14)]
 

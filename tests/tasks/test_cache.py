@@ -11,8 +11,8 @@ import torch
 from helpers import TEST_DATA
 
 from densekit.data import SegmentationDataModule
+from densekit.models.cache import FeatureCache
 from densekit.tasks import SegmentationTask
-from densekit.tasks.cache import FeatureCache
 
 CHIPS = TEST_DATA / "chips"
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -32,17 +32,23 @@ def _data(**kwargs):
 def _task(weights, cache=None):
     torch.manual_seed(0)
     return SegmentationTask(
-        num_classes=3, weights=weights, backbone_overrides=TINY, scale=1 / 255,
+        num_classes=3,
+        weights=weights,
+        backbone_overrides=TINY,
+        scale=1 / 255,
         feature_cache=None if cache is None else str(cache),
-    )  # fmt: skip
+    )
 
 
 def _fit(task, data, epochs=2):
     L.seed_everything(0)
     trainer = L.Trainer(
-        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
-    )  # fmt: skip
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(task, data)
@@ -70,29 +76,29 @@ def test_cached_training_reads_features_back_and_matches_uncached(weights, tmp_p
     plain_trainer = _fit(plain, _data())
     cached = _task(weights, tmp_path / "cache")
     calls = {"n": 0}
-    original = cached.backbone.forward_with_class_tokens
+    original = cached.model.backbone.forward_with_class_tokens
 
     def counting(x):
         calls["n"] += x.shape[0]
         return original(x)
 
-    cached.backbone.forward_with_class_tokens = counting  # type: ignore[method-assign]
+    cached.model.backbone.forward_with_class_tokens = counting  # type: ignore[method-assign]
     trainer = _fit(cached, _data())
     entries = list((tmp_path / "cache").glob("*/*.pt"))
     # every train and validation window computed once (the sanity check reads some back)
     assert len(entries) == calls["n"] > 0
-    assert cached._cache.hits > 0
-    for (name, a), b in zip(plain.head.state_dict().items(), cached.head.state_dict().values(),
-                            strict=True):  # fmt: skip
+    assert cached.model.feature_cache.hits > 0
+    plain_head, cached_head = plain.model.head.state_dict(), cached.model.head.state_dict()
+    for (name, a), b in zip(plain_head.items(), cached_head.values(), strict=True):
         assert torch.equal(a, b), name  # the same training, bit for bit
     m_plain, m_cached = plain_trainer.callback_metrics, trainer.callback_metrics
     assert "val/miou" in m_plain and m_plain.keys() == m_cached.keys()
     assert all(torch.equal(m_plain[k], m_cached[k]) for k in m_plain)
     # a new run reuses the entries: the backbone is not run at all
     again = _task(weights, tmp_path / "cache")
-    again.backbone.forward_with_class_tokens = None  # type: ignore[assignment]
+    again.model.backbone.forward_with_class_tokens = None  # type: ignore[assignment]
     _fit(again, _data(), epochs=1)
-    assert again._cache.misses == 0
+    assert again.model.feature_cache.misses == 0
 
 
 def test_augmented_or_random_windows_are_not_cached(weights, tmp_path):
@@ -118,9 +124,8 @@ def test_keys_change_with_the_file_and_the_model(weights, tmp_path):
     finally:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     a, b = _task(weights, tmp_path), _task(weights, tmp_path)
-    b.input_mean += 1
-    assert a._feature_cache() is not None and b._feature_cache() is not None
-    assert a._cache_model_key != b._cache_model_key
+    b.model.input_mean += 1
+    assert a.model.cache_model_key() != b.model.cache_model_key()
 
 
 def test_eviction_keeps_the_folder_under_its_limit(tmp_path):

@@ -52,8 +52,8 @@ def test_vit_s_linear_checkpoint_is_small_and_round_trips(vits_weights, tmp_path
     size = path.stat().st_size
     assert size < 200_000, size  # the 22M-parameter backbone is not in it
     ckpt = torch.load(path, weights_only=True)
-    assert not [k for k in ckpt["state_dict"] if k.startswith("backbone.")]
-    assert ckpt["densekit"]["backbone"]["sha256"] == task.backbone.weights.sha256
+    assert not [k for k in ckpt["state_dict"] if k.startswith("model.backbone.")]
+    assert ckpt["densekit"]["backbone"]["sha256"] == task.model.backbone.weights.sha256
     assert ckpt["densekit"]["task"] == "SegmentationTask"
     loaded = SegmentationTask.load_from_checkpoint(path, weights_only=True)
     x = torch.rand(1, 3, 40, 50) * 255
@@ -97,7 +97,7 @@ def test_random_backbone_is_saved_since_it_cannot_be_recreated(tmp_path):
         )
     path = train_briefly(task, tmp_path)
     ckpt = torch.load(path, weights_only=True)
-    assert any(k.startswith("backbone.") for k in ckpt["state_dict"])
+    assert any(k.startswith("model.backbone.") for k in ckpt["state_dict"])
     with pytest.warns(UserWarning, match="RANDOM"):
         loaded = SegmentationTask.load_from_checkpoint(path, weights_only=True)
     x = torch.rand(1, 3, 28, 28) * 255

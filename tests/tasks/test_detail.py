@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from helpers import random_tiny_weights
 
 from densekit.errors import DensekitError
-from densekit.heads.refine import GuidedUpsampler, resample
+from densekit.heads.refine import GuidedUpsampler, resample, upsample_to
+from densekit.models.inputs import coverage
 from densekit.tasks import ChangeDetectionTask, DepthTask, SegmentationTask
-from densekit.tasks.base import upsample_to
-from densekit.tasks.inputs import coverage
 
 DIMS = {"embed_dim": 32, "depth": 4, "num_heads": 2}
 
@@ -118,28 +117,28 @@ def test_options_give_full_resolution_outputs_and_train(weights, head):
     y = task(x)
     assert y.shape == (2, 2, 50, 61)
     y.sum().backward()
-    assert task.detail is not None
-    assert all(p.grad is not None for p in task.detail.parameters() if p.requires_grad)
-    assert all(p.grad is None for p in task.backbone.parameters())
+    assert task.model.detail is not None
+    assert all(p.grad is not None for p in task.model.detail.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in task.model.backbone.parameters())
 
 
 def test_backbone_sees_only_its_bands_and_the_scaled_image(weights):
     task = seg(weights, bands=5, input_upscale=2.0, pixel_branch=4, backbone_bands=[0, 1, 2])
     seen = []
-    original = task.backbone.forward_with_class_tokens
+    original = task.model.backbone.forward_with_class_tokens
 
     def spy(x):
         seen.append(tuple(x.shape))
         return original(x)
 
-    task.backbone.forward_with_class_tokens = spy
+    task.model.backbone.forward_with_class_tokens = spy
     x = torch.randn(1, 5, 28, 42)
     with torch.no_grad():
         a = task.eval()(x)
         x2 = x.clone()
         x2[:, 3:] += 5.0  # bands the backbone does not see; the pixel branch does
         b = task(x2)
-        feats = [task.encode([x])[0][0], task.encode([x2])[0][0]]
+        feats = [task.model.encode([x])[0][0], task.model.encode([x2])[0][0]]
     assert seen[0] == (1, 3, 56, 84)
     torch.testing.assert_close(feats[0], feats[1])
     assert not torch.allclose(a, b)
@@ -147,7 +146,7 @@ def test_backbone_sees_only_its_bands_and_the_scaled_image(weights):
 
 def test_pixel_branch_stays_small_and_is_reported(weights):
     task = seg(weights, bands=13, pixel_branch=16, upsampler="guided", backbone_bands=[3, 2, 1])
-    sizes = task.detail_parameters()
+    sizes = task.model.parameter_counts()
     assert 1_000 < sizes["pixel branch"] < 10_000
     assert sum(sizes.values()) < 50_000
 
@@ -166,7 +165,7 @@ def test_change_and_depth_with_options(weights):
     a, b = torch.randn(2, 3, 28, 28), torch.randn(2, 3, 28, 28)
     assert change(a, b).shape == (2, 1, 28, 28)
     # the fusion sees the head's 32 detail channels and [p1, p2, |p2 - p1|] of the pixel branch
-    assert change.detail.fuse[0].in_channels == 32 + 3 * 8
+    assert change.model.detail.fuse[0].in_channels == 32 + 3 * 8
     depth = DepthTask(
         backbone="dinov2_vits14",
         weights=weights,
@@ -227,8 +226,8 @@ def test_input_scaling_and_backbone_bands_change_the_feature_cache_key(weights, 
         {"backbone_bands": [3, 4, 0]},
     ):
         task = seg(weights, bands=5, feature_cache=str(tmp_path / "cache"), **options)
-        task._feature_cache()
-        keys.append(task._cache_model_key)
+        assert task.model.feature_cache is not None
+        keys.append(task.model.cache_model_key())
     assert len(set(keys)) == len(keys)
 
 

@@ -66,8 +66,8 @@ def test_a_grid_of_one_head_trains_exactly_as_the_plain_head(tmp_path):
     )
     fit(plain, tmp_path / "a", num_sanity_val_steps=0)
     fit(grid, tmp_path / "b", num_sanity_val_steps=0)
-    a = plain.head.state_dict()
-    b = grid.head.heads[0].state_dict()
+    a = plain.model.head.state_dict()
+    b = grid.model.head.heads[0].state_dict()
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
@@ -83,11 +83,11 @@ def test_the_best_head_on_validation_is_selected_tested_and_saved(tmp_path):
     t = fit(task, tmp_path)
     lrs = [g["initial_lr"] for g in t.optimizers[0].param_groups]
     assert lrs == [1e-7, 0.03, 1e-7, 0.03]  # one group per head, its own learning rate
-    scores = task.grid_scores
+    scores = task.model.head_grid.scores
     assert list(scores) == ["last_lr1e-07", "last_lr0.03", "last4_lr1e-07", "last4_lr0.03"]
     best = max(scores, key=scores.get)
     assert best.endswith("lr0.03")  # a head that hardly moves does not win
-    assert task.grid[int(task.head.selected)].name == best
+    assert task.model.head_grid.selected_name == best
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         test = t.test(task, data(), verbose=False)[0]
@@ -98,7 +98,7 @@ def test_the_best_head_on_validation_is_selected_tested_and_saved(tmp_path):
     path = tmp_path / "grid.ckpt"
     t.save_checkpoint(path)
     loaded = SegmentationTask.load_from_checkpoint(path)
-    assert int(loaded.head.selected) == int(task.head.selected)
+    assert int(loaded.model.head.selected) == int(task.model.head.selected)
     x = torch.rand(2, 3, 28, 28) * 255
     with torch.no_grad():
         task.eval(), loaded.eval()

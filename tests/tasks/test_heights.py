@@ -186,4 +186,4 @@ def test_log_bins_need_a_positive_min_depth():
     with pytest.raises(DensekitError, match=r"max_depth \(1.0\) must be above .*min_depth \(2.0\)"):
         tiny_task(min_depth=2.0, max_depth=1.0)
     task = tiny_task(height=True, loss="l1", min_depth=0.0, max_depth=40.0)  # linear bins
-    assert float(task.depth_output.centres.min()) == 0.0
+    assert float(task.model.depth_output.centres.min()) == 0.0

@@ -1,18 +1,21 @@
-"""Blending tiles: the smooth weights, and a strip's running sums held a column block at a time."""
+"""Blending tiles (the merge role of a tiled run): the smooth weights, and a strip's running
+sums held a column block at a time.
+
+Each tile's output is multiplied by ``w(i) w(j)`` with ``w(i) = sin^2(pi (i + 0.5) / tile)`` (a
+Hann window shifted half a pixel so it is never zero) and summed; the result is the sum divided
+by the summed weights. Where tiles overlap, each one's borders weigh least, so no seam shows; a
+model that is exactly translation-equivariant gives the untiled result.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from densekit.tiling.output import BLOCK
-
-if TYPE_CHECKING:
-    from densekit.tiling.run import Plan
+from densekit.inference.plan import BLOCK, Plan
 
 FINISH_COLUMNS = 2048  # columns finished at a time (rounded to whole blocks of the strip files)
 
@@ -104,7 +107,8 @@ class StripSums:
 
     def _emit(self, e: int) -> None:
         """Hand columns ``[x0, e)`` to ``emit`` and keep their overlap rows for the next strip."""
-        assert self.emit is not None, "start() a strip first"
+        if self.emit is None:
+            raise RuntimeError("StripSums: start() a strip before adding tiles")
         m = e - self.x0
         self.emit(self.x0, e, self.acc[:, :, :m], self.valid[:, :m])
         self.carry[:, :, self.x0 : e] = self.acc[:, self.step :, :m]

@@ -1,25 +1,26 @@
-"""Volume inference: a trained 2D segmentation head run slice by slice over a volume.
+"""Volume inference: a trained 2D segmentation model run slice by slice over a volume.
 
-``densekit volume`` / :func:`segment_volume`:
+``densekit volume`` / :func:`segment_volume`, the volume plan over
+:func:`~densekit.inference.runner.run`:
 
-1. The checkpoint (:func:`load_volume_model`): a densekit ``SegmentationTask`` on 3-channel
-   inputs in ``[0, 1]`` (``scale`` 1), loaded with the checks of ``densekit tile``. How its
-   slices were made comes from ``checkpoint["datamodule_hyper_parameters"]`` (written by the
-   slice data module): ``plane``, ``context`` and ``intensity`` (``{ct_window: name or [level,
-   width]}`` or ``{percentiles: [lower, upper]}``). Only what the checkpoint lacks may be given
-   by the caller; a value that contradicts the checkpoint is an error, never an override. How
-   its masks became classes (``segments``, ``label_map``, ``priority``, ``unlisted``) is read
-   from there too, for the reference (5).
+1. The checkpoint (:func:`load_volume_model`, read once by
+   :func:`~densekit.inference.trained.load_trained`): a segmentation model on 3-channel inputs in
+   ``[0, 1]`` (``scale`` 1). How its slices were made comes from the checkpoint's
+   ``datamodule_hyper_parameters`` (written by the slice data module): ``plane``, ``context`` and
+   ``intensity`` (``{ct_window: name or [level, width]}`` or ``{percentiles: [lower, upper]}``).
+   Only what the checkpoint lacks may be given by the caller; a value that contradicts the
+   checkpoint is an error, never an override. How its masks became classes (``segments``,
+   ``label_map``, ``priority``, ``unlisted``) is read from there too, for the reference (5).
 2. The volume (:func:`~densekit.medical.nifti.read_volume`: a DICOM folder or file, NIfTI or
    NRRD), scaled to ``[0, 1]`` as a whole (:class:`~densekit.medical.slices.Intensity`).
 3. :func:`predict_volume`: the volume brought into the plane's display orientation
-   (:func:`~densekit.medical.slices.display_order`, exact axis permutations and flips) and
-   :func:`~densekit.medical.slices.slice_input` (the one definition shared with training) for
-   every slice, batches of ``batch_size`` through the task's forward under
-   ``torch.inference_mode``, argmax, the orientation undone exactly: a label array on the input
-   grid (same shape and affine). MONAI's SliceInferer is
-   not used: it batches sliding windows within one slice and has no notion of 2.5D
-   neighbours, which are exactly what the slice inputs need.
+   (:func:`~densekit.medical.slices.display_order`, exact axis permutations and flips); the
+   reader makes :func:`~densekit.medical.slices.slice_input` (the one definition shared with
+   training) for every slice, in batches of ``batch_size``; the merger stores each slice's
+   labels (:meth:`~densekit.models.OutputSpec.labels`); the orientation is undone exactly: a
+   label array on the input grid (same shape and affine). MONAI's SliceInferer is not used: it
+   batches sliding windows within one slice and has no notion of 2.5D neighbours, which are
+   exactly what the slice inputs need.
 4. The output, all or nothing (:func:`densekit.io.atomic_outputs`): ``.nii`` / ``.nii.gz``
    (:func:`~densekit.medical.nifti.write_nifti`, the input's affine) or ``.dcm``, a DICOM SEG
    referencing the source instances (:mod:`densekit.medical.seg_writer`; DICOM input only).
@@ -37,68 +38,45 @@ runs on one series can be matched without naming it; the checkpoint by its sha25
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
+import torch
+from torch import Tensor
 
-from densekit import __version__
 from densekit.errors import DensekitError
+from densekit.inference.runner import Batch, read_ahead, run
+from densekit.inference.trained import Trained, load_trained
 from densekit.medical.metrics import segmentation_metrics
 from densekit.medical.nifti import NIFTI_SUFFIXES, read_volume
 from densekit.medical.reference import IGNORED, file_suffix, read_reference
-from densekit.medical.seg_writer import build_seg, is_dicom_path, scrub, sha256_file, source_headers
+from densekit.medical.seg_writer import build_seg, is_dicom_path, scrub, source_headers
 from densekit.medical.series import OnMissing
-from densekit.medical.slices import Intensity, Plane, display_order, slice_input
+from densekit.medical.slices import (
+    Plane,
+    SliceSettings,
+    display_order,
+    parse_intensity,
+    slice_input,
+)
 from densekit.medical.volume import Volume
+from densekit.version import __version__
 
 OUTPUT_SUFFIXES = (*NIFTI_SUFFIXES, ".dcm")
 SLICE_KEYS = ("plane", "context", "intensity")
 CLASS_KEYS = ("segments", "label_map", "priority", "unlisted")
-FLAGS = {"plane": "--plane", "context": "--context", "intensity": "--ct-window/--percentiles"}
-
-
-@dataclass(frozen=True)
-class SliceSettings:
-    """How a checkpoint's slice inputs are made (see :mod:`densekit.medical.slices`)."""
-
-    plane: Plane
-    context: int
-    intensity: Intensity
-
-    def record(self) -> dict[str, Any]:
-        i = self.intensity
-        intensity: dict[str, Any] = (
-            {"ct_window": i.ct_window if isinstance(i.ct_window, str) else list(i.window())}
-            if i.ct_window is not None
-            else {"percentiles": list(i.percentiles or ())}
-        )
-        return {"plane": self.plane, "context": self.context, "intensity": intensity}
-
-
-def parse_intensity(value: Any, where: str) -> Intensity:
-    """``{ct_window: name or [level, width]}`` or ``{percentiles: [lower, upper]}``."""
-    if not isinstance(value, dict) or len(value) != 1:
-        raise DensekitError(
-            f"{where} = {value!r}: give one key, ct_window (a preset or [level, width]) or "
-            "percentiles ([lower, upper])"
-        )
-    [(key, setting)] = value.items()
-    if key == "ct_window":
-        if isinstance(setting, str):
-            return Intensity(ct_window=setting)
-        if isinstance(setting, list | tuple) and len(setting) == 2:
-            return Intensity(ct_window=(float(setting[0]), float(setting[1])))
-    elif key == "percentiles" and isinstance(setting, list | tuple) and len(setting) == 2:
-        return Intensity(percentiles=(float(setting[0]), float(setting[1])))
-    raise DensekitError(
-        f"{where}.{key} = {setting!r}: valid are ct_window: a preset name or [level, width], "
-        "and percentiles: [lower, upper]"
-    )
+FLAGS = {
+    "plane": "plane (--plane)",
+    "context": "context (--context)",
+    "intensity": "intensity (--ct-window/--percentiles)",
+}
 
 
 def slice_settings(
@@ -110,7 +88,7 @@ def slice_settings(
 ) -> SliceSettings:
     """The checkpoint's slice settings; the arguments fill only what it does not record."""
     recorded = recorded or {}
-    where = f"--checkpoint {checkpoint}: datamodule_hyper_parameters"
+    where = f"checkpoint {checkpoint}: datamodule_hyper_parameters"
     given: dict[str, Any] = {"plane": plane, "context": context, "intensity": intensity}
     values: dict[str, Any] = {}
     for key in SLICE_KEYS:
@@ -136,32 +114,29 @@ def slice_settings(
     return SliceSettings(values["plane"], values["context"], values["intensity"])
 
 
+@dataclass
 class VolumeModel:
-    """A SegmentationTask and the slice settings it was trained with."""
+    """A segmentation model, the slice settings it was trained with, and how its training
+    masks became classes (``CLASS_KEYS`` of the slice data module)."""
 
-    def __init__(
-        self,
-        tile_model: Any,
-        settings: SliceSettings,
-        checkpoint_sha256: str,
-        mask_classes: dict[str, Any] | None = None,
-    ) -> None:
-        self.task = tile_model.task
-        self.device = tile_model.device
-        self.class_names: list[str] = list(tile_model.class_names)
-        self.settings = settings
-        self.checkpoint_sha256 = checkpoint_sha256
-        # how the training masks became classes (CLASS_KEYS of the slice data module)
-        self.mask_classes: dict[str, Any] = dict(mask_classes or {})
+    trained: Trained
+    settings: SliceSettings
+    mask_classes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.trained.output.class_names)
 
     def provenance(self) -> dict[str, Any]:
-        backbone = self.task.backbone
+        backbone = self.trained.backbone
+        model = self.trained.model
+        head = getattr(getattr(model, "config", None), "head", None)
         return {
-            "backbone": backbone.name if backbone is not None else None,
-            "head": str(self.task.hp.head),
+            "backbone": backbone["name"] if backbone is not None else None,
+            "head": head.kind if head is not None else None,
             "plane": self.settings.plane,
             "context": self.settings.context,
-            "checkpoint_sha256": self.checkpoint_sha256,
+            "checkpoint_sha256": self.trained.checkpoint_sha256,
         }
 
 
@@ -172,39 +147,58 @@ def load_volume_model(
     context: int | None = None,
     intensity: dict[str, Any] | None = None,
 ) -> VolumeModel:
-    """Load a SegmentationTask checkpoint for volume inference (see the module docstring).
+    """Load a segmentation checkpoint for volume inference (see the module docstring).
 
     Raises:
         DensekitError: a missing or unreadable file, not a densekit checkpoint, a checkpoint of
             another task, inputs other than 3 channels in [0, 1], or slice settings missing
             from both the checkpoint and the arguments, or contradicting the checkpoint.
     """
-    import torch
-
-    from densekit.tiling.model import load_tile_model
-
-    model = load_tile_model(checkpoint, device=str(device))
-    if model.kind != "segmentation":
+    trained = load_trained(checkpoint, device)
+    spec = trained.inputs
+    if not trained.output.is_map_of_classes or spec.images != 1:
         raise DensekitError(
-            f"--checkpoint {checkpoint}: a {type(model.task).__name__} checkpoint; densekit "
-            "volume runs a SegmentationTask"
+            f"checkpoint {checkpoint}: a {trained.task} checkpoint; densekit volume runs a "
+            "segmentation model (one image, classes)"
         )
-    hp = model.task.hp
-    if int(hp.in_channels) != 3:
+    if spec.channels != 3:
         raise DensekitError(
-            f"--checkpoint {checkpoint}: in_channels is {hp.in_channels}; slice inputs have 3 "
+            f"checkpoint {checkpoint}: in_channels is {spec.channels}; slice inputs have 3 "
             "channels (the slice repeated, or its 2.5D neighbours)"
         )
-    if model.task.input_scale != 1.0:
+    if spec.scale != 1.0:
         raise DensekitError(
-            f"--checkpoint {checkpoint}: scale is {hp.scale}; slice inputs are already in "
+            f"checkpoint {checkpoint}: scale is {spec.scale:g}; slice inputs are already in "
             "[0, 1] (scale 1), so this model was trained on other inputs"
         )
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    recorded = stored.get("datamodule_hyper_parameters") or {}
+    recorded = trained.data
     settings = slice_settings(recorded, checkpoint, plane, context, intensity)
     mask_classes = {k: recorded[k] for k in CLASS_KEYS if recorded.get(k) is not None}
-    return VolumeModel(model, settings, sha256_file(checkpoint), mask_classes)
+    return VolumeModel(trained, settings, mask_classes)
+
+
+class _SliceLabels:
+    """The merger of volume inference: each batch's labels stored along axis 0 of ``along``."""
+
+    def __init__(self, model: VolumeModel, along: np.ndarray) -> None:
+        self.output = model.trained.output
+        self.along = along
+
+    def aggregate(self, outputs: Tensor, batch: Batch) -> None:
+        start, n = batch.where
+        labels = self.output.labels(outputs).cpu().numpy()
+        self.along[start : start + n] = labels.astype(self.along.dtype)
+
+    def finalize(self) -> None:
+        pass
+
+
+def _slice_batches(scaled: np.ndarray, context: int, batch_size: int) -> Iterator[Batch]:
+    n = scaled.shape[0]
+    for start in range(0, n, batch_size):
+        picks = range(start, min(start + batch_size, n))
+        x = np.stack([slice_input(scaled, 0, i, context) for i in picks])
+        yield Batch((start, len(picks)), [torch.from_numpy(x)], None, len(picks))
 
 
 def predict_volume(
@@ -213,14 +207,13 @@ def predict_volume(
     """Class labels of every voxel of ``volume``, on its grid (same shape and affine).
 
     The volume is brought into the display orientation of the model's plane (as in training);
-    each batch of ``batch_size`` slice inputs goes through the task's forward, the argmax over
-    classes is kept, and the orientation is undone exactly.
+    each batch of ``batch_size`` slice inputs goes through the model, each slice's labels are
+    kept, and the orientation is undone exactly.
     """
-    import torch
     from tqdm import tqdm
 
     if batch_size < 1:
-        raise DensekitError(f"--batch-size {batch_size}: must be >= 1")
+        raise DensekitError(f"batch size {batch_size}: must be >= 1")
     settings = model.settings
     display = display_order(volume, settings.plane)
     scaled = np.ascontiguousarray(display.apply(settings.intensity.apply(volume.array)))
@@ -230,13 +223,9 @@ def predict_volume(
     )  # display orientation, axis 0 the normal
     n = along.shape[0]
     bar = tqdm(total=n, desc=f"{settings.plane} slices", unit="slice", disable=not progress)
-    with torch.inference_mode(), bar:
-        for start in range(0, n, batch_size):
-            picks = range(start, min(start + batch_size, n))
-            x = np.stack([slice_input(scaled, 0, i, settings.context) for i in picks])
-            logits = model.task(torch.from_numpy(x).to(model.device))
-            along[start : start + len(picks)] = logits.argmax(1).cpu().numpy().astype(dtype)
-            bar.update(len(picks))
+    batches = read_ahead(lambda: _slice_batches(scaled, settings.context, batch_size), 2)
+    with torch.inference_mode(), bar, contextlib.closing(batches):
+        run(model.trained, batches, _SliceLabels(model, along), bar=bar)
     return Volume(
         array=np.ascontiguousarray(display.undo(along)),
         affine=volume.affine.copy(),
@@ -268,19 +257,19 @@ def check_output(output: str | Path, source: str | Path) -> Path:
     suffix = file_suffix(output)
     if suffix not in OUTPUT_SUFFIXES:
         raise DensekitError(
-            f"--output {output}: unknown output format {suffix!r}; use "
+            f"output {output}: unknown output format {suffix!r}; use "
             f"{', '.join(OUTPUT_SUFFIXES)} (NIfTI labels or a DICOM SEG)"
         )
     if output.is_dir():
-        raise DensekitError(f"--output {output}: is a folder, a file name is needed")
+        raise DensekitError(f"output {output}: is a folder, a file name is needed")
     if not output.expanduser().resolve().parent.is_dir():
-        raise DensekitError(f"--output {output}: folder {output.parent} does not exist")
+        raise DensekitError(f"output {output}: folder {output.parent} does not exist")
     if output.expanduser().resolve() == Path(source).expanduser().resolve():
-        raise DensekitError(f"--output {output} is the input")
+        raise DensekitError(f"output {output} is the input")
     if suffix == ".dcm" and Path(source).exists() and not is_dicom_path(source):
         raise DensekitError(
-            f"--output {output}: a DICOM SEG references the source series' instances, and "
-            f"--input {source} is not DICOM; write .nii.gz instead"
+            f"output {output}: a DICOM SEG references the source series' instances, and "
+            f"input {source} is not DICOM; write .nii.gz instead"
         )
     return output
 
@@ -326,7 +315,7 @@ def segment_volume(
 
     out = check_output(output, source)
     if not Path(source).exists():
-        raise DensekitError(f"--input {source}: no such file or folder")
+        raise DensekitError(f"input {source}: no such file or folder")
     model = load_volume_model(checkpoint, device, plane, context, intensity)
     volume = read_volume(source, series_uid=series_uid, on_missing=on_missing)
     ref = (
@@ -357,7 +346,7 @@ def segment_volume(
             seg = build_seg(labels.array, headers, model.class_names, model.provenance())
         except ValueError as e:
             raise DensekitError(
-                f"--input {source}: highdicom cannot write a SEG of this series: "
+                f"input {source}: highdicom cannot write a SEG of this series: "
                 f"{scrub(str(e), headers[0])}"
             ) from None
         writers[out] = lambda tmp: seg.save_as(tmp, enforce_file_format=True)
@@ -385,48 +374,3 @@ def _write_nifti_to(write: Any, labels: Volume, tmp: Path, suffix: str) -> None:
         os.replace(named, tmp)
     finally:
         named.unlink(missing_ok=True)
-
-
-def volume_command(args: Any, device: str) -> int:
-    """``densekit volume`` (the parser is in :mod:`densekit.cli`): run, print the outputs and
-    the metrics (no patient data)."""
-    if args.ct_window is not None and args.percentiles is not None:
-        raise DensekitError("give --ct-window or --percentiles, not both")
-    intensity: dict[str, Any] | None = None
-    if args.ct_window is not None:
-        parts = args.ct_window.split(",")
-        intensity = {
-            "ct_window": args.ct_window if len(parts) == 1 else _numbers(parts, "--ct-window")
-        }
-    elif args.percentiles is not None:
-        intensity = {"percentiles": _numbers(args.percentiles.split(","), "--percentiles")}
-    result = segment_volume(
-        args.checkpoint,
-        args.input,
-        args.output,
-        series_uid=args.series_uid,
-        on_missing=args.on_missing,
-        reference=args.reference,
-        batch_size=args.batch_size,
-        device=device,
-        plane=args.plane,
-        context=args.context,
-        intensity=intensity,
-        progress=not args.no_progress,
-    )
-    record = result["record"]
-    shape = "x".join(map(str, record["input"]["shape"]))
-    classes = len(record["classes"])
-    print(f"wrote {', '.join(result['outputs'])} ({shape} voxels, {classes} classes)")
-    for name, m in (record["metrics"] or {}).get("classes", {}).items():
-        dice = "n/a" if m["dice"] is None else f"{m['dice']:.4f}"
-        hd95 = "n/a" if m["hd95_mm"] is None else f"{m['hd95_mm']:.2f} mm"
-        print(f"{name}: Dice {dice}, HD95 {hd95}")
-    return 0
-
-
-def _numbers(parts: list[str], flag: str) -> list[float]:
-    try:
-        return [float(v) for v in parts]
-    except ValueError:
-        raise DensekitError(f"{flag} {','.join(parts)!r}: expected numbers like 40,400") from None

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from densekit import __version__
 from densekit.backbones.base import Backbone
+from densekit.version import __version__
 
 
 def model_key(

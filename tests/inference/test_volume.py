@@ -7,7 +7,6 @@ import json
 import re
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import highdicom as hd
 import numpy as np
@@ -19,19 +18,26 @@ from pydicom.uid import generate_uid
 
 from densekit.cli import main
 from densekit.errors import DensekitError
-from densekit.medical import Volume, read_series, read_volume, write_nifti
-from densekit.medical import infer as infer_module
-from densekit.medical.infer import (
-    SliceSettings,
+from densekit.inference import Trained
+from densekit.inference import volume as infer_module
+from densekit.inference.volume import (
     VolumeModel,
     load_volume_model,
     predict_volume,
     segment_volume,
 )
+from densekit.medical import Volume, read_series, read_volume, write_nifti
 from densekit.medical.masks import read_seg
 from densekit.medical.metrics import segmentation_metrics
 from densekit.medical.nifti import reorient_like
-from densekit.medical.slices import Intensity, display_order, plane_axis, slice_input
+from densekit.medical.slices import (
+    Intensity,
+    SliceSettings,
+    display_order,
+    plane_axis,
+    slice_input,
+)
+from densekit.models import InputSpec, OutputSpec
 from densekit.tasks import DepthTask, SegmentationTask
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -94,12 +100,20 @@ def threshold_model(settings: SliceSettings | None = None) -> VolumeModel:
             return torch.stack([0.5 - c, c - 0.5, 2 * (c - 0.9) + c - 0.5], dim=1)
 
     settings = settings or SliceSettings("axial", 0, Intensity(ct_window="soft_tissue"))
-    tile_model = SimpleNamespace(task=Threshold(), device=torch.device("cpu"), class_names=NAMES)
-    model = VolumeModel(tile_model, settings, "0" * 64)
+    trained = Trained(
+        model=Threshold(),
+        output=OutputSpec.segmentation(3, NAMES),
+        inputs=InputSpec(3, 1, None, (0.0,) * 3, (1.0,) * 3, 1.0),
+        checkpoint_sha256="0" * 64,
+    )
+    model = VolumeModel(trained, settings)
     model.provenance = lambda: {  # type: ignore[method-assign]
-        "backbone": "threshold", "head": "none", "plane": settings.plane,
-        "context": settings.context, "checkpoint_sha256": "0" * 64,
-    }  # fmt: skip
+        "backbone": "threshold",
+        "head": "none",
+        "plane": settings.plane,
+        "context": settings.context,
+        "checkpoint_sha256": "0" * 64,
+    }
     return model
 
 
@@ -157,7 +171,7 @@ def test_checkpoint_volume_equals_its_forward_on_slice_inputs(ckpts, name):
     with torch.no_grad():
         for i in range(shown.shape[0]):
             x = torch.from_numpy(slice_input(scaled, 0, i, context=1))[None]
-            want = model.task(x).argmax(1)[0].numpy()
+            want = model.trained.model(x).argmax(1)[0].numpy()
             np.testing.assert_array_equal(shown[i], want)
 
 
@@ -178,7 +192,7 @@ def test_storage_order_does_not_change_what_the_model_sees(tmp_path):
     canonical = read_volume(tmp_path / "ras.nii.gz")
     for plane in ("axial", "coronal", "sagittal"):
         model = threshold_model(SliceSettings(plane, 0, Intensity(ct_window="soft_tissue")))
-        model.task = TopHalf()
+        model.trained.model = TopHalf()
         a = predict_volume(model, volume, progress=False)
         b = predict_volume(model, canonical, progress=False)
         assert b.same_grid(canonical)
@@ -191,8 +205,18 @@ def test_storage_order_does_not_change_what_the_model_sees(tmp_path):
 
 def test_nifti_output_has_the_input_geometry(ckpts, tmp_path):
     write_nifti(box_volume(), tmp_path / "ct.nii.gz")
-    code = main(["volume", "--checkpoint", ckpts["seg"], "--input", str(tmp_path / "ct.nii.gz"),
-                 "--output", str(tmp_path / "pred.nii.gz"), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "volume",
+            "--checkpoint",
+            ckpts["seg"],
+            "--input",
+            str(tmp_path / "ct.nii.gz"),
+            "--output",
+            str(tmp_path / "pred.nii.gz"),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     image, pred = read_volume(tmp_path / "ct.nii.gz"), read_volume(tmp_path / "pred.nii.gz")
     assert pred.same_grid(image, tol_mm=1e-4) and pred.array.dtype == np.uint8
@@ -328,9 +352,12 @@ def test_reference_label_map_through_the_checkpoint_label_map(tmp_path, monkeypa
     raw[4, 6, 7] = 9
     write_nifti(Volume(raw, volume.affine), tmp_path / "ref.nii.gz")
     out = segment_volume(
-        "x", tmp_path / "ct.nii.gz", tmp_path / "o.nii", reference=tmp_path / "ref.nii.gz",
+        "x",
+        tmp_path / "ct.nii.gz",
+        tmp_path / "o.nii",
+        reference=tmp_path / "ref.nii.gz",
         progress=False,
-    )  # fmt: skip
+    )
     record = out["record"]
     assert record["reference"]["matched_by"] == "label_map of the checkpoint"
     assert record["metrics"]["mean_dice"] == 1.0
@@ -341,7 +368,7 @@ def test_reference_seg_names_case_insensitive_or_checkpoint_segments(
     ct_copy, tmp_path, monkeypatch
 ):
     upper = threshold_model()
-    upper.class_names = ["background", "SOFT", "Bright"]
+    upper.trained.output = OutputSpec.segmentation(3, ["background", "SOFT", "Bright"])
     model = upper
     monkeypatch.setattr(infer_module, "load_volume_model", lambda *a, **k: model)
     segment_volume("x", ct_copy, tmp_path / "ref.dcm", progress=False)  # segments SOFT, Bright
@@ -357,7 +384,7 @@ def test_reference_seg_names_case_insensitive_or_checkpoint_segments(
     assert record["reference"]["segments"] == {"SOFT": "bright", "Bright": "soft"}
     assert record["metrics"]["classes"]["soft"]["dice"] == 0.0
     model = threshold_model()  # no name matches: refused, never matched by segment order
-    model.class_names = ["background", "liver", "spleen"]
+    model.trained.output = OutputSpec.segmentation(3, ["background", "liver", "spleen"])
     with pytest.raises(
         DensekitError, match=r"segment\(s\) SOFT, Bright of its segments .* \(liver, spleen\)"
     ):
@@ -375,8 +402,16 @@ def test_on_missing_flag_reaches_the_reader(tmp_path, monkeypatch):
 
     monkeypatch.setattr(infer_module, "read_volume", reader)
     (tmp_path / "ct").mkdir()
-    argv = ["volume", "--checkpoint", "x.ckpt", "--input", str(tmp_path / "ct"), "--output",
-            str(tmp_path / "o.nii.gz"), "--no-progress"]  # fmt: skip
+    argv = [
+        "volume",
+        "--checkpoint",
+        "x.ckpt",
+        "--input",
+        str(tmp_path / "ct"),
+        "--output",
+        str(tmp_path / "o.nii.gz"),
+        "--no-progress",
+    ]
     assert main([*argv, "--on-missing", "resample"]) == 0 and main(argv) == 0
     assert seen == ["resample", "error"]
 
@@ -386,8 +421,11 @@ def test_metrics_undefined_cases_and_bad_labels():
     ref[1:3, 1:4, 1:4] = 1
     scores = segmentation_metrics(ref, ref, NAMES, (1.0, 1.0, 1.0))
     assert scores["classes"]["bright"] == {
-        "dice": None, "hd95_mm": None, "voxels_predicted": 0, "voxels_reference": 0
-    }  # fmt: skip
+        "dice": None,
+        "hd95_mm": None,
+        "voxels_predicted": 0,
+        "voxels_reference": 0,
+    }
     missed = segmentation_metrics(np.zeros_like(ref), ref, NAMES, (1.0, 1.0, 1.0))
     assert missed["classes"]["soft"]["dice"] == 0.0 and missed["classes"]["soft"]["hd95_mm"] is None
     with pytest.raises(DensekitError, match="reference label 7 is not one of the checkpoint's"):
@@ -414,18 +452,20 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(ckpts, ct_copy, tmp_p
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.ckpt")
     nifti, seg = str(tmp_path / "ct.nii.gz"), ckpts["seg"]
     cases = [
-        ([seg, str(tmp_path / "missing"), "o.nii.gz"], r"--input .*missing: no such file"),
+        ([seg, str(tmp_path / "missing"), "o.nii.gz"], r"input .*missing: no such file"),
         ([seg, str(tmp_path / "empty"), "o.nii.gz"], r"empty"),
         ([seg, str(tmp_path / "two"), "o.nii.gz"], r"2 image series.*1\.2\.3\.999"),
         ([ckpts["depth"], nifti, "o.nii.gz"], r"a DepthTask checkpoint; densekit volume runs"),
         ([str(tmp_path / "plain.ckpt"), nifti, "o.nii.gz"], r"not a checkpoint of densekit"),
         ([seg, nifti, "o.png"], r"unknown output format '\.png'; use \.nii, \.nii\.gz, \.dcm"),
         ([seg, nifti, "o.dcm"], r"is not DICOM; write \.nii\.gz instead"),
-        ([ckpts["bare"], nifti, "o.nii.gz"], r"has no plane .*give --plane"),
+        ([ckpts["bare"], nifti, "o.nii.gz"], r"has no plane .*give plane \(--plane\)"),
         ([seg, nifti, "o.nii.gz", "--plane", "coronal"], r"trained with plane 'axial'"),
-        ([seg, nifti, "o.nii.gz", "--reference", str(tmp_path / "other_grid.nii.gz")],
-         r"other_grid.nii.gz .* is not on the grid of"),
-    ]  # fmt: skip
+        (
+            [seg, nifti, "o.nii.gz", "--reference", str(tmp_path / "other_grid.nii.gz")],
+            r"other_grid.nii.gz .* is not on the grid of",
+        ),
+    ]
     for (ckpt, source, output, *extra), message in cases:
         out = tmp_path / output
         before = sorted(p.name for p in tmp_path.iterdir())
@@ -440,9 +480,22 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(ckpts, ct_copy, tmp_p
 
 def test_bare_checkpoint_runs_with_the_flags(ckpts, tmp_path):
     write_nifti(box_volume(), tmp_path / "ct.nii.gz")
-    argv = ["volume", "--checkpoint", ckpts["bare"], "--input", str(tmp_path / "ct.nii.gz"),
-            "--output", str(tmp_path / "o.nii.gz"), "--no-progress", "--plane", "sagittal",
-            "--context", "1", "--ct-window", "40,400"]  # fmt: skip
+    argv = [
+        "volume",
+        "--checkpoint",
+        ckpts["bare"],
+        "--input",
+        str(tmp_path / "ct.nii.gz"),
+        "--output",
+        str(tmp_path / "o.nii.gz"),
+        "--no-progress",
+        "--plane",
+        "sagittal",
+        "--context",
+        "1",
+        "--ct-window",
+        "40,400",
+    ]
     assert main(argv) == 0 and (tmp_path / "o.nii.gz").is_file()
     with pytest.raises(DensekitError, match="percentiles"):
         load_volume_model(ckpts["bare"], plane="axial", context=0, intensity={"percentiles": [9]})
@@ -472,12 +525,25 @@ def test_checkpoint_of_the_slice_data_module_runs_as_trained(tmp_path):
         task = SegmentationTask(
             num_classes=3, class_names=NAMES, weights=weights, backbone_overrides=TINY, scale=1
         )
-        trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+        trainer = L.Trainer(
+            max_steps=2,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
         trainer.fit(task, data)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     model = load_volume_model(tmp_path / "m.ckpt")
     assert model.settings == SliceSettings("coronal", 1, Intensity(ct_window=(40.0, 400.0)))
-    argv = ["volume", "--checkpoint", str(tmp_path / "m.ckpt"), "--input",
-            str(tmp_path / "ct.nii.gz"), "--output", str(tmp_path / "p.nii.gz"), "--no-progress"]  # fmt: skip
+    argv = [
+        "volume",
+        "--checkpoint",
+        str(tmp_path / "m.ckpt"),
+        "--input",
+        str(tmp_path / "ct.nii.gz"),
+        "--output",
+        str(tmp_path / "p.nii.gz"),
+        "--no-progress",
+    ]
     assert main(argv) == 0 and read_volume(tmp_path / "p.nii.gz").same_grid(volume, 1e-4)

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from densekit import __version__
 from densekit.errors import DensekitError
+from densekit.version import __version__
 
 
 def _number(text: str, item: str) -> int | float:

@@ -41,7 +41,7 @@ from densekit.errors import DensekitError
 from densekit.io import atomic_outputs
 from densekit.pictures import panels, stretch
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 GEO_IMAGE = SAMPLES / "spacenet_atlanta" / "image.tif"
 GEO_LABELS = SAMPLES / "spacenet_atlanta" / "buildings.tif"
 CT_SERIES = SAMPLES / "dcmqi_liver" / "ct"
@@ -70,11 +70,11 @@ class Steps:
 
 
 def _lightning(argv: list[str]) -> None:
-    from densekit.cli import main
+    from densekit.commands.lightning import lightning_command
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = main(argv)
+        code = lightning_command(argv)
     if code != 0:
         raise DensekitError(f"densekit {argv[0]} failed (exit status {code})")
 
@@ -179,16 +179,31 @@ def _benchmark_card(out: Path, config: dict, backbone: str, weights: str) -> Pat
         "seeds": [0, 1],
         "feature_cache": True,
         "backbones": [{"name": "quickstart", "backbone": backbone, "weights": weights}],
-        "heads": [{"name": "linear", "model": {"head": "linear", "layers": "last4",
-                                               "head_grid": model["head_grid"]}}],
-        "baselines": [{
-            "name": "unet",
-            "model": {"head": "unet", "unet_encoder": "resnet18", "in_channels": 1,
-                      "bands": [1], "mean": stats["mean"][:1], "std": stats["std"][:1]},
-            "data": {"bands": [1], "train_windows": "random",
-                     "augment": {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5}},
-        }],
-    }  # fmt: skip
+        "heads": [
+            {
+                "name": "linear",
+                "model": {"head": "linear", "layers": "last4", "head_grid": model["head_grid"]},
+            }
+        ],
+        "baselines": [
+            {
+                "name": "unet",
+                "model": {
+                    "head": "unet",
+                    "unet_encoder": "resnet18",
+                    "in_channels": 1,
+                    "bands": [1],
+                    "mean": stats["mean"][:1],
+                    "std": stats["std"][:1],
+                },
+                "data": {
+                    "bands": [1],
+                    "train_windows": "random",
+                    "augment": {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5},
+                },
+            }
+        ],
+    }
     path = out / "benchmark_card.yaml"
     _write_yaml(path, card, "# densekit benchmark on the quickstart's data (written by it)\n")
     load_card(path)  # a card that does not load is a bug here, not the user's
@@ -200,7 +215,7 @@ def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Consol
     import torch
 
     from densekit.data.stats import band_statistics
-    from densekit.tiling import TileOptions, load_tile_model, tile_raster
+    from densekit.inference import TileOptions, load_trained, tile_raster
 
     steps = Steps(console, 6)
     steps.start(f"band statistics of {GEO_IMAGE.name} (SpaceNet Atlanta, 900 x 900, 0.5 m)")
@@ -235,7 +250,7 @@ def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Consol
     steps.done(f"building IoU {scores['iou_building']:.3f}, mIoU {scores['miou']:.3f}")
 
     steps.start("densekit tile over the whole image")
-    model = load_tile_model(ckpt)
+    model = load_trained(ckpt)
     prediction = out / "prediction.tif"
     tile_raster(model, GEO_IMAGE, prediction, options=TileOptions(tile=224, overlap=32))
     with rasterio.open(prediction) as src, rasterio.open(GEO_IMAGE) as ref:
@@ -247,8 +262,10 @@ def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Consol
     first_test = round(SPLIT[0] * 900) + round(SPLIT[1] * 900)
     p, t = pred[:, first_test:] == 1, label[:, first_test:] == 1
     tiled_iou = float((p & t).sum() / max((p | t).sum(), 1))
-    steps.done(f"-> {prediction} (CRS and transform of the input: {same}); "
-               f"building IoU on the test columns {tiled_iou:.3f}")  # fmt: skip
+    steps.done(
+        f"-> {prediction} (CRS and transform of the input: {same}); "
+        f"building IoU on the test columns {tiled_iou:.3f}"
+    )
 
     steps.start("pictures: image | prediction | label, and the PCA of the features")
     panels(
@@ -261,7 +278,7 @@ def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Consol
         f"{backbone}, linear head; test columns right of the dashed line (IoU {tiled_iou:.2f})",
         first_test,
     )
-    _pca_picture(out / "features_pca.png", model.task, image)
+    _pca_picture(out / "features_pca.png", model.model, image)
     steps.done(f"-> {out / 'overview.png'}, {out / 'features_pca.png'}")
 
     steps.start("metrics")
@@ -283,7 +300,7 @@ def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Consol
     return record
 
 
-def _pca_picture(path: Path, task: Any, image: np.ndarray) -> None:
+def _pca_picture(path: Path, model: Any, image: np.ndarray) -> None:
     """The first three principal components of the backbone's last layer on the whole image."""
     import torch
     import torchvision.io
@@ -292,8 +309,8 @@ def _pca_picture(path: Path, task: Any, image: np.ndarray) -> None:
 
     x = torch.from_numpy(image.astype(np.float32))[None, None].repeat(1, 3, 1, 1)
     with torch.inference_mode():
-        maps = task.backbone(task.normalize(x))
-    stride = task.backbone.patch_size
+        maps = model.backbone(model.normalize(x))
+    stride = model.backbone.patch_size
     rgb = pca_picture(maps[-1], image.shape, stride, image == 0)
     tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
     atomic_outputs({path: lambda tmp: torchvision.io.write_png(tensor, str(tmp))})
@@ -335,8 +352,8 @@ def _medical_config(out: Path, backbone: str, weights: str, epochs: int) -> dict
 
 
 def run_medical(out: Path, backbone: str, weights: str, epochs: int, console: Console) -> dict:
+    from densekit.inference import segment_volume
     from densekit.medical import read_volume
-    from densekit.medical.infer import segment_volume
     from densekit.medical.masks import read_seg
     from densekit.medical.slices import Intensity, display_order
 

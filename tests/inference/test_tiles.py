@@ -31,24 +31,30 @@ from torch import nn
 from densekit.cli import main
 from densekit.data import ChangeDataModule, DepthDataModule, SegmentationDataModule
 from densekit.errors import DensekitError, InputImageError
-from densekit.tasks import ChangeDetectionTask, DepthTask, SegmentationTask
-from densekit.tiling import (
-    CLASS_NODATA,
+from densekit.inference import (
     Plan,
     StoppedEarly,
-    TileModel,
     TileOptions,
+    Trained,
     blend,
     hann_window,
     tile,
     tile_positions,
     tile_raster,
 )
-from densekit.tiling.blend import StripSums
+from densekit.inference.blend import StripSums
+from densekit.models import InputSpec, OutputSpec
+from densekit.models.outputs import CLASS_NODATA
+from densekit.tasks import ChangeDetectionTask, DepthTask, SegmentationTask
 
 CHIPS = TEST_DATA / "chips"
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
-QUIET = {"progress": False}
+
+
+def run_tile(checkpoint, inputs, output, inputs2=None, **options):
+    """:func:`tile` with ``options`` as :class:`TileOptions` fields (no progress bar unless
+    asked)."""
+    return tile(checkpoint, inputs, output, inputs2, TileOptions(**{"progress": False, **options}))
 
 
 def _fit(task, data, path):
@@ -132,40 +138,35 @@ def test_the_sums_held_do_not_grow_with_the_raster_width():
         assert sums.carry.shape == (3, 32, cols[-1] + 504)  # only the overlap rows span the width
 
 
-class PixelTask(nn.Module):
+class PixelNet(nn.Module):
     """Exactly translation-equivariant: a 1x1 conv on per-pixel features."""
-
-    kind = "depth"
-    backbone = None
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.conv = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Tanh(), nn.Conv2d(8, 1, 1))
-        self.hparams = {"in_channels": 3, "bands": None}
 
     def forward(self, x):
         return self.conv(torch.nan_to_num(x / 255, nan=0.0))
 
 
-class _HP(dict):
-    __getattr__ = dict.get
-
-
-def pixel_model() -> TileModel:
-    task = PixelTask()
-    task.hparams = _HP(task.hparams)
-    return TileModel(task, None, "cpu", "32")
+def pixel_model() -> Trained:
+    """Any module runs through the tiled path, given what it outputs and takes."""
+    return Trained(
+        model=PixelNet(),
+        output=OutputSpec("depth", 1, "none", description="depth"),
+        inputs=InputSpec(3, 1, None, (127.5,) * 3, (64.0,) * 3, 1.0),
+    )
 
 
 def test_translation_equivariant_model_gives_the_untiled_result(tmp_path):
     src = _raster(tmp_path / "in.tif", w=300, h=260, nodata_box=False)
     model = pixel_model()
-    tile_raster(model, src, tmp_path / "out.tif", options=TileOptions(tile=64, overlap=16, **QUIET))
+    tile_raster(model, src, tmp_path / "out.tif", options=TileOptions(tile=64, overlap=16))
     with rasterio.open(src) as s:
         x = torch.from_numpy(s.read().astype(np.float32))[None]
     with torch.no_grad():
-        full = model.task(x)[0, 0].numpy()
+        full = model.model(x)[0, 0].numpy()
     with rasterio.open(tmp_path / "out.tif") as s:
         tiled = s.read(1)
     assert tiled.shape == full.shape
@@ -176,7 +177,7 @@ def test_translation_equivariant_model_gives_the_untiled_result(tmp_path):
 def test_segmentation_output_is_a_georeferenced_cog(ckpts, tmp_path):
     src = _raster(tmp_path / "in.tif", transform=from_origin(400000, 5000000, 2.5, 2.5))
     out = tmp_path / "seg.tif"
-    [record] = tile(ckpts["seg"], src, out, tile=56, overlap=14, probabilities=True, **QUIET)
+    [record] = run_tile(ckpts["seg"], src, out, tile=56, overlap=14, probabilities=True)
     with rasterio.open(src) as s, rasterio.open(out) as o:
         assert (o.crs, o.transform, o.width, o.height) == (s.crs, s.transform, s.width, s.height)
         assert o.dtypes[0] == "uint8" and o.nodata == CLASS_NODATA
@@ -199,7 +200,7 @@ def test_segmentation_output_is_a_georeferenced_cog(ckpts, tmp_path):
 
 def test_depth_output_is_float_with_nan_nodata(ckpts, tmp_path):
     src = _raster(tmp_path / "in.tif")
-    tile(ckpts["depth"], src, tmp_path / "d.tif", tile=56, overlap=14, **QUIET)
+    run_tile(ckpts["depth"], src, tmp_path / "d.tif", tile=56, overlap=14)
     with rasterio.open(tmp_path / "d.tif") as o:
         d = o.read(1)
         assert o.dtypes[0] == "float32" and np.isnan(o.nodata)
@@ -217,7 +218,7 @@ def test_change_detection_aligns_date_two_on_date_one(ckpts, tmp_path):
         nodata_box=False,
         transform=from_origin(500030, 4600000, 5, 5),
     )
-    tile(ckpts["change"], a, tmp_path / "c.tif", inputs2=b, tile=56, overlap=14, **QUIET)
+    run_tile(ckpts["change"], a, tmp_path / "c.tif", inputs2=b, tile=56, overlap=14)
     with rasterio.open(tmp_path / "c.tif") as o:
         c = o.read(1)
         assert (o.width, o.height) == (150, 130)
@@ -225,15 +226,24 @@ def test_change_detection_aligns_date_two_on_date_one(ckpts, tmp_path):
     assert set(np.unique(c[20:, 30:])) <= {0, 1}
     far = _raster(tmp_path / "far.tif", transform=from_origin(900000, 4600000, 10, 10))
     with pytest.raises(DensekitError, match=r"does not overlap.*far.tif"):
-        tile(ckpts["change"], a, tmp_path / "c2.tif", inputs2=far, tile=56, **QUIET)
+        run_tile(ckpts["change"], a, tmp_path / "c2.tif", inputs2=far, tile=56)
     assert not (tmp_path / "c2.tif").exists()
 
 
 def test_a_change_model_with_the_pixel_detail_options(ckpts, tmp_path, capsys):
     a = _raster(tmp_path / "a.tif", seed=0, nodata_box=False)
     b = _raster(tmp_path / "b.tif", seed=1, nodata_box=False)
-    [record] = tile(ckpts["change_detail"], a, tmp_path / "c.tif", inputs2=b, tile=56,
-                    overlap=14, batch_size=2, device="cpu", progress=True)  # fmt: skip
+    [record] = run_tile(
+        ckpts["change_detail"],
+        a,
+        tmp_path / "c.tif",
+        inputs2=b,
+        tile=56,
+        overlap=14,
+        batch_size=2,
+        device="cpu",
+        progress=True,
+    )
     assert record["backbone_tile"] == 112  # 56 px tiles resized x2 for the backbone
     assert "the backbone sees 112 x 112 px per 56 px tile" in capsys.readouterr().err
     with rasterio.open(tmp_path / "c.tif") as o:
@@ -246,18 +256,18 @@ def test_many_inputs_in_one_call(ckpts, tmp_path):
     folder.mkdir()
     for i in range(2):
         _raster(folder / f"r{i}.tif", seed=i)
-    records = tile(ckpts["seg"], folder, tmp_path / "out", tile=56, overlap=14, **QUIET)
+    records = run_tile(ckpts["seg"], folder, tmp_path / "out", tile=56, overlap=14)
     assert len(records) == 2
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["r0.tif", "r1.tif"]
 
 
 def test_finishing_in_column_blocks_gives_the_same_bytes(ckpts, tmp_path, monkeypatch):
     src = _raster(tmp_path / "in.tif", w=700, h=150)
-    opts = dict(tile=56, overlap=14, probabilities=True, **QUIET)
+    opts = dict(tile=56, overlap=14, probabilities=True)
     monkeypatch.setattr(blend, "FINISH_COLUMNS", 10_000)  # the whole strip at once
-    tile(ckpts["seg"], src, tmp_path / "whole.tif", **opts)
+    run_tile(ckpts["seg"], src, tmp_path / "whole.tif", **opts)
     monkeypatch.setattr(blend, "FINISH_COLUMNS", 256)  # blocks of 256 columns as tiles arrive
-    tile(ckpts["seg"], src, tmp_path / "blocks.tif", **opts)
+    run_tile(ckpts["seg"], src, tmp_path / "blocks.tif", **opts)
     for a, b in (("whole.tif", "blocks.tif"), ("whole_probs.tif", "blocks_probs.tif")):
         assert (tmp_path / a).read_bytes() == (tmp_path / b).read_bytes()
 
@@ -265,16 +275,16 @@ def test_finishing_in_column_blocks_gives_the_same_bytes(ckpts, tmp_path, monkey
 # -- resume and distribution -------------------------------------------------------------------
 def test_resume_after_a_stop_gives_the_same_bytes(ckpts, tmp_path):
     src = _raster(tmp_path / "in.tif", w=200, h=260)
-    opts = dict(tile=56, overlap=14, probabilities=True, **QUIET)
-    tile(ckpts["seg"], src, tmp_path / "full.tif", **opts)
+    opts = dict(tile=56, overlap=14, probabilities=True)
+    run_tile(ckpts["seg"], src, tmp_path / "full.tif", **opts)
     with pytest.raises(StoppedEarly):
-        tile(ckpts["seg"], src, tmp_path / "part.tif", stop_after_strips=2, **opts)
+        run_tile(ckpts["seg"], src, tmp_path / "part.tif", stop_after_strips=2, **opts)
     assert not (tmp_path / "part.tif").exists()
     progress = json.loads((tmp_path / "part.tif.partial" / "progress-0.json").read_text())
     assert progress["strips_done"] == 2
     with pytest.raises(DensekitError, match=r"other settings.*overlap"):
-        tile(ckpts["seg"], src, tmp_path / "part.tif", resume=True, **{**opts, "overlap": 8})
-    tile(ckpts["seg"], src, tmp_path / "part.tif", resume=True, **opts)
+        run_tile(ckpts["seg"], src, tmp_path / "part.tif", resume=True, **{**opts, "overlap": 8})
+    run_tile(ckpts["seg"], src, tmp_path / "part.tif", resume=True, **opts)
     for a, b in (("full.tif", "part.tif"), ("full_probs.tif", "part_probs.tif")):
         assert (tmp_path / a).read_bytes() == (tmp_path / b).read_bytes()
 
@@ -318,14 +328,13 @@ def test_two_processes_give_the_same_output_as_one(ckpts, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank: CPU kernels may round differently per thread count
     try:
-        tile(
+        run_tile(
             ckpts["seg"],
             src,
             tmp_path / "one.tif",
             tile=56,
             overlap=14,
             probabilities=True,
-            **QUIET,
         )
     finally:
         torch.set_num_threads(threads)
@@ -341,28 +350,28 @@ def test_bad_inputs_fail_clearly_and_write_nothing(ckpts, tmp_path):
     src = _raster(tmp_path / "in.tif")
     out = tmp_path / "o.tif"
     with pytest.raises(InputImageError, match=r"missing.tif"):
-        tile(ckpts["seg"], tmp_path / "missing.tif", out, **QUIET)
+        run_tile(ckpts["seg"], tmp_path / "missing.tif", out)
     (tmp_path / "corrupt.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(InputImageError, match=r"corrupt.tif"):
-        tile(ckpts["seg"], tmp_path / "corrupt.tif", out, **QUIET)
+        run_tile(ckpts["seg"], tmp_path / "corrupt.tif", out)
     four = _raster(tmp_path / "four.tif", bands=4)
     with pytest.raises(
         DensekitError, match=r"four.tif: 4 bands; the checkpoint .*seg.ckpt was trained on 3"
     ):
-        tile(ckpts["seg"], four, out, **QUIET)
+        run_tile(ckpts["seg"], four, out)
     with pytest.raises(DensekitError, match=r"150x130 is smaller than one tile \(504x504\)"):
-        tile(ckpts["seg"], src, out, tile=512, **QUIET)
+        run_tile(ckpts["seg"], src, out, tile=512)
     with pytest.raises(DensekitError, match="does not exist"):
-        tile(ckpts["seg"], src, tmp_path / "no" / "o.tif", tile=56, **QUIET)
+        run_tile(ckpts["seg"], src, tmp_path / "no" / "o.tif", tile=56)
     with pytest.raises(DensekitError, match="change model and takes two dates"):
-        tile(ckpts["change"], src, out, tile=56, **QUIET)
+        run_tile(ckpts["change"], src, out, tile=56)
     (tmp_path / "text.ckpt").write_text("hello")
     with pytest.raises(DensekitError, match=r"text.ckpt: not a readable PyTorch checkpoint"):
-        tile(tmp_path / "text.ckpt", src, out, tile=56, **QUIET)
+        run_tile(tmp_path / "text.ckpt", src, out, tile=56)
     (tmp_path / "text.ckpt").unlink()
     with pytest.raises(DensekitError, match="not a checkpoint of densekit fit"):
         torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-        tile(tmp_path / "other.ckpt", src, out, tile=56, **QUIET)
+        run_tile(tmp_path / "other.ckpt", src, out, tile=56)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "corrupt.tif",
         "four.tif",
@@ -404,7 +413,7 @@ def test_tiles_the_real_blue_marble(ckpts, tmp_path):
     piece = tmp_path / "piece.tif"
     with rasterio.open(piece, "w", **profile) as d:
         d.write(data)
-    [rec] = tile(ckpts["seg"], piece, tmp_path / "bm.tif", tile=112, overlap=28, **QUIET)
+    [rec] = run_tile(ckpts["seg"], piece, tmp_path / "bm.tif", tile=112, overlap=28)
     with rasterio.open(tmp_path / "bm.tif") as o:
         assert o.crs.to_epsg() == 4326 and o.transform == transform
         assert o.overviews(1) == [2]  # COG overviews down to one 512-pixel block
@@ -416,11 +425,11 @@ def test_input_in_other_units_than_the_training_data_warns(ckpts, tmp_path):
     data = (np.random.default_rng(0).integers(3000, 9000, (3, 130, 150))).astype(np.uint16)
     write_raster(tmp_path / "refl.tif", data, crs="EPSG:32633")
     with pytest.warns(UserWarning, match=r"refl.tif: band means far from .*band 1 at \+"):
-        tile(ckpts["seg"], tmp_path / "refl.tif", tmp_path / "o.tif", tile=56, overlap=14, **QUIET)
+        run_tile(ckpts["seg"], tmp_path / "refl.tif", tmp_path / "o.tif", tile=56, overlap=14)
     src = _raster(tmp_path / "in.tif")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        tile(ckpts["seg"], src, tmp_path / "ok.tif", tile=56, overlap=14, **QUIET)
+        run_tile(ckpts["seg"], src, tmp_path / "ok.tif", tile=56, overlap=14)
 
 
 def test_date_two_bands_are_found_by_name_in_their_own_order(ckpts, tmp_path):
@@ -432,10 +441,12 @@ def test_date_two_bands_are_found_by_name_in_their_own_order(ckpts, tmp_path):
         write_raster(tmp_path / name, data, crs="EPSG:32633")
         with rasterio.open(tmp_path / name, "r+") as d:
             d.descriptions = names
-    from densekit.tiling import load_tile_model, open_input
+    import dataclasses
 
-    model = load_tile_model(ckpts["change"])
-    model.bands = ["R", "G", "B"]
+    from densekit.inference import load_trained, open_input
+
+    model = load_trained(ckpts["change"])
+    model.inputs = dataclasses.replace(model.inputs, bands=("R", "G", "B"))
     raster = open_input(model, str(tmp_path / "a.tif"), str(tmp_path / "b.tif"))
     from densekit.data.datasets import RasterReaders
 
@@ -448,7 +459,7 @@ def test_class_names_and_paths_with_xml_characters(ckpts, tmp_path):
     folder = tmp_path / "R&D <x>"
     folder.mkdir()
     src = _raster(folder / "in.tif")
-    tile(ckpts["seg"], src, folder / "o&p.tif", tile=56, overlap=14, probabilities=True, **QUIET)
+    run_tile(ckpts["seg"], src, folder / "o&p.tif", tile=56, overlap=14, probabilities=True)
     with rasterio.open(folder / "o&p_probs.tif") as o:
         assert o.descriptions == ("p_bg", "p_road", "p_roof")
 
@@ -456,23 +467,21 @@ def test_class_names_and_paths_with_xml_characters(ckpts, tmp_path):
 def test_a_failing_run_leaves_no_thread_behind(ckpts, tmp_path, monkeypatch):
     import threading
 
-    from densekit import tiling
-
     src = _raster(tmp_path / "in.tif", w=150, h=400)
     calls = {"n": 0}
-    original = tiling.TileModel.__call__
+    original = Trained.__call__
 
-    def failing(self, *x):
+    def failing(self, *x, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("boom")
-        return original(self, *x)
+        return original(self, *x, **kwargs)
 
-    monkeypatch.setattr(tiling.TileModel, "__call__", failing)
+    monkeypatch.setattr(Trained, "__call__", failing)
     before = threading.active_count()
     tic = time.perf_counter()
     with pytest.raises(RuntimeError, match="boom"):
-        tile(
+        run_tile(
             ckpts["seg"],
             src,
             tmp_path / "o.tif",
@@ -480,7 +489,6 @@ def test_a_failing_run_leaves_no_thread_behind(ckpts, tmp_path, monkeypatch):
             overlap=14,
             batch_size=1,
             prefetch=1,
-            **QUIET,
         )
     assert time.perf_counter() - tic < 30 and threading.active_count() == before
     assert not (tmp_path / "o.tif").exists()

@@ -1,4 +1,13 @@
-"""Writing tiled outputs: strip files, their VRT mosaic and the Cloud-Optimised GeoTIFF."""
+"""The sink of tiled inference: each finished strip to its own files, then their VRT mosaic
+copied into a Cloud-Optimised GeoTIFF.
+
+Outputs: the map (labels as uint8 with a colour table, nodata 255 and the class names in the
+metadata, ``CLASS_NAMES`` and ``CLASS_<i>``; values as float32 with NaN nodata), and optionally
+the probabilities (float32, one band per class, or the change probability), each with the
+input's CRS, transform and size, tiled and deflate-compressed with overviews (GDAL's COG
+driver); the COGs are built from the strip files once every strip is done and moved into place
+together, so nothing half-written is left at an output path.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +16,18 @@ import json
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import rasterio
 import rasterio.shutil
 from affine import Affine
 
-from densekit import __version__
 from densekit.data.grids import Grid
 from densekit.errors import DensekitError
-from densekit.tiling.model import RasterInput, TileModel
-
-if TYPE_CHECKING:
-    from densekit.tiling.run import Plan, TileOptions
-
-CLASS_NODATA = 255
-BLOCK = 256  # block side of the strip files
-
-# A qualitative palette for class maps (class i gets entry i modulo its length).
-PALETTE = [
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
-]  # fmt: skip
+from densekit.inference.plan import BLOCK, Plan
+from densekit.models import OutputSpec
 
 
 def _profile(grid: Grid, count: int, dtype: str, nodata: float) -> dict[str, Any]:
@@ -60,12 +54,6 @@ def _class_metadata(names: Sequence[str]) -> dict[str, str]:
     tags = {"CLASS_NAMES": json.dumps(list(names))}
     tags.update({f"CLASS_{i}": n for i, n in enumerate(names)})
     return tags
-
-
-def _colormap(n: int) -> dict[int, tuple[int, int, int, int]]:
-    cmap = {i: (*PALETTE[i % len(PALETTE)], 255) for i in range(n)}
-    cmap[CLASS_NODATA] = (0, 0, 0, 0)
-    return cmap
 
 
 def _vrt(parts: list[tuple[Path, int]], template: Path, grid: Grid, dest: Path) -> None:
@@ -116,12 +104,13 @@ def _vrt(parts: list[tuple[Path, int]], template: Path, grid: Grid, dest: Path) 
     dest.write_text("\n".join(lines))
 
 
-class _StripWriter:
+class StripWriter:
     """Writes each finished strip of one process to its own files, then records the progress.
 
     Every strip goes to new files (``map-<strip>.tif``, ``probs-<strip>.tif``) that are closed
     before the progress record names the strip done, so a kill can only lose the strip being
-    written, never damage a finished one; rank 0 mosaics the strips at the end.
+    written, never damage a finished one; rank 0 mosaics the strips at the end
+    (:func:`assemble`).
     """
 
     def __init__(
@@ -129,15 +118,15 @@ class _StripWriter:
         folder: Path,
         rank: int,
         grid: Grid,
-        model: TileModel,
+        output: OutputSpec,
         probabilities: bool,
         signature: dict[str, Any],
         resume: bool,
     ) -> None:
         self.folder = folder
         self.grid = grid
-        self.model = model
-        self.probabilities = probabilities and model.kind != "depth"
+        self.output = output
+        self.probabilities = probabilities and bool(output.probability_names)
         self.progress_file = folder / f"progress-{rank}.json"
         self.signature = signature
         self.done = 0
@@ -148,8 +137,8 @@ class _StripWriter:
                     k for k in signature if state["signature"].get(k) != signature.get(k)
                 )
                 raise DensekitError(
-                    f"--resume: the unfinished run in {folder} used other settings ({changed}); "
-                    "run without --resume to start again"
+                    f"resume: the unfinished run in {folder} used other settings ({changed}); "
+                    "run without resume to start again"
                 )
             self.done = int(state["strips_done"])
 
@@ -159,26 +148,23 @@ class _StripWriter:
         a, b = rows
         g = self.grid
         part = Grid(g.crs, g.transform @ Affine.translation(0, a), g.width, b - a)
-        model = self.model
-        if model.kind == "depth":
-            profile = _profile(part, 1, "float32", float("nan"))
-        else:
-            profile = _profile(part, 1, "uint8", CLASS_NODATA)
+        spec = self.output
+        profile = _profile(part, 1, spec.dtype, spec.nodata)
         with contextlib.ExitStack() as stack:
             dst = stack.enter_context(
                 rasterio.open(self.folder / f"map-{s:06d}.tif", "w", **profile)
             )
-            dst.set_band_description(1, "depth" if model.kind == "depth" else "class")
-            if model.kind != "depth":
-                dst.update_tags(**_class_metadata(model.class_names))
-                dst.write_colormap(1, _colormap(len(model.class_names)))
+            dst.set_band_description(1, spec.description)
+            if spec.is_map_of_classes:
+                dst.update_tags(**_class_metadata(spec.class_names))
+                dst.write_colormap(1, spec.colormap())
             probs = None
             if self.probabilities:
-                profile = _profile(part, model.channels, "float32", float("nan"))
+                names = spec.probability_names
+                profile = _profile(part, len(names), "float32", float("nan"))
                 probs = stack.enter_context(
                     rasterio.open(self.folder / f"probs-{s:06d}.tif", "w", **profile)
                 )
-                names = ["change"] if model.channels == 1 else model.class_names
                 for band, name in enumerate(names, start=1):
                     probs.set_band_description(band, f"p_{name}")
             yield dst, probs
@@ -191,18 +177,17 @@ class _StripWriter:
         os.replace(tmp, self.progress_file)
 
 
-def _assemble(
-    model: TileModel,
-    raster: RasterInput,
+def assemble(
+    output_spec: OutputSpec,
+    grid: Grid,
     plan: Plan,
-    opts: TileOptions,
+    probabilities: bool,
     output: Path,
     folder: Path,
-    signature: dict[str, Any],
-) -> dict[str, Any]:
-    """Rank 0: the COG(s) from every strip's file, moved into place together."""
+) -> list[Path]:
+    """Rank 0: the COG(s) from every strip's file, moved into place together; returns them."""
     targets = {"map": output}
-    if opts.probabilities and model.kind != "depth":
+    if probabilities and output_spec.probability_names:
         targets["probs"] = output.with_name(output.stem + "_probs.tif")
     tmps: dict[Path, Path] = {}
     try:
@@ -212,9 +197,9 @@ def _assemble(
             if missing:
                 raise DensekitError(f"{folder}: strip files {missing[:3]} are missing")
             vrt = folder / f"{name}.vrt"
-            _vrt(parts, parts[0][0], raster.grid, vrt)
+            _vrt(parts, parts[0][0], grid, vrt)
             tmp = dest.with_name(f".{dest.stem}.partial-{os.getpid()}.tif")
-            resampling = "NEAREST" if name == "map" and model.kind != "depth" else "AVERAGE"
+            resampling = output_spec.overview_resampling if name == "map" else "AVERAGE"
             rasterio.shutil.copy(
                 vrt,
                 tmp,
@@ -232,23 +217,4 @@ def _assemble(
         for tmp in tmps.values():
             if tmp.exists():
                 tmp.unlink()
-    task = model.task
-    backbone = task.backbone
-    return {
-        "densekit": __version__,
-        "outputs": [str(p) for p in targets.values()],
-        **signature,
-        "kind": model.kind,
-        "classes": model.class_names,
-        "size": [plan.width, plan.height],
-        "tiles": len(plan.cols) * len(plan.rows),
-        "strips": len(plan.rows),
-        "blending": "sin^2(pi (i + 0.5) / tile) per axis",
-        "backbone": None
-        if backbone is None
-        else backbone.weights.as_dict() | {"name": backbone.name},
-        # with input scaling the backbone sees each tile resized: its memory and time follow
-        # that side (tokens grow with its square), not the tile's
-        "backbone_tile": None if backbone is None else model.backbone_tile(plan.tile),
-        "options": asdict(opts),
-    }
+    return list(targets.values())

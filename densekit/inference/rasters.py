@@ -1,0 +1,129 @@
+"""The reader of tiled inference: the input raster(s) checked against the model, and their
+tiles read strip by strip on the first date's grid, nodata as NaN."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from densekit.data.bands import resolve_band_indices
+from densekit.data.datasets import RasterReaders, band_table, read_box, reference_grid
+from densekit.data.grids import Grid, check_alignable
+from densekit.errors import DensekitError, InputImageError
+from densekit.inference.plan import Plan
+from densekit.inference.runner import Batch
+from densekit.inference.trained import Trained
+
+
+@dataclass
+class RasterInput:
+    """The input raster(s) of one run, read on the first date's grid."""
+
+    path: str
+    path2: str | None
+    grid: Grid
+    band_idx: list[int] | None
+    band_idx2: list[int] | None = None
+
+    def read(self, readers: RasterReaders, col: int, row: int, size: int) -> list[np.ndarray]:
+        """The tile at ``(col, row)`` of each date as ``(C, size, size)`` with NaN for nodata."""
+        region = (0, 0, self.grid.width, self.grid.height)
+        window = (col, row, size, size)
+        out = []
+        for path, idx in ((self.path, self.band_idx), (self.path2, self.band_idx2)):
+            if path is None:
+                continue
+            bands = None if idx is None else [i + 1 for i in idx]
+            x, inside, invalid = read_box(path, window, region, bands, self.grid, readers=readers)
+            x[:, ~inside | invalid] = np.nan
+            out.append(x)
+        return out
+
+
+def open_input(model: Trained, path: str, path2: str | None) -> RasterInput:
+    """Check the input against the model (bands, dates, overlap) and describe it."""
+    if not Path(path).exists():
+        raise InputImageError(f"input {path}: no such file")
+    spec = model.inputs
+    bands = list(spec.bands) if spec.bands is not None else None
+    grid, _ = reference_grid(path)
+    table = band_table(path)
+    names = [name for _, _, name in table]
+    idx = None if bands is None else resolve_band_indices(bands, names, path)
+    count = len(table) if idx is None else len(idx)
+    if count != spec.channels:
+        raise DensekitError(
+            f"input {path}: {count} bands; the checkpoint {model.checkpoint} was trained on "
+            f"{spec.channels} (bands {bands or 'all'})"
+        )
+    if (spec.images == 2) != (path2 is not None):
+        need = "two dates (input and input2)" if spec.images == 2 else "one input"
+        raise DensekitError(f"the checkpoint is a {model.output.task} model and takes {need}")
+    idx2 = None
+    if path2 is not None:
+        if not Path(path2).exists():
+            raise InputImageError(f"input2 {path2}: no such file")
+        grid2, _ = reference_grid(path2)
+        check_alignable(path2, grid2, grid, path)
+        names2 = [name for _, _, name in band_table(path2)]
+        if bands is not None:  # each date's own positions of the named bands
+            idx2 = resolve_band_indices(bands, names2, path2)
+        elif len(names2) != count:
+            raise DensekitError(f"input2 {path2}: {len(names2)} bands, input has {count}")
+    raster = RasterInput(path, path2, grid, idx, idx2)
+    check_statistics(model, raster)
+    return raster
+
+
+def check_statistics(model: Trained, raster: RasterInput, grid: int = 5, side: int = 64) -> None:
+    """Warn when the input's band means sit far outside what the model was trained on (another
+    unit or scaling, e.g. reflectance x 10000 against 8-bit data). Reads ``grid x grid`` small
+    windows spread over the raster: the cost does not depend on its size."""
+    w, h = raster.grid.width, raster.grid.height
+    samples = []
+    with RasterReaders() as readers:
+        for fy in np.linspace(0, 1, grid):
+            for fx in np.linspace(0, 1, grid):
+                col, row = int(fx * max(w - side, 0)), int(fy * max(h - side, 0))
+                samples.append(raster.read(readers, col, row, side)[0])
+    x = np.stack(samples).transpose(1, 0, 2, 3).reshape(len(samples[0]), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-nodata band: no mean
+        means = np.nanmean(x.astype(np.float64), axis=1)
+    spec = model.inputs
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    z = (means * spec.scale - mean) / std
+    far = [(i, float(v)) for i, v in enumerate(z) if np.isfinite(v) and abs(v) > 4]
+    if far:
+        bands = ", ".join(f"band {i + 1} at {v:+.1f} std" for i, v in far)
+        warnings.warn(
+            f"input {raster.path}: band means far from the checkpoint's training statistics "
+            f"({bands}); check the bands and units the model was trained on",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def strip_batches(
+    raster: RasterInput, plan: Plan, strips: range, batch_size: int, seed: int | None
+) -> Iterator[Batch]:
+    """The tiles of ``strips``, left to right, ``batch_size`` at a time (a batch never spans
+    two strips): ``where`` is ``(strip, tile columns)``, ``valid`` the pixels valid in every
+    band and date; the tiles of the ``seed`` strip count as no work done."""
+    with RasterReaders() as readers:
+        for s in strips:
+            row = plan.rows[s]
+            for i in range(0, len(plan.cols), batch_size):
+                cols = plan.cols[i : i + batch_size]
+                dates = [raster.read(readers, c, row, plan.tile) for c in cols]
+                valid = np.stack([np.isfinite(np.stack(d)).all(axis=(0, 1)) for d in dates])
+                inputs = [
+                    torch.from_numpy(np.stack([d[k] for d in dates])) for k in range(len(dates[0]))
+                ]
+                yield Batch((s, cols), inputs, valid, 0 if s == seed else len(cols))

@@ -1,0 +1,217 @@
+"""densekit checkpoints: what they record, reading one once, and the checks on loading.
+
+A checkpoint (``densekit fit``'s, or :meth:`DenseModel.save`'s) is a ``torch.save`` dict with
+
+* ``state_dict``: the model's tensors under ``model.`` (Lightning's layout: the task holds the
+  model as ``task.model``), without the frozen backbone's weights (unless random: those cannot
+  be recreated from a file);
+* ``densekit``: the record (:func:`make_record`): ``format`` 1, the ``task``, the ``model``
+  options (:class:`~densekit.models.config.ModelConfig`), the ``output`` spec, the backbone's
+  provenance (name, weights source, path, sha256) and densekit's version;
+* from ``densekit fit`` also Lightning's entries (``hyper_parameters``, ``epoch``, ...) and the
+  data module's hyper-parameters (``datamodule_hyper_parameters``: a slice model's plane,
+  context and intensity).
+
+Checkpoints written before the model redesign (no ``format``) hold the task's tensors at the
+top level (``head.*``, ``input_mean``: the same names as the model's, without ``model.``) and
+no model record; :func:`read_checkpoint` rebuilds the record from their ``hyper_parameters``, so
+they load and give the same outputs (``tests/data/checkpoints_v0``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from densekit.errors import DensekitError
+from densekit.models.config import ModelConfig
+from densekit.models.outputs import DepthBins, OutputSpec
+from densekit.version import __version__
+
+if TYPE_CHECKING:
+    from densekit.backbones import Backbone
+    from densekit.models.inputs import InputSpec
+
+FORMAT = 1
+PREFIX = "model."
+
+# tasks of checkpoints without a model record: their outputs and main metric
+LEGACY_TASKS = {"SegmentationTask": "miou", "ChangeDetectionTask": "f1", "DepthTask": "rmse"}
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """What a checkpoint holds, read once (:func:`read_checkpoint`).
+
+    Args:
+        path: the file.
+        sha256: the file's sha256.
+        task: the name of the task that wrote it (``SegmentationTask``, ...).
+        config: the model's options.
+        output: what the model outputs.
+        state: the model's tensors (DenseModel keys, without ``model.``).
+        backbone: the backbone's recorded provenance (None for a U-Net).
+        data: the data module's hyper-parameters (empty if none were saved).
+        version: the densekit version that wrote it.
+    """
+
+    path: str
+    sha256: str
+    task: str
+    config: ModelConfig
+    output: OutputSpec
+    state: dict[str, Tensor] = field(repr=False)
+    backbone: dict[str, Any] | None
+    data: dict[str, Any]
+    version: str
+
+
+def read_checkpoint(path: str | Path) -> CheckpointFile:
+    """Read a densekit checkpoint (one read of the file: its sha256 and its contents, with
+    ``torch.load(weights_only=True)``).
+
+    Raises:
+        DensekitError: a missing or unreadable file, or not a densekit checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DensekitError(f"checkpoint {path}: no such file")
+    raw = path.read_bytes()
+    try:
+        stored = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DensekitError(
+            f"checkpoint {path}: not a readable PyTorch checkpoint ({type(e).__name__}); "
+            "give a .ckpt written by densekit fit"
+        ) from None
+    meta = stored.get("densekit") if isinstance(stored, dict) else None
+    if not isinstance(meta, dict) or "task" not in meta:
+        raise DensekitError(f"checkpoint {path}: not a checkpoint of densekit fit")
+    if meta.get("format") is None:
+        config, output = legacy_record(meta["task"], stored.get("hyper_parameters"), path)
+        state = dict(stored["state_dict"])
+    else:
+        config = ModelConfig.from_record(meta["model"])
+        output = OutputSpec.from_dict(meta["output"])
+        state = {
+            k[len(PREFIX) :]: v for k, v in stored["state_dict"].items() if k.startswith(PREFIX)
+        }
+    return CheckpointFile(
+        path=str(path),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        task=str(meta["task"]),
+        config=config,
+        output=output,
+        state=state,
+        backbone=meta.get("backbone"),
+        data=dict(stored.get("datamodule_hyper_parameters") or {}),
+        version=str(meta.get("densekit_version", "")),
+    )
+
+
+def legacy_record(
+    task: str, hparams: dict[str, Any] | None, path: Path
+) -> tuple[ModelConfig, OutputSpec]:
+    """The model options and output spec of a checkpoint written before the redesign, from
+    its task's hyper-parameters."""
+    if task not in LEGACY_TASKS or not isinstance(hparams, dict):
+        raise DensekitError(f"checkpoint {path}: not a checkpoint of densekit fit")
+    hp = dict(hparams)
+    if hp.get("head_grid") is not None:
+        grid = dict(hp["head_grid"])
+        grid["metric"] = grid.get("metric") or LEGACY_TASKS[task]
+        hp["head_grid"] = grid
+    images = 2 if task == "ChangeDetectionTask" else 1
+    if task == "ChangeDetectionTask":
+        hp.setdefault("fusion", "absdiff")
+    return ModelConfig.from_args(hp, images=images), legacy_output(task, hp)
+
+
+def legacy_output(task: str, hp: dict[str, Any]) -> OutputSpec:
+    """The output spec of an old task's hyper-parameters."""
+    if task == "DepthTask":
+        bins = DepthBins(
+            hp.get("depth_mode", "bins"),
+            int(hp.get("num_bins", 256)),
+            hp.get("bin_spacing", "linear"),
+            float(hp.get("min_depth", 1e-3)),
+            float(hp.get("max_depth", 10.0)),
+        )
+        return OutputSpec.values("depth", bins)
+    build = OutputSpec.change if task == "ChangeDetectionTask" else OutputSpec.segmentation
+    return build(int(hp.get("num_classes", 2)), hp.get("class_names"))
+
+
+def task_state(checkpoint: dict[str, Any]) -> None:
+    """Put the tensors of a checkpoint written before the redesign under ``model.`` (the
+    task's layout now), in place; newer checkpoints are left as they are."""
+    meta = checkpoint.get("densekit") or {}
+    if meta.get("format") is None and "state_dict" in checkpoint:
+        checkpoint["state_dict"] = {PREFIX + k: v for k, v in checkpoint["state_dict"].items()}
+
+
+# -- the record ------------------------------------------------------------------------------
+def provenance(backbone: Backbone | None) -> dict[str, Any]:
+    """The backbone record of checkpoints and metric files."""
+    if backbone is None:
+        return {"backbone": None, "densekit_version": __version__}
+    w = backbone.weights
+    return {
+        "backbone": {"name": backbone.name, "source": w.source, "path": w.path, "sha256": w.sha256},
+        "densekit_version": __version__,
+    }
+
+
+def make_record(
+    task: str,
+    config: ModelConfig,
+    output: OutputSpec,
+    inputs: InputSpec,
+    backbone: Backbone | None,
+) -> dict[str, Any]:
+    """The ``densekit`` record of a checkpoint of a model trained by ``task``."""
+    return {
+        "format": FORMAT,
+        "task": task,
+        "model": config.to_args(),
+        "output": output.to_dict(),
+        "inputs": inputs.to_dict(),
+        **provenance(backbone),
+    }
+
+
+def check_backbone(recorded: dict[str, Any], backbone: Backbone, where: str) -> None:
+    """The backbone loaded now is the one the checkpoint was trained on."""
+    if recorded["source"] == "random":
+        if backbone.weights.source != "random":
+            raise DensekitError(
+                f"{where}: the checkpoint was trained on a random backbone (saved in the "
+                "checkpoint); load it with weights='random', not with another weights file"
+            )
+        return
+    if recorded["sha256"] != backbone.weights.sha256:
+        raise DensekitError(
+            f"{where}: the checkpoint was trained on backbone weights {recorded['path']} "
+            f"(sha256 {recorded['sha256']}), but {backbone.weights.path} has sha256 "
+            f"{backbone.weights.sha256}: the file changed or is another one"
+        )
+
+
+def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then moved into place."""
+    if not path.parent.is_dir():
+        raise DensekitError(f"{path}: the folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

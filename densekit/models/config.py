@@ -1,0 +1,222 @@
+"""The options that define a model, in typed groups, and their checks.
+
+The Lightning tasks take these options as flat ``model.init_args`` (the YAML users write);
+:meth:`ModelConfig.from_args` groups them, and checkpoints record them (:meth:`to_args`), so a
+model can be rebuilt without the task that trained it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from densekit.errors import DensekitError
+from densekit.models.inputs import check_upscale
+
+HeadName = Literal["linear", "dpt", "unet"]
+LayerChoice = Literal["last", "last4", "dpt"] | list[int]
+Upsampler = Literal["bilinear", "guided"]
+FusionMode = Literal["diff", "absdiff", "concat"]
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    """The frozen backbone: registry ``name``, ``weights`` (a file, ``official``,
+    ``bundled``, ``random``), architecture ``overrides``, the ``layers`` fed to the head, the
+    positions of the input bands it sees (``bands``, None: all) and the factor the image is
+    resized by before it (``upscale``)."""
+
+    name: str = "dinov2_vits14"
+    weights: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    layers: Any = "last"
+    bands: tuple[int, ...] | None = None
+    upscale: float = 1.0
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """The head: ``linear``, ``dpt`` or ``unet`` (a U-Net from scratch on all bands, the
+    supervised baseline, instead of backbone and head), with its settings; ``grid`` trains a
+    grid of linear heads (:mod:`densekit.heads.grid`)."""
+
+    kind: HeadName = "linear"
+    dropout: float = 0.0
+    dpt_features: int = 256
+    unet_encoder: str = "resnet34"
+    grid: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DetailOptions:
+    """Pixel detail on top of the patch grid (:mod:`densekit.heads.refine`): the ``upsampler``
+    and the ``pixel_branch`` channels (0: none), the head then outputting
+    ``detail_channels``."""
+
+    upsampler: Upsampler = "bilinear"
+    pixel_branch: int = 0
+    detail_channels: int = 32
+
+    @property
+    def active(self) -> bool:
+        return self.upsampler != "bilinear" or self.pixel_branch > 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a model's modules (not how it is trained).
+
+    Args:
+        backbone, head, detail: the option groups.
+        in_channels: bands per image.
+        bands: the bands of the training data (1-based indices or names), recorded for
+            inference.
+        mean, std: per-band statistics after ``scale`` (None: the backbone's own).
+        scale: multiplies raw values first.
+        images: images per sample (2: change detection).
+        fusion: how the two dates' features are fused (change detection).
+    """
+
+    backbone: BackboneOptions = field(default_factory=BackboneOptions)
+    head: HeadOptions = field(default_factory=HeadOptions)
+    detail: DetailOptions = field(default_factory=DetailOptions)
+    in_channels: int = 3
+    bands: tuple[int | str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+    images: int = 1
+    fusion: FusionMode | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    # -- the flat arguments of the tasks -----------------------------------------------------
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], images: int = 1) -> ModelConfig:
+        """The config of a task's flat ``model.init_args`` (missing keys take the defaults).
+
+        A weights path that exists is made absolute, so checkpoints work from any folder."""
+        weights = args.get("weights")
+        if weights is not None and Path(weights).expanduser().exists():
+            weights = str(Path(weights).expanduser().resolve())
+        bb_bands = args.get("backbone_bands")
+        return cls(
+            backbone=BackboneOptions(
+                name=args.get("backbone", "dinov2_vits14"),
+                weights=weights,
+                overrides=dict(args.get("backbone_overrides") or {}),
+                layers=args.get("layers", "last"),
+                bands=None if bb_bands is None else tuple(bb_bands),
+                upscale=float(args.get("input_upscale", 1.0)),
+            ),
+            head=HeadOptions(
+                kind=args.get("head", "linear"),
+                dropout=float(args.get("dropout", 0.0)),
+                dpt_features=int(args.get("dpt_features", 256)),
+                unet_encoder=args.get("unet_encoder", "resnet34"),
+                grid=args.get("head_grid"),
+            ),
+            detail=DetailOptions(
+                upsampler=args.get("upsampler", "bilinear"),
+                pixel_branch=int(args.get("pixel_branch", 0)),
+                detail_channels=int(args.get("detail_channels", 32)),
+            ),
+            in_channels=int(args.get("in_channels", 3)),
+            bands=_tuple(args.get("bands")),
+            mean=_tuple(args.get("mean")),
+            std=_tuple(args.get("std")),
+            scale=args.get("scale"),
+            images=images,
+            fusion=args.get("fusion") if images == 2 else None,
+        )
+
+    def to_args(self) -> dict[str, Any]:
+        """The flat arguments again (what checkpoints record)."""
+        b, h, d = self.backbone, self.head, self.detail
+        return {
+            "backbone": b.name,
+            "weights": b.weights,
+            "backbone_overrides": dict(b.overrides),
+            "layers": b.layers,
+            "backbone_bands": None if b.bands is None else list(b.bands),
+            "input_upscale": b.upscale,
+            "head": h.kind,
+            "dropout": h.dropout,
+            "dpt_features": h.dpt_features,
+            "unet_encoder": h.unet_encoder,
+            "head_grid": h.grid,
+            "upsampler": d.upsampler,
+            "pixel_branch": d.pixel_branch,
+            "detail_channels": d.detail_channels,
+            "in_channels": self.in_channels,
+            "bands": None if self.bands is None else list(self.bands),
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+            "scale": self.scale,
+            "images": self.images,
+            "fusion": self.fusion,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ModelConfig:
+        """The config a checkpoint recorded with :meth:`to_args`."""
+        return cls.from_args(record, images=int(record.get("images", 1)))
+
+    # -- checks ------------------------------------------------------------------------------
+    @property
+    def uses_backbone(self) -> bool:
+        return self.head.kind != "unet"
+
+    def check(self) -> None:
+        """Reject values and combinations that cannot work, naming the key."""
+        b, h, d = self.backbone, self.head, self.detail
+        if h.kind not in ("linear", "dpt", "unet"):
+            raise DensekitError(f"model.head {h.kind!r}: valid values are linear, dpt, unet")
+        if h.grid is not None and h.kind != "linear":
+            raise DensekitError(f"model.head_grid trains linear heads; head is {h.kind!r}")
+        check_upscale(b.upscale)
+        if d.upsampler not in ("bilinear", "guided"):
+            raise DensekitError(
+                f"model.upsampler {d.upsampler!r}: valid values are 'bilinear' and 'guided'"
+            )
+        if d.pixel_branch < 0 or d.detail_channels < 1:
+            raise DensekitError(
+                f"model.pixel_branch must be >= 0 and detail_channels >= 1, got "
+                f"{d.pixel_branch} and {d.detail_channels}"
+            )
+        if d.detail_channels != 32 and d.pixel_branch == 0:
+            raise DensekitError(
+                f"model.detail_channels {d.detail_channels} is used only with a pixel branch; "
+                "set pixel_branch too, or leave detail_channels out"
+            )
+        options = b.upscale != 1 or d.active or b.bands is not None
+        if h.kind == "unet" and options:
+            raise DensekitError(
+                "model.input_upscale, upsampler, pixel_branch and backbone_bands apply to the "
+                "linear and DPT heads on backbone features, not to the U-Net baseline"
+            )
+        if h.grid is not None and d.active:
+            raise DensekitError(
+                "model.head_grid trains plain linear heads: it cannot be combined with "
+                "upsampler 'guided' or pixel_branch; train those heads one at a time"
+            )
+        if b.bands is not None:
+            n = self.in_channels
+            bad = [i for i in b.bands if not 0 <= i < n]
+            if not b.bands or bad or len(set(b.bands)) != len(b.bands):
+                raise DensekitError(
+                    f"model.backbone_bands {list(b.bands)}: give distinct positions among the "
+                    f"{n} input bands (0..{n - 1})"
+                )
+        if self.uses_backbone and b.weights is None:
+            raise DensekitError(
+                f"model.weights is required for the {h.kind} head on {b.name}: a "
+                "weights file, 'official' (online) or 'random'"
+            )
+
+
+def _tuple(value: Any) -> tuple[Any, ...] | None:
+    return None if value is None else tuple(value)
