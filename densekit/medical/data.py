@@ -59,6 +59,7 @@ from torch.utils.data import Dataset
 from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
 from densekit.data.files import Files, pair_files
+from densekit.data.keys import item_key
 from densekit.errors import DensekitError
 from densekit.medical.classes import map_values, segment_labels
 from densekit.medical.data2d import InMemoryDataModule, split_parts
@@ -311,8 +312,6 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             key = image.patient_key if self.split_by != "study" else pseudonym(image.study_uid)
             group = f"{self.split_by} {key}" if key else f"{where} (no {self.split_by} tag)"
         series = f" (series {pseudonym(image.series_uid)[:8]})" if image.series_uid else ""
-        from densekit.tasks.cache import item_key
-
         extra = {
             "intensity": repr(self.intensity),
             "context": self.context,

@@ -29,6 +29,7 @@ from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
 from densekit.data.datamodules import DenseDataModule
 from densekit.data.files import Files, pair_files
+from densekit.data.keys import item_key
 from densekit.data.subsets import nested_order
 from densekit.data.windows import split_columns
 from densekit.errors import DensekitError
@@ -200,8 +201,6 @@ class Medical2DDataModule(InMemoryDataModule):
             )[0].clamp(0, 1)
             y = torch.nn.functional.interpolate(y[None, None].float(), size, mode="nearest-exact")
             y = y[0, 0].long()
-        from densekit.tasks.cache import item_key
-
         h, w = x.shape[1:]
         key = item_key([image], [0, 0, w, h], [0, 0, w, h], {"size": self.size, "medical2d": 1})
         return {"image": x, "mask": y, "path": image, "cache_keys": [key]}

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from densekit import __version__
 from densekit.backbones.base import Backbone
+from densekit.data.keys import item_key  # noqa: F401  (the data side, kept importable here)
 
 
 def model_key(
@@ -64,16 +65,6 @@ def model_key(
     if backbone_bands is not None:
         record["backbone_bands"] = list(backbone_bands)
     return json.dumps(record, sort_keys=True)
-
-
-def item_key(paths: list[str], window: Sequence[int], region: Sequence[int], extra: dict) -> str:
-    """The data side of the key for one window of one date."""
-    files = []
-    for p in paths:
-        st = os.stat(p)
-        files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
-    record = {"files": files, "window": list(window), "region": list(region), **extra}
-    return json.dumps(record, sort_keys=True, default=str)
 
 
 class FeatureCache:
