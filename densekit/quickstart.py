@@ -335,9 +335,9 @@ def _medical_config(out: Path, backbone: str, weights: str, epochs: int) -> dict
 
 
 def run_medical(out: Path, backbone: str, weights: str, epochs: int, console: Console) -> dict:
+    from densekit.data.masks import read_seg
     from densekit.medical import read_volume
     from densekit.medical.infer import segment_volume
-    from densekit.medical.masks import read_seg
     from densekit.medical.slices import Intensity, display_order
 
     steps = Steps(console, 4)

@@ -4,7 +4,7 @@
 file, a NIfTI or NRRD file) and its mask (DICOM SEG, RTSTRUCT, or a NIfTI/NRRD label map). Every
 case is read once in ``setup`` and held in memory (the intensity-scaled float32 volume and its
 labels, about 5 bytes a voxel: fine for sample data, not for a large cohort). The mask readers
-of :mod:`densekit.medical.masks` put masks on the image's voxels by geometry, never file order;
+of :mod:`densekit.data.masks` put masks on the image's voxels by geometry, never file order;
 a mask on another grid is an error naming both files. The items are the slices along ``plane``
 made by :func:`~densekit.medical.slices.slice_input` after image and labels are brought into the
 plane's display orientation (:func:`~densekit.medical.slices.display_order`: exact permutations
@@ -58,14 +58,15 @@ from torch.utils.data import Dataset
 
 from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
+from densekit.data.dicom_series import OnMissing
 from densekit.data.files import Files, pair_files
 from densekit.data.keys import item_key
+from densekit.data.masks import read_label_map, read_rtstruct, read_seg
+from densekit.data.nifti import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
+from densekit.data.volume import Volume, pseudonym
 from densekit.errors import DensekitError
 from densekit.medical.classes import map_values, segment_labels
 from densekit.medical.data2d import InMemoryDataModule, split_parts
-from densekit.medical.masks import read_label_map, read_rtstruct, read_seg
-from densekit.medical.nifti import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
-from densekit.medical.series import OnMissing
 from densekit.medical.slices import (
     Intensity,
     Plane,
@@ -74,7 +75,6 @@ from densekit.medical.slices import (
     slice_input,
     slice_target,
 )
-from densekit.medical.volume import Volume, pseudonym
 
 SplitBy = Literal["patient", "study", "slice"]
 CASE_KEYS = ("image", "mask", "series_uid", "patient", "on_missing")
@@ -158,7 +158,7 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             each optionally with ``series_uid`` (a folder with several series), ``patient``
             (a patient identifier for files without one, e.g. NIfTI; only its hash is kept)
             and ``on_missing`` (DICOM slices missing from a series: ``error``, the default, or
-            ``resample``, see :func:`~densekit.medical.series.read_series`).
+            ``resample``, see :func:`~densekit.data.dicom_series.read_series`).
         images, masks: instead of ``cases``: glob patterns paired by what their first run of
             wildcards matched (``data/*/ct`` with ``data/*/seg.dcm``), or lists paired in order.
         val_cases, test_cases: explicit validation / test cases.

@@ -3,7 +3,7 @@
 :class:`Medical2DDataModule`: image files (PNG or JPEG, 8 or 16 bit, grey or RGB) and mask files
 paired by name as in the raster modules (:mod:`densekit.data.files`: folders pair by file stem,
 patterns by what their wildcards matched, lists in order). Masks are read by
-:func:`~densekit.medical.masks.read_png_mask` (lossy JPEG masks need ``threshold``); ``size``
+:func:`~densekit.data.masks.read_png_mask` (lossy JPEG masks need ``threshold``); ``size``
 resizes both (image bilinear, mask nearest). Every pair is read once in ``setup`` and held in
 memory (fine for sample sets). The raster ``SegmentationDataModule`` cannot read such sets:
 JPEG masks need a threshold and the frames differ in size.
@@ -30,11 +30,11 @@ from densekit.data.augment import apply as apply_augmentation
 from densekit.data.datamodules import DenseDataModule
 from densekit.data.files import Files, pair_files
 from densekit.data.keys import item_key
+from densekit.data.masks import read_png_mask
 from densekit.data.subsets import nested_order
 from densekit.data.windows import split_columns
 from densekit.errors import DensekitError
 from densekit.medical.classes import map_values
-from densekit.medical.masks import read_png_mask
 
 SPLITS = ("train", "val", "test")
 

@@ -18,6 +18,8 @@ from helpers import needs_shared_data, random_tiny_weights
 from pydicom.uid import generate_uid
 
 from densekit.cli import main
+from densekit.data.masks import read_seg
+from densekit.data.nifti import reorient_like
 from densekit.errors import DensekitError
 from densekit.medical import Volume, read_series, read_volume, write_nifti
 from densekit.medical import infer as infer_module
@@ -28,9 +30,7 @@ from densekit.medical.infer import (
     predict_volume,
     segment_volume,
 )
-from densekit.medical.masks import read_seg
 from densekit.medical.metrics import segmentation_metrics
-from densekit.medical.nifti import reorient_like
 from densekit.medical.slices import Intensity, display_order, plane_axis, slice_input
 from densekit.tasks import DepthTask, SegmentationTask
 

@@ -1,4 +1,4 @@
-"""DICOM image series -> :class:`~densekit.medical.volume.Volume`.
+"""DICOM image series -> :class:`~densekit.data.volume.Volume`.
 
 * **Scan** (:func:`scan_series`): headers only; image instances grouped by SeriesInstanceUID and
   orientation (a three-plane localizer gives three groups). Non-image objects (SEG, RTSTRUCT, RT
@@ -25,7 +25,7 @@
 * **Compressed** syntaxes decode through pydicom's plugins (pylibjpeg-openjpeg, pylibjpeg-rle);
   an undecodable one is an error naming the file, the syntax and the package to install.
 
-No patient tag is kept: ``Volume.patient_key`` is :func:`~densekit.medical.volume.pseudonym`
+No patient tag is kept: ``Volume.patient_key`` is :func:`~densekit.data.volume.pseudonym`
 of PatientID.
 """
 
@@ -45,9 +45,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
+from densekit.data.dicom_pixels import decode, interpolate_slices, value_range
+from densekit.data.volume import Volume, pseudonym
 from densekit.errors import DensekitError
-from densekit.medical.pixels import decode, interpolate_slices, value_range
-from densekit.medical.volume import Volume, pseudonym
 
 SPACING_TOL = 0.05  # a slice may sit this fraction of the slice spacing off the regular grid
 DUPLICATE_MM = 0.01  # slices closer than this along the normal are at the same position

@@ -1,4 +1,4 @@
-"""NIfTI and NRRD files <-> :class:`~densekit.medical.volume.Volume`.
+"""NIfTI and NRRD files <-> :class:`~densekit.data.volume.Volume`.
 
 Axis convention (the same for both formats, no guessing): the file's voxel axes ``(i, j, k)``
 (``i`` fastest on disk) become the Volume's ``(column, row, slice)``, so the array is the file's
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from densekit.data.volume import LPS_TO_RAS, Volume
 from densekit.errors import DensekitError
-from densekit.medical.volume import LPS_TO_RAS, Volume
 
 if TYPE_CHECKING:
-    from densekit.medical.series import OnMissing
+    from densekit.data.dicom_series import OnMissing
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -222,16 +222,16 @@ def read_volume(
 
     Args:
         path: ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, a DICOM file (``.dcm``) or a folder
-            of DICOM files (:func:`densekit.medical.series.read_series`).
+            of DICOM files (:func:`densekit.data.dicom_series.read_series`).
         series_uid: for DICOM only, the series to read when there are several.
         on_missing: for DICOM only, missing slices: ``"error"`` or ``"resample"``
-            (:func:`~densekit.medical.series.read_series`).
+            (:func:`~densekit.data.dicom_series.read_series`).
 
     Raises:
         DensekitError: a missing path, an unknown suffix (the valid ones are listed), a
             ``series_uid`` for a non-DICOM file, or an error of the reader.
     """
-    from densekit.medical.series import read_series
+    from densekit.data.dicom_series import read_series
 
     path = Path(path)
     suffix = _suffix(path)

@@ -1,6 +1,6 @@
 """Masks on an image's grid: DICOM SEG, RTSTRUCT, NIfTI/NRRD label maps and 2D PNG masks.
 
-Every reader takes the image :class:`~densekit.medical.volume.Volume` and puts the mask on its
+Every reader takes the image :class:`~densekit.data.volume.Volume` and puts the mask on its
 voxels **by geometry**, never by file order:
 
 * **DICOM SEG** (:func:`read_seg`, highdicom): frames are matched to the image's slices by the
@@ -21,7 +21,7 @@ voxels **by geometry**, never by file order:
   in rt-utils and plastimatch.
 * **Label maps** (:func:`read_label_map`): NIfTI/NRRD on the image's grid, or on the same voxels
   in another axis order (permuted / flipped exactly by
-  :func:`~densekit.medical.nifti.reorient_like`); integer values.
+  :func:`~densekit.data.nifti.reorient_like`); integer values.
 * **PNG masks** (:func:`read_png_mask`): raw values (0/255 stays 0/255: mapping values to
   classes is the caller's); lossy JPEG masks need an explicit ``threshold``.
 
@@ -40,10 +40,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from densekit.data.nifti import NIFTI_SUFFIXES, NRRD_SUFFIXES, nifti_dtype, read_volume
+from densekit.data.nifti import reorient_like as _reorient_like
+from densekit.data.volume import Volume
 from densekit.errors import DensekitError
-from densekit.medical.nifti import NIFTI_SUFFIXES, NRRD_SUFFIXES, nifti_dtype, read_volume
-from densekit.medical.nifti import reorient_like as _reorient_like
-from densekit.medical.volume import Volume
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -61,7 +61,7 @@ def read_seg(
 
     Args:
         path: the SEG file.
-        image: the segmented image (e.g. from :func:`~densekit.medical.series.read_series`).
+        image: the segmented image (e.g. from :func:`~densekit.data.dicom_series.read_series`).
         tol_mm: how far a frame's position may be from the slice it is matched to.
 
     Returns:
