@@ -31,6 +31,7 @@ from densekit.data.datamodules import DenseDataModule
 from densekit.data.files import Files, pair_files
 from densekit.data.keys import item_key
 from densekit.data.masks import read_png_mask
+from densekit.data.rgb import read_rgb
 from densekit.data.subsets import nested_order
 from densekit.data.windows import split_columns
 from densekit.errors import DensekitError
@@ -78,24 +79,6 @@ class InMemoryDataModule(DenseDataModule):
             "densekit predict writes georeferenced rasters; for medical data use "
             "`densekit volume --checkpoint CKPT --input ...` or `densekit test`"
         )
-
-
-def read_image(path: str) -> np.ndarray:
-    """A 2D image file as ``(3, H, W)`` float32 in [0, 1] (grey repeated, alpha dropped)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB") if img.mode in ("P", "PA", "CMYK") else img)
-    except (OSError, UnidentifiedImageError) as err:
-        raise DensekitError(f"{path} is not a readable image: {err}") from err
-    if array.dtype not in (np.uint8, np.uint16):
-        raise DensekitError(f"{path}: {array.dtype} pixels; 8- or 16-bit images are read")
-    x = array.astype(np.float32) / np.iinfo(array.dtype).max
-    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-    if x.shape[0] < 3:  # grey, or grey and alpha
-        x = np.repeat(x[:1], 3, axis=0)
-    return np.ascontiguousarray(x[:3])
 
 
 class ImageDataset(Dataset):
@@ -183,7 +166,7 @@ class Medical2DDataModule(InMemoryDataModule):
         self.ignore_index = ignore_index
 
     def _read(self, image: str, mask: str) -> dict[str, Any]:
-        x = torch.from_numpy(read_image(image))
+        x = torch.from_numpy(read_rgb(image))
         raw = read_png_mask(mask, self.threshold)
         labels = raw.astype(np.int64)
         if self.label_map is not None:
