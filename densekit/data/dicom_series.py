@@ -43,9 +43,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
 
-from densekit.data.dicom_pixels import decode, interpolate_slices, value_range
+from densekit.data.dicom_pixels import decode_pixels, modality_values, read_dicom, value_range
 from densekit.data.volume import Volume, pseudonym
 from densekit.errors import DensekitError
 
@@ -474,17 +473,15 @@ def _pixels(
     ranges = []
     for k, frame in enumerate(frames):
         if frame.path not in decoded:
-            decoded = {frame.path: decode(frame.path)}  # keep one file in memory
+            ds = read_dicom(frame.path)
+            decoded = {frame.path: (ds, decode_pixels(ds, frame.path))}  # one file in memory
         ds, pixels = decoded[frame.path]
         if frame.index is not None:
             pixels = pixels[frame.index] if pixels.ndim == 3 else pixels
         if pixels.shape != frame.shape:
             raise DensekitError(f"{_where(frame)}: pixel data of shape {pixels.shape}, "
                                 f"expected rows x columns {frame.shape}")  # fmt: skip
-        if frame.rescale is None:
-            out[k] = apply_modality_lut(pixels, ds)
-        else:
-            out[k] = pixels * frame.rescale[0] + frame.rescale[1]
+        out[k] = modality_values(pixels, ds, frame.rescale)
         ranges.append(value_range(ds, frame.rescale))
     extra: dict = {"photometric": photometric.pop() or "MONOCHROME2"}
     if extra["photometric"] == "MONOCHROME1":
@@ -495,3 +492,12 @@ def _pixels(
             out = centre - out
             extra["monochrome1_reflected_about"] = centre
     return out, extra
+
+
+def interpolate_slices(array: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Slices at grid positions ``0 .. index[-1]`` from those at ``index`` (sorted), linearly."""
+    grid = np.arange(int(index[-1]) + 1)
+    below = np.searchsorted(index, grid, side="right") - 1
+    above = np.minimum(below + 1, len(index) - 1)
+    weight = ((grid - index[below]) / np.maximum(index[above] - index[below], 1))[:, None, None]
+    return ((1 - weight) * array[below] + weight * array[above]).astype(array.dtype)
