@@ -46,7 +46,7 @@ from pydicom.errors import InvalidDicomError
 
 from densekit.data.dicom_pixels import decode_pixels, modality_values, read_dicom, value_range
 from densekit.data.volume import Volume, pseudonym
-from densekit.errors import DensekitError
+from densekit.errors import DensekitError, InputImageError
 
 SPACING_TOL = 0.05  # a slice may sit this fraction of the slice spacing off the regular grid
 DUPLICATE_MM = 0.01  # slices closer than this along the normal are at the same position
@@ -122,11 +122,11 @@ def scan_series(folder: str | Path) -> list[SeriesInfo]:
     """The DICOM image series under ``folder`` (walked recursively; headers only).
 
     Raises:
-        DensekitError: ``folder`` is not a folder.
+        InputImageError: ``folder`` is not a folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DensekitError(f"{folder} is not a folder")
+        raise InputImageError(f"{folder} is not a folder")
     return _scan(_walk(folder))[0]
 
 
@@ -144,8 +144,9 @@ def read_series(
             to interpolate them linearly from their neighbours (with a warning).
 
     Raises:
-        DensekitError: no image series, several and none selected, inconsistent slices,
+        InputImageError: no image series, several and none selected, inconsistent slices,
             duplicate or missing slices, uneven spacing, undecodable pixel data.
+        DensekitError: ``on_missing`` is not one of its values.
     """
     if on_missing not in ("error", "resample"):
         raise DensekitError(f"on_missing={on_missing!r}: use 'error' or 'resample'")
@@ -157,7 +158,7 @@ def read_series(
     if any(f.position is None or f.orientation is None for f in frames):
         if len(frames) > 1:
             bad = next(f for f in frames if f.position is None or f.orientation is None)
-            raise DensekitError(
+            raise InputImageError(
                 f"series {info}: {bad.path} has no ImagePositionPatient/ImageOrientationPatient,"
                 " so its slices cannot be ordered in space"
             )
@@ -201,12 +202,12 @@ def _sources(source: str | Path | Iterable[str | Path]) -> tuple[str, list[Path]
         if path.is_dir():
             return str(path), _walk(path)
         if not path.is_file():
-            raise DensekitError(f"{path} is neither a folder nor a file")
+            raise InputImageError(f"{path} is neither a folder nor a file")
         return str(path), [path]
     paths = [Path(p) for p in source]
     missing = [str(p) for p in paths if not p.is_file()]
     if not paths or missing:
-        raise DensekitError(f"no such DICOM files: {missing[:5] or 'an empty list'}")
+        raise InputImageError(f"no such DICOM files: {missing[:5] or 'an empty list'}")
     return os.path.commonpath([str(p.parent) for p in paths]), paths
 
 
@@ -280,17 +281,17 @@ def _select(
 ) -> SeriesInfo:
     if not infos:
         found = ", ".join(f"{kind} x{n}" for kind, n in sorted(skipped.items())) or "no files"
-        raise DensekitError(f"{where} holds no DICOM image series (found: {found})")
+        raise InputImageError(f"{where} holds no DICOM image series (found: {found})")
     listing = "\n".join(f"  {info}" for info in infos)
     chosen = infos if series_uid is None else [i for i in infos if i.uid == series_uid]
     if not chosen:
-        raise DensekitError(f"series {series_uid} is not in {where}; it holds:\n{listing}")
+        raise InputImageError(f"series {series_uid} is not in {where}; it holds:\n{listing}")
     if len(chosen) > 1 and series_uid is None:
-        raise DensekitError(
+        raise InputImageError(
             f"{where} holds {len(infos)} image series; choose one with series_uid=...:\n{listing}"
         )
     if len(chosen) > 1:
-        raise DensekitError(
+        raise InputImageError(
             f"series {series_uid} has images in {len(chosen)} orientations; pass the files of"
             f" one (SeriesInfo.files from scan_series) instead:\n{listing}"
         )
@@ -326,7 +327,7 @@ def _frames(ds: Dataset, path: Path) -> list[_Frame]:
     n = int(ds.get("NumberOfFrames") or 1)
     if "PerFrameFunctionalGroupsSequence" not in ds:
         if n > 1:
-            raise DensekitError(
+            raise InputImageError(
                 f"{path} holds {n} frames without per-frame positions "
                 "(no PerFrameFunctionalGroupsSequence), so they cannot be placed in space"
             )
@@ -338,7 +339,7 @@ def _frames(ds: Dataset, path: Path) -> list[_Frame]:
     for i in range(n):
         position = _floats(_group(ds, i, "PlanePositionSequence"), "ImagePositionPatient")
         if position is None:
-            raise DensekitError(f"{path}: frame {i + 1} has no PlanePositionSequence")
+            raise InputImageError(f"{path}: frame {i + 1} has no PlanePositionSequence")
         spacing = _floats(_group(ds, i, "PixelMeasuresSequence"), "PixelSpacing")
         value = _group(ds, i, "PixelValueTransformationSequence") or Dataset()
         rescale = (float(value.get("RescaleSlope", 1)), float(value.get("RescaleIntercept", 0)))
@@ -355,7 +356,7 @@ def _where(frame: _Frame) -> str:
 def _check_in_plane(frames: list[_Frame], info: SeriesInfo) -> None:
     ref = frames[0]
     if ref.spacing is None:
-        raise DensekitError(f"series {info}: {_where(ref)} has no PixelSpacing")
+        raise InputImageError(f"series {info}: {_where(ref)} has no PixelSpacing")
     for f in frames[1:]:
         for what, a, b, ok in (
             ("rows x columns", f.shape, ref.shape, f.shape == ref.shape),
@@ -365,7 +366,7 @@ def _check_in_plane(frames: list[_Frame], info: SeriesInfo) -> None:
              np.allclose(f.orientation, ref.orientation, atol=ORIENTATION_TOL)),  # type: ignore[arg-type]
         ):  # fmt: skip
             if not ok:
-                raise DensekitError(
+                raise InputImageError(
                     f"series {info.uid}: {_where(f)} has {what} {_fmt(a)}, but {_where(ref)} "
                     f"has {_fmt(b)}; a volume needs the same grid on every slice"
                 )
@@ -407,7 +408,7 @@ def _stack_geometry(
     dup = int(np.argmin(gaps))
     if gaps[dup] < DUPLICATE_MM:
         a, b = frames[order[dup]], frames[order[dup + 1]]
-        raise DensekitError(
+        raise InputImageError(
             f"series {info.uid}: {_where(a)} and {_where(b)} are both at {depth[dup]:.3f} mm "
             "along the slice normal (duplicate slices: several acquisitions, echoes or "
             "time points in one series?); pass the files of one stack"
@@ -419,7 +420,7 @@ def _stack_geometry(
     worst = int(np.argmax(residual))
     if residual[worst] > SPACING_TOL * spacing or len(set(index.tolist())) < len(index):
         gap_text = ", ".join(f"{g:.3g}" for g in gaps[:20]) + (" ..." if len(gaps) > 20 else "")
-        raise DensekitError(
+        raise InputImageError(
             f"series {info.uid}: uneven slice spacing: gaps between sorted slices {gap_text} mm"
             f" (median {spacing:.3g} mm); {_where(frames[order[worst]])} at {depth[worst]:.3f} mm"
             f" is {residual[worst]:.3g} mm off the regular grid (tolerance "
@@ -433,7 +434,7 @@ def _stack_geometry(
         where += " ..." if len(missing) > 20 else ""
         if on_missing == "error":
             below = frames[order[int(np.searchsorted(index, missing[0])) - 1]]
-            raise DensekitError(
+            raise InputImageError(
                 f"series {info.uid}: {len(missing)} slice(s) missing at {where} mm along the "
                 f"slice normal (spacing {spacing:.3g} mm; first gap after {_where(below)}); "
                 "pass on_missing='resample' to interpolate them"
@@ -464,7 +465,7 @@ def _pixels(
     """The slices in ``frames`` order, modality-transformed, MONOCHROME1 reflected."""
     photometric = {str(headers[f.path].get("PhotometricInterpretation", "")) for f in frames}
     if len(photometric) > 1 or not photometric <= {"MONOCHROME1", "MONOCHROME2", ""}:
-        raise DensekitError(
+        raise InputImageError(
             f"series {info}: PhotometricInterpretation {sorted(photometric)}; a volume needs "
             "grayscale slices (MONOCHROME1 or MONOCHROME2) of one kind"
         )
@@ -479,7 +480,7 @@ def _pixels(
         if frame.index is not None:
             pixels = pixels[frame.index] if pixels.ndim == 3 else pixels
         if pixels.shape != frame.shape:
-            raise DensekitError(f"{_where(frame)}: pixel data of shape {pixels.shape}, "
+            raise InputImageError(f"{_where(frame)}: pixel data of shape {pixels.shape}, "
                                 f"expected rows x columns {frame.shape}")  # fmt: skip
         out[k] = modality_values(pixels, ds, frame.rescale)
         ranges.append(value_range(ds, frame.rescale))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from densekit.errors import DensekitError
+from densekit.errors import InputImageError
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -19,9 +19,9 @@ def read_rgb(path: str) -> np.ndarray:
         with Image.open(path) as img:
             array = np.asarray(img.convert("RGB") if img.mode in ("P", "PA", "CMYK") else img)
     except (OSError, UnidentifiedImageError) as err:
-        raise DensekitError(f"{path} is not a readable image: {err}") from err
+        raise InputImageError(f"{path} is not a readable image: {err}") from err
     if array.dtype not in (np.uint8, np.uint16):
-        raise DensekitError(f"{path}: {array.dtype} pixels; 8- or 16-bit images are read")
+        raise InputImageError(f"{path}: {array.dtype} pixels; 8- or 16-bit images are read")
     x = array.astype(np.float32) / np.iinfo(array.dtype).max
     x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
     if x.shape[0] < 3:  # grey, or grey and alpha
