@@ -313,7 +313,7 @@ def run_lightning(argv: Sequence[str]) -> int:
     """``densekit fit|validate|test|predict --config FILE.yaml``: LightningCLI on the tasks."""
     from lightning.pytorch.cli import LightningCLI
 
-    from densekit.data.datamodules import DenseDataModule
+    from densekit.data.base import DenseDataModule
     from densekit.tasks import DenseTask
 
     argv = list(argv)

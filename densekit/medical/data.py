@@ -103,7 +103,10 @@ class SliceDataset(Dataset):
         context: int,
         augment: Augmentation | None = None,
     ) -> None:
-        self.cases, self.slices, self.plane, self.context = cases, slices, plane, context
+        self.cases = cases
+        self.slices = slices
+        self.plane = plane
+        self.context = context
         self.transforms = augment.build() if augment is not None else None
 
     def __len__(self) -> int:
@@ -175,8 +178,9 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
         split_seed: the shuffle of the patients or studies before ``split``; and of
             ``empty_fraction``.
         empty_fraction: the fraction of training slices without foreground that are kept.
-        batch_size, num_workers, augment, label_fraction, label_count, subset_seed, stratify,
-            samples_per_epoch: as :class:`~densekit.data.datamodules.DenseDataModule`.
+        **kwargs: the settings every data module shares (:class:`~densekit.data.base.
+            DenseDataModule`): batch_size, num_workers, samples_per_epoch, augment,
+            label_fraction, label_count, subset_seed, stratify.
     """
 
     def __init__(
@@ -198,27 +202,9 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
         split_by: SplitBy = "patient",
         split_seed: int = 0,
         empty_fraction: float = 1.0,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        augment: Augmentation | None = None,
-        label_fraction: float | None = None,
-        label_count: int | None = None,
-        subset_seed: int = 0,
-        stratify: bool = False,
-        samples_per_epoch: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            {"train": None, "val": None, "test": None},
-            {},
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            label_fraction=label_fraction,
-            label_count=label_count,
-            subset_seed=subset_seed,
-            stratify=stratify,
-            samples_per_epoch=samples_per_epoch,
-        )
+        super().__init__(**kwargs)
         # what `densekit volume` reads back from checkpoints (slice inputs, and how masks became
         # classes, for --reference); nothing here names a patient
         self.save_hyperparameters(
@@ -265,11 +251,16 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
                         f"{list_name}[{i}]: unknown key(s) {unknown} / missing {missing}; a "
                         f"case has {', '.join(CASE_KEYS)} (image and mask required)"
                     )
-        self.plane, self.context = plane, context
-        self.segments, self.label_map, self.priority = segments, label_map, list(priority or [])
+        self.plane = plane
+        self.context = context
+        self.segments = segments
+        self.label_map = label_map
+        self.priority = list(priority or [])
         self.unlisted = ignore_index if unlisted == "ignore" else 0
         self.ignore_index = ignore_index
-        self.fractions, self.split_by, self.split_seed = split, split_by, split_seed
+        self.fractions = split
+        self.split_by = split_by
+        self.split_seed = split_seed
         self.empty_fraction = empty_fraction
         self.cases: list[Case] = []
         self.case_split: dict[str, list[int]] = {}  # split -> indices into self.cases
@@ -451,4 +442,4 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             augment = self.augment if name == "train" else None
             self.datasets[name] = SliceDataset(
                 self.cases, slices, self.plane, self.context, augment
-            )  # type: ignore[assignment]
+            )

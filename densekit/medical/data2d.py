@@ -27,13 +27,13 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
-from densekit.data.datamodules import DenseDataModule
+from densekit.data.base import DenseDataModule
 from densekit.data.files import Files, pair_files
 from densekit.data.keys import item_key
 from densekit.data.masks import read_png_mask
 from densekit.data.rgb import read_rgb
 from densekit.data.subsets import nested_order
-from densekit.data.windows import split_columns
+from densekit.data.windows import check_split, split_columns
 from densekit.errors import DensekitError
 from densekit.medical.classes import map_values
 
@@ -113,8 +113,9 @@ class Medical2DDataModule(InMemoryDataModule):
         threshold: masks are ``value >= threshold`` (0/1) first; needed for JPEG masks.
         size: ``[height, width]`` (or one side for squares) every pair is resized to.
         ignore_index: the mask value of unlabelled pixels.
-        batch_size, num_workers, augment, label_fraction, label_count, subset_seed, stratify,
-            samples_per_epoch: as :class:`~densekit.data.datamodules.DenseDataModule`.
+        **kwargs: the settings every data module shares (:class:`~densekit.data.base.
+            DenseDataModule`): batch_size, num_workers, samples_per_epoch, augment,
+            label_fraction, label_count, subset_seed, stratify.
     """
 
     def __init__(
@@ -131,38 +132,24 @@ class Medical2DDataModule(InMemoryDataModule):
         threshold: int | None = None,
         size: int | list[int] | None = None,
         ignore_index: int = 255,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        augment: Augmentation | None = None,
-        label_fraction: float | None = None,
-        label_count: int | None = None,
-        subset_seed: int = 0,
-        stratify: bool = False,
-        samples_per_epoch: int | None = None,
+        **kwargs: Any,
     ) -> None:
         splits = {
             "train": [("images", images), ("masks", masks)],
             "val": _both("val", val_images, val_masks),
             "test": _both("test", test_images, test_masks),
         }
-        super().__init__(
-            splits,
-            {},
-            split=split,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            label_fraction=label_fraction,
-            label_count=label_count,
-            subset_seed=subset_seed,
-            stratify=stratify,
-            samples_per_epoch=samples_per_epoch,
-        )
+        super().__init__(**kwargs)
+        check_split(split, bool(splits["val"]), bool(splits["test"]))
+        self.split_spec = splits
+        self.split = list(split) if split is not None else None
         sides = [size, size] if isinstance(size, int) else size
         if sides is not None and (len(sides) != 2 or min(sides) < 1):
             raise DensekitError(f"size {size}: give [height, width] or one side, >= 1 pixel")
         self.size = sides
-        self.split_seed, self.label_map, self.threshold = split_seed, label_map, threshold
+        self.split_seed = split_seed
+        self.label_map = label_map
+        self.threshold = threshold
         self.ignore_index = ignore_index
 
     def _read(self, image: str, mask: str) -> dict[str, Any]:
@@ -214,10 +201,12 @@ class Medical2DDataModule(InMemoryDataModule):
                 ]
                 items = [items[j] for j in self._subset_indices(len(items), classes)]
             augment = self.augment if name == "train" else None
-            self.datasets[name] = ImageDataset(items, augment)  # type: ignore[assignment]
+            self.datasets[name] = ImageDataset(items, augment)
 
 
 def _both(name: str, images: Files | None, masks: Files | None) -> list[tuple[str, Files]] | None:
     if (images is None) != (masks is None):
         raise DensekitError(f"{name}_images and {name}_masks go together: give both")
-    return None if images is None else [(f"{name}_images", images), (f"{name}_masks", masks)]  # type: ignore[list-item]
+    if images is None or masks is None:
+        return None
+    return [(f"{name}_images", images), (f"{name}_masks", masks)]
