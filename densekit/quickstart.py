@@ -53,7 +53,9 @@ class Steps:
     """Numbered progress lines with the time each step took."""
 
     def __init__(self, console: Console, total: int) -> None:
-        self.console, self.total, self.n = console, total, 0
+        self.console = console
+        self.total = total
+        self.n = 0
         self.t0 = self.tic = time.perf_counter()
         self.times: dict[str, float] = {}
 
@@ -179,16 +181,31 @@ def _benchmark_card(out: Path, config: dict, backbone: str, weights: str) -> Pat
         "seeds": [0, 1],
         "feature_cache": True,
         "backbones": [{"name": "quickstart", "backbone": backbone, "weights": weights}],
-        "heads": [{"name": "linear", "model": {"head": "linear", "layers": "last4",
-                                               "head_grid": model["head_grid"]}}],
-        "baselines": [{
-            "name": "unet",
-            "model": {"head": "unet", "unet_encoder": "resnet18", "in_channels": 1,
-                      "bands": [1], "mean": stats["mean"][:1], "std": stats["std"][:1]},
-            "data": {"bands": [1], "train_windows": "random",
-                     "augment": {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5}},
-        }],
-    }  # fmt: skip
+        "heads": [
+            {
+                "name": "linear",
+                "model": {"head": "linear", "layers": "last4", "head_grid": model["head_grid"]},
+            }
+        ],
+        "baselines": [
+            {
+                "name": "unet",
+                "model": {
+                    "head": "unet",
+                    "unet_encoder": "resnet18",
+                    "in_channels": 1,
+                    "bands": [1],
+                    "mean": stats["mean"][:1],
+                    "std": stats["std"][:1],
+                },
+                "data": {
+                    "bands": [1],
+                    "train_windows": "random",
+                    "augment": {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5},
+                },
+            }
+        ],
+    }
     path = out / "benchmark_card.yaml"
     _write_yaml(path, card, "# densekit benchmark on the quickstart's data (written by it)\n")
     load_card(path)  # a card that does not load is a bug here, not the user's
@@ -245,10 +262,13 @@ def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Consol
     with rasterio.open(GEO_LABELS) as src:
         label = (src.read(1) == 255).astype(np.uint8)
     first_test = round(SPLIT[0] * 900) + round(SPLIT[1] * 900)
-    p, t = pred[:, first_test:] == 1, label[:, first_test:] == 1
+    p = pred[:, first_test:] == 1
+    t = label[:, first_test:] == 1
     tiled_iou = float((p & t).sum() / max((p | t).sum(), 1))
-    steps.done(f"-> {prediction} (CRS and transform of the input: {same}); "
-               f"building IoU on the test columns {tiled_iou:.3f}")  # fmt: skip
+    steps.done(
+        f"-> {prediction} (CRS and transform of the input: {same}); "
+        f"building IoU on the test columns {tiled_iou:.3f}"
+    )
 
     steps.start("pictures: image | prediction | label, and the PCA of the features")
     panels(

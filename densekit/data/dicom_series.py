@@ -162,7 +162,9 @@ def read_series(
                 f"series {info}: {bad.path} has no ImagePositionPatient/ImageOrientationPatient,"
                 " so its slices cannot be ordered in space"
             )
-        affine, order, index = _flat_geometry(first), [0], np.zeros(1, dtype=int)
+        affine = _flat_geometry(first)
+        order = [0]
+        index = np.zeros(1, dtype=int)
         extra = {"geometry": "no ImagePositionPatient/ImageOrientationPatient: spacing only"}
     else:
         _check_in_plane(frames, info)
@@ -331,7 +333,8 @@ def _frames(ds: Dataset, path: Path) -> list[_Frame]:
                 f"{path} holds {n} frames without per-frame positions "
                 "(no PerFrameFunctionalGroupsSequence), so they cannot be placed in space"
             )
-        position, iop = _floats(ds, "ImagePositionPatient"), _floats(ds, "ImageOrientationPatient")
+        position = _floats(ds, "ImagePositionPatient")
+        iop = _floats(ds, "ImageOrientationPatient")
         spacing = _floats(ds, "PixelSpacing")
         sp = None if spacing is None else tuple(spacing)
         return [_Frame(path, None, position, iop, sp, shape, sop, None)]
@@ -358,13 +361,22 @@ def _check_in_plane(frames: list[_Frame], info: SeriesInfo) -> None:
     if ref.spacing is None:
         raise InputImageError(f"series {info}: {_where(ref)} has no PixelSpacing")
     for f in frames[1:]:
-        for what, a, b, ok in (
+        checks = (
             ("rows x columns", f.shape, ref.shape, f.shape == ref.shape),
-            ("PixelSpacing", f.spacing, ref.spacing,
-             f.spacing is not None and np.allclose(f.spacing, ref.spacing, rtol=1e-4)),
-            ("ImageOrientationPatient", f.orientation, ref.orientation,
-             np.allclose(f.orientation, ref.orientation, atol=ORIENTATION_TOL)),  # type: ignore[arg-type]
-        ):  # fmt: skip
+            (
+                "PixelSpacing",
+                f.spacing,
+                ref.spacing,
+                f.spacing is not None and np.allclose(f.spacing, ref.spacing, rtol=1e-4),
+            ),
+            (
+                "ImageOrientationPatient",
+                f.orientation,
+                ref.orientation,
+                np.allclose(f.orientation, ref.orientation, atol=ORIENTATION_TOL),  # type: ignore[arg-type]
+            ),
+        )
+        for what, a, b, ok in checks:
             if not ok:
                 raise InputImageError(
                     f"series {info.uid}: {_where(f)} has {what} {_fmt(a)}, but {_where(ref)} "
@@ -384,7 +396,8 @@ def _stack_geometry(
     frames: list[_Frame], first: Dataset, info: SeriesInfo, on_missing: OnMissing
 ) -> tuple[np.ndarray, list[int], np.ndarray, dict]:
     """Affine, slice order, grid index of each sorted slice and notes for ``Volume.extra``."""
-    iop, pixel = frames[0].orientation, frames[0].spacing
+    iop = frames[0].orientation
+    pixel = frames[0].spacing
     assert iop is not None and pixel is not None  # checked by the caller
     normal = np.cross(iop[:3], iop[3:])  # iop: directions of increasing column, row index
     normal /= np.linalg.norm(normal)
@@ -393,11 +406,9 @@ def _stack_geometry(
     positions = positions[order]
     depth = positions @ normal
     affine = np.eye(4)
-    affine[:3, 1], affine[:3, 2], affine[:3, 3] = (
-        iop[3:] * pixel[0],
-        iop[:3] * pixel[1],
-        positions[0],
-    )
+    affine[:3, 1] = iop[3:] * pixel[0]
+    affine[:3, 2] = iop[:3] * pixel[1]
+    affine[:3, 3] = positions[0]
     if len(frames) == 1:
         affine[:3, 0] = normal * float(
             first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0
@@ -480,8 +491,10 @@ def _pixels(
         if frame.index is not None:
             pixels = pixels[frame.index] if pixels.ndim == 3 else pixels
         if pixels.shape != frame.shape:
-            raise InputImageError(f"{_where(frame)}: pixel data of shape {pixels.shape}, "
-                                f"expected rows x columns {frame.shape}")  # fmt: skip
+            raise InputImageError(
+                f"{_where(frame)}: pixel data of shape {pixels.shape}, "
+                f"expected rows x columns {frame.shape}"
+            )
         out[k] = modality_values(pixels, ds, frame.rescale)
         ranges.append(value_range(ds, frame.rescale))
     extra: dict = {"photometric": photometric.pop() or "MONOCHROME2"}

@@ -127,7 +127,8 @@ def _other_series(seg: Dataset, image: Volume, path: Path, why: str) -> InputIma
 
 
 def _check_seg_geometry(seg: Dataset, image: Volume, path: Path) -> None:
-    seg_for, image_for = str(seg.get("FrameOfReferenceUID", "")), image.frame_of_reference_uid
+    seg_for = str(seg.get("FrameOfReferenceUID", ""))
+    image_for = image.frame_of_reference_uid
     if seg_for and image_for and seg_for != image_for:
         raise _other_series(
             seg, image, path, f"FrameOfReferenceUID {seg_for} vs the image's {image_for}"
@@ -178,10 +179,8 @@ def _seg_by_uid(
     index = {u: k for k, u in enumerate(image.sop_instance_uids) if u}
     missing = sorted({u for refs in sources for u in refs} - index.keys())
     if missing:
-        raise _other_series(
-            seg, image, path, f"{len(missing)} source instances are not in the image, e.g. "
-            f"{missing[0]}"
-        )  # fmt: skip
+        why = f"{len(missing)} source instances are not in the image, e.g. {missing[0]}"
+        raise _other_series(seg, image, path, why)
     wanted = list(index)
     pixels = seg.get_pixels_by_source_instance(
         wanted,
@@ -335,8 +334,10 @@ def read_rtstruct(
                     f"tolerance {slice_tol} of the {image.spacing[0]:.3g} mm spacing)"
                 )
             if not 0 <= k < image.shape[0]:
-                text = (f"{where} lies on slice plane {k}, outside the image's "
-                        f"{image.shape[0]} slices ({image.describe()})")  # fmt: skip
+                text = (
+                    f"{where} lies on slice plane {k}, outside the image's "
+                    f"{image.shape[0]} slices ({image.describe()})"
+                )
                 if on_outside == "error":
                     raise InputImageError(text + "; pass on_outside='warn' to leave it out")
                 left_out[f"ROI '{name}': contour outside the image"] += 1
@@ -386,12 +387,18 @@ def _check_rt_reference(ds: Dataset, image: Volume, path: Path) -> None:
     }
     mine = image.frame_of_reference_uid
     if not mine:
-        warnings.warn(f"{image.source}: no FrameOfReferenceUID (not DICOM?); the contours of "
-                      f"{path} are placed by their coordinates only", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"{image.source}: no FrameOfReferenceUID (not DICOM?); the contours of "
+            f"{path} are placed by their coordinates only",
+            stacklevel=3,
+        )
     elif frames != {mine} and image.series_uid in series:
-        warnings.warn(f"{path}: FrameOfReferenceUID {sorted(frames)} is not the image's "
-                      f"{mine}, but it references the image's series {image.series_uid}: "
-                      "contours placed on it", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"{path}: FrameOfReferenceUID {sorted(frames)} is not the image's "
+            f"{mine}, but it references the image's series {image.series_uid}: "
+            "contours placed on it",
+            stacklevel=3,
+        )
     elif frames != {mine}:
         raise InputImageError(
             f"{path} was drawn on another image: FrameOfReferenceUID {sorted(frames) or 'none'}"
@@ -446,9 +453,8 @@ def read_label_map(path: str | Path, image: Volume, tol_mm: float = 1e-3) -> Vol
                 f"({fractional.size} voxels are not whole numbers)"
             )
         array = array.astype(nifti_dtype(array.astype(np.int64)))
-    labels = _reorient_like(Volume(array=array, affine=labels.affine, source=str(path)), image,
-                            tol_mm)  # fmt: skip
-    return labels
+    labels = Volume(array=array, affine=labels.affine, source=str(path))
+    return _reorient_like(labels, image, tol_mm)
 
 
 def read_png_mask(path: str | Path, threshold: int | None = None) -> np.ndarray:
@@ -472,7 +478,8 @@ def read_png_mask(path: str | Path, threshold: int | None = None) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
-            kind, mode = img.format, img.mode
+            kind = img.format
+            mode = img.mode
             array = np.asarray(img)
     except (OSError, UnidentifiedImageError) as err:
         raise InputImageError(f"{path} is not a readable image: {err}") from err

@@ -48,8 +48,11 @@ NRRD_SPACES = {
     "right-anterior-superior": (-1.0, -1.0, 1.0),
     "left-anterior-superior": (1.0, -1.0, 1.0),
 }
-_NRRD_SPACE_ALIASES = {"LPS": "left-posterior-superior", "RAS": "right-anterior-superior",
-                       "LAS": "left-anterior-superior"}  # fmt: skip
+_NRRD_SPACE_ALIASES = {
+    "LPS": "left-posterior-superior",
+    "RAS": "right-anterior-superior",
+    "LAS": "left-anterior-superior",
+}
 
 
 def _suffix(path: Path) -> str:

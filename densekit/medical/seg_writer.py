@@ -137,8 +137,9 @@ def source_headers(source: str | Path, image: Volume) -> list[Dataset]:
             "supports single-frame series only: write .nii.gz instead"
         )
     if source.is_dir():
-        files = [f for info in scan_series(source) if info.uid == image.series_uid
-                 for f in info.files]  # fmt: skip
+        files = [
+            f for info in scan_series(source) if info.uid == image.series_uid for f in info.files
+        ]
     else:
         files = [source]
     headers: dict[str, Dataset] = {}
