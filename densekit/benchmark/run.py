@@ -66,7 +66,7 @@ def check_configs(card: Card, runs: list[Run]) -> None:
     from lightning import Trainer
     from lightning.pytorch.cli import LightningArgumentParser
 
-    from densekit.data.datamodules import DenseDataModule
+    from densekit.data.base import DenseDataModule
     from densekit.tasks import DenseTask
 
     parser = LightningArgumentParser(exit_on_error=False)
@@ -137,7 +137,7 @@ def execute(run: Run, folder: Path, card: Card) -> dict[str, Any]:
     """Train and test one run in ``folder``; returns its result row."""
     from lightning.pytorch.cli import LightningCLI
 
-    from densekit.data.datamodules import DenseDataModule
+    from densekit.data.base import DenseDataModule
     from densekit.tasks import DenseTask
 
     if folder.exists():

@@ -27,7 +27,7 @@ def run_lightning(argv: Sequence[str]) -> int:
     """Run one Lightning command (``argv[0]``) with its arguments."""
     from lightning.pytorch.cli import LightningCLI
 
-    from densekit.data.datamodules import DenseDataModule
+    from densekit.data.base import DenseDataModule
     from densekit.tasks import DenseTask
 
     argv = list(argv)

@@ -53,7 +53,9 @@ class Steps:
     """Numbered progress lines with the time each step took."""
 
     def __init__(self, console: Console, total: int) -> None:
-        self.console, self.total, self.n = console, total, 0
+        self.console = console
+        self.total = total
+        self.n = 0
         self.t0 = self.tic = time.perf_counter()
         self.times: dict[str, float] = {}
 
@@ -260,7 +262,8 @@ def run_geo(out: Path, backbone: str, weights: str, epochs: int, console: Consol
     with rasterio.open(GEO_LABELS) as src:
         label = (src.read(1) == 255).astype(np.uint8)
     first_test = round(SPLIT[0] * 900) + round(SPLIT[1] * 900)
-    p, t = pred[:, first_test:] == 1, label[:, first_test:] == 1
+    p = pred[:, first_test:] == 1
+    t = label[:, first_test:] == 1
     tiled_iou = float((p & t).sum() / max((p | t).sum(), 1))
     steps.done(
         f"-> {prediction} (CRS and transform of the input: {same}); "
@@ -352,9 +355,9 @@ def _medical_config(out: Path, backbone: str, weights: str, epochs: int) -> dict
 
 
 def run_medical(out: Path, backbone: str, weights: str, epochs: int, console: Console) -> dict:
+    from densekit.data.masks import read_seg
     from densekit.inference import segment_volume
     from densekit.medical import read_volume
-    from densekit.medical.masks import read_seg
     from densekit.medical.slices import Intensity, display_order
 
     steps = Steps(console, 4)

@@ -1,10 +1,17 @@
 """Data: image readers, band selection and normalisation, window datasets and data modules."""
 
+from densekit.data.base import DenseDataModule
 from densekit.data.datamodules import (
     ChangeDataModule,
-    DenseDataModule,
     DepthDataModule,
+    RasterDataModule,
     SegmentationDataModule,
 )
 
-__all__ = ["ChangeDataModule", "DenseDataModule", "DepthDataModule", "SegmentationDataModule"]
+__all__ = [
+    "ChangeDataModule",
+    "DenseDataModule",
+    "DepthDataModule",
+    "RasterDataModule",
+    "SegmentationDataModule",
+]

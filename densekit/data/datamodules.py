@@ -30,24 +30,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, RandomSampler
 
-from densekit.data.augment import Augmentation
-from densekit.data.datasets import Sample, TaskKind, WindowDataset, band_table, reference_grid
+from densekit.data.base import DenseDataModule
+from densekit.data.datasets import Sample, WindowDataset, band_table, reference_grid
 from densekit.data.files import Files, pair_files
 from densekit.data.grids import Grid, check_alignable, grid_of
-from densekit.data.subsets import nested_order, subset_size
 from densekit.data.vectors import is_vector, vector_bounds
-from densekit.data.windows import grid_windows, split_columns
+from densekit.data.windows import check_split, grid_windows, split_columns
 from densekit.errors import DensekitError
 
 
-class DenseDataModule(L.LightningDataModule):
-    """Shared machinery and arguments of the three data modules (not used directly).
+class RasterDataModule(DenseDataModule):
+    """The raster options and reading of the three raster data modules (not used directly).
 
-    Args (every data module):
+    Args (every raster data module):
         split: column fractions (train, val[, test]) of each training raster, instead of
             separate val/test files (test files may go with two fractions).
         window: side of the grid windows (None: whole files).
@@ -57,19 +54,12 @@ class DenseDataModule(L.LightningDataModule):
             ``subtract`` DTMs, overriding the files' own, e.g. -9999 for a fill the files do not
             tag (None: the files' value). Height targets need it for such fills: there, only
             nodata and NaN are invalid.
-        batch_size, num_workers: DataLoader settings.
         train_windows: ``"grid"`` or ``"random"`` training windows (random needs ``window``).
-        samples_per_epoch: training items per epoch: random windows, or grid windows in a
-            fresh random order, repeated or cut to this number (default: each grid window once).
-        augment: training augmentation (flips, rotations, gain), or None.
-        label_fraction, label_count: keep this fraction (rounded, at least 1) or number of the
-            labelled training windows (files without ``window``); None: all.
-        subset_seed: the seed of the subset's order (nested: a smaller subset of one seed lies
-            inside a larger one).
-        stratify: the smallest subsets still hold every class of the training windows.
+        **kwargs: the settings every data module shares (:class:`DenseDataModule`): batch_size,
+            num_workers, samples_per_epoch, augment, label_fraction, label_count, subset_seed,
+            stratify.
     """
 
-    kind: ClassVar[TaskKind]
     n_images: ClassVar[int] = 1
 
     def __init__(
@@ -81,50 +71,23 @@ class DenseDataModule(L.LightningDataModule):
         bands: list[int | str] | None = None,
         nodata: float | None = None,
         target_nodata: float | None = None,
-        batch_size: int = 8,
-        num_workers: int = 0,
         train_windows: Literal["grid", "random"] = "grid",
-        samples_per_epoch: int | None = None,
-        augment: Augmentation | None = None,
-        label_fraction: float | None = None,
-        label_count: int | None = None,
-        subset_seed: int = 0,
-        stratify: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        if label_fraction is not None or label_count is not None:
-            subset_size(1 if label_count is None else label_count, label_fraction, label_count)
-        if stratify and self.kind == "depth":
-            raise DensekitError("stratify keeps classes in subsets; depth targets have none")
-        self.label_fraction = label_fraction
-        self.label_count = label_count
-        self.subset_seed = subset_seed
-        self.stratify = stratify
-        self.train_subset: dict[str, int] | None = None
+        super().__init__(**kwargs)
         if train_windows == "random" and window is None:
             raise DensekitError("train_windows 'random' needs a window size")
         self.train_windows = train_windows
-        self.samples_per_epoch = samples_per_epoch
-        self.augment = augment
-        if split is not None and len(split) not in (2, 3):
-            raise DensekitError(f"split needs 2 or 3 fractions (train, val[, test]), got {split}")
-        if split is not None and (splits["val"] or (splits["test"] and len(split) == 3)):
-            raise DensekitError(
-                "give either split fractions or separate val/test files, not both (two "
-                "fractions, train and val, may go with separate test files)"
-            )
+        check_split(split, bool(splits["val"]), bool(splits["test"]))
         self.split_spec = splits
         self.split = list(split) if split is not None else None
         self.window = window
         self.bands = list(bands) if bands is not None else None
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.dataset_kwargs = {
             **dataset_kwargs,
             "nodata": nodata,
             "target_nodata": target_nodata,
         }
-        self.datasets: dict[str, WindowDataset] = {}
 
     def _samples(self, groups: list[tuple[str, ...]], block_index: int | None) -> list[Sample]:
         samples = []
@@ -179,15 +142,13 @@ class DenseDataModule(L.LightningDataModule):
             if not samples:
                 raise DensekitError(f"the {name} split is empty")
             dataset = WindowDataset(samples, self.kind, self.bands, **self.dataset_kwargs)
-            subset = name == "train" and (
-                self.label_fraction is not None or self.label_count is not None
-            )
+            subset = name == "train" and self.subset.selects
             kept, classes = [], []
             for sample in samples:
                 item = dataset.read(sample)
                 if dataset.has_data(item):
                     kept.append(sample)
-                    if subset and self.stratify and "mask" in item:
+                    if subset and self.subset.stratify and "mask" in item:
                         held = set(torch.unique(item["mask"]).tolist())
                         classes.append(held - {dataset.ignore_index})
             if not kept:
@@ -213,7 +174,7 @@ class DenseDataModule(L.LightningDataModule):
                     **self.dataset_kwargs,
                     augment=self.augment,
                     random_window=self.window,
-                    length=self.samples_per_epoch or len(kept),
+                    length=self.loaders.samples_per_epoch or len(kept),
                 )
             else:
                 dataset = WindowDataset(
@@ -228,78 +189,6 @@ class DenseDataModule(L.LightningDataModule):
     def _subset(self, kept: list[Sample], classes: list[set[int]] | None) -> list[Sample]:
         """The labelled subset of the training windows (see :mod:`densekit.data.subsets`)."""
         return [kept[i] for i in self._subset_indices(len(kept), classes)]
-
-    def _subset_indices(self, n: int, classes: list[set[int]] | None) -> list[int]:
-        """Indices of the kept training items among ``n`` (all without a fraction or count);
-        ``classes``: the classes of each item, used with ``stratify``."""
-        if self.label_fraction is None and self.label_count is None:
-            return list(range(n))
-        size = subset_size(n, self.label_fraction, self.label_count)
-        order = nested_order(n, self.subset_seed, classes if self.stratify else None)
-        self.train_subset = {"labelled": n, "kept": size}
-        return sorted(order[:size])
-
-    # what a missing split needs, for the error of _loader; the loaders' batch assembly
-    split_files: ClassVar[str] = "{name}_* files"
-    collate_fn: Any = None
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        if name not in self.datasets:
-            files = self.split_files.format(name=name)
-            raise DensekitError(f"no {name} data: give {files} or split fractions that include it")
-        dataset = self.datasets[name]
-        sampler = self.epoch_sampler(dataset) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=_seed_worker,
-            collate_fn=self.collate_fn,
-        )
-
-    def teardown(self, stage: str | None = None) -> None:
-        """Close the open readers at the end of a stage (they reopen when read again):
-        left to the garbage collector, a dataset closes inside some later rasterio call's
-        environment, which rasterio reports as "No GDAL environment exists"."""
-        for dataset in self.datasets.values():
-            readers = getattr(dataset, "_readers", None)
-            if readers is not None:
-                readers.close()
-
-    def epoch_sampler(self, dataset: Any) -> RandomSampler | None:
-        """With ``samples_per_epoch``, fixed training items in a fresh random order each epoch,
-        repeated or cut to that many (random windows set their own length instead)."""
-        if not self.samples_per_epoch or getattr(dataset, "random_window", None):
-            return None
-        return RandomSampler(dataset, num_samples=self.samples_per_epoch)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if "val" not in self.datasets:
-            return []  # no validation split: Lightning skips validation
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test" if "test" in self.datasets else "val", shuffle=False)
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Each worker draws its own augmentations (forked workers share the parent's RNG state)."""
-    import torch
-    from torch.utils.data import get_worker_info
-
-    info = get_worker_info()
-    transforms = getattr(info.dataset, "transforms", None) if info is not None else None
-    if transforms is not None:
-        transforms.reseed(torch.initial_seed() % 2**31)
 
 
 def check_vector_overlap(path: str, grid: Grid, ref_path: str) -> None:
@@ -327,7 +216,7 @@ def _maybe(pairs: list[tuple[str, Files | None]]) -> list[tuple[str, Files]] | N
     return [(n, v) for n, v in pairs if v is not None]
 
 
-class SegmentationDataModule(DenseDataModule):
+class SegmentationDataModule(RasterDataModule):
     """Image and class-label rasters.
 
     Args:
@@ -349,7 +238,7 @@ class SegmentationDataModule(DenseDataModule):
         nodata: image nodata value overriding the files' own (None: the files' value).
         target_nodata: label nodata value overriding the files' own (None: the files' value).
         label_fraction, label_count, subset_seed, stratify: a labelled subset of the training
-            windows (see :class:`DenseDataModule`).
+            windows (see :class:`~densekit.data.base.DenseDataModule`).
     """
 
     kind = "segmentation"
@@ -382,7 +271,7 @@ class SegmentationDataModule(DenseDataModule):
         super().__init__(splits, dataset_kwargs, **kwargs)
 
 
-class DepthDataModule(DenseDataModule):
+class DepthDataModule(RasterDataModule):
     """Image and depth/height rasters; depth <= 0, NaN or nodata is invalid (masked).
 
     Args as :class:`SegmentationDataModule`, with ``depths`` for ``labels`` and
@@ -422,7 +311,7 @@ class DepthDataModule(DenseDataModule):
         self.height = height  # checked against the task's (DepthTask.setup)
 
 
-class ChangeDataModule(DenseDataModule):
+class ChangeDataModule(RasterDataModule):
     """Two dates of images on the same grid and a change label raster.
 
     Args as :class:`SegmentationDataModule`, with ``images1`` / ``images2`` for the two dates.

@@ -29,6 +29,7 @@ from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
 from densekit.data.bands import BandRef, resolve_band_indices
 from densekit.data.grids import Grid, grid_of, open_on_grid, open_raster
+from densekit.data.keys import item_key
 from densekit.data.vectors import is_vector, read_vector_box
 from densekit.data.windows import Box, intersect
 from densekit.errors import DensekitError, InputImageError
@@ -305,8 +306,6 @@ class WindowDataset(Dataset):
 
     def cache_keys(self, s: Sample) -> list[str]:
         """The data side of the feature-cache key of each date (:mod:`densekit.models.cache`)."""
-        from densekit.models.cache import item_key
-
         extra = {"bands": self.bands, "nodata": self.nodata, "grid": s.grid.describe()}
         return [
             item_key(sorted({p for p, _, _ in band_table(spec)}), s.window, s.region, extra)

@@ -1,8 +1,9 @@
 """Reading one image (GeoTIFF, PNG/JPEG or a DICOM file) into bands, names and a validity mask.
 
-Rasters go through rasterio (GDAL reads GeoTIFF, PNG and JPEG alike); DICOM through pydicom,
-which applies the modality LUT (RescaleSlope/Intercept) and the VOI window the file carries, then
-inverts MONOCHROME1 so that bright means dense. DICOM values come out in [0, 1] (the window, or
+Rasters go through rasterio (GDAL reads GeoTIFF, PNG and JPEG alike); DICOM through pydicom
+(decoded as the series reader decodes it, :mod:`densekit.data.dicom_pixels`), then the modality
+LUT (RescaleSlope/Intercept) and the VOI window the file carries apply, and MONOCHROME1 is
+inverted so that bright means dense. DICOM values come out in [0, 1] (the window, or
 the image range when there is none). No patient tag is read into the result.
 """
 
@@ -81,13 +82,11 @@ def _read_raster(path: Path) -> Image:
 
 
 def _read_dicom(path: Path, frame: int | None) -> Image:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_voi_lut
 
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:
-        raise InputImageError(f"{path}: not a readable DICOM file ({e})") from None
+    from densekit.data.dicom_pixels import decode_pixels, modality_values, read_dicom
+
+    ds = read_dicom(path)
     if "PixelData" not in ds:
         modality = ds.get("Modality", "unknown")
         raise InputImageError(
@@ -101,15 +100,7 @@ def _read_dicom(path: Path, frame: int | None) -> Image:
         )
     if frame is not None and not 0 <= frame < frames:
         raise InputImageError(f"{path}: frame {frame} out of range 0..{frames - 1}")
-    try:
-        pixels = ds.pixel_array
-    except Exception as e:
-        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
-        raise InputImageError(
-            f"{path}: cannot decode pixel data with transfer syntax "
-            f"{getattr(syntax, 'name', syntax)} ({e}); JPEG 2000 needs pylibjpeg and "
-            "pylibjpeg-openjpeg, RLE needs pylibjpeg-rle"
-        ) from None
+    pixels = decode_pixels(ds, path)
     if frames > 1:
         pixels = pixels[frame]
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
@@ -132,7 +123,7 @@ def _read_dicom(path: Path, frame: int | None) -> Image:
             f"{path}: photometric interpretation {photometric} with {samples} samples per "
             "pixel is not supported (MONOCHROME1/2, RGB, YBR and PALETTE COLOR are)"
         )
-    values = apply_modality_lut(pixels, ds).astype(np.float32)
+    values = modality_values(pixels, ds)
     if "WindowCenter" in ds and "WindowWidth" in ds:
         scaled = _linear_window(values, _first(ds.WindowCenter), _first(ds.WindowWidth))
     else:

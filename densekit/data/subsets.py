@@ -11,6 +11,7 @@ room for one item per class); the rest follows the seeded order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -55,3 +56,40 @@ def subset_size(n: int, fraction: float | None = None, count: int | None = None)
     if not 0 < fraction <= 1:
         raise DensekitError(f"label_fraction must be in (0, 1], got {fraction}")
     return max(1, round(fraction * n))
+
+
+@dataclass(frozen=True)
+class LabelledSubset:
+    """Which labelled training items a data module keeps (see the module docstring).
+
+    Attributes:
+        fraction, count: keep this fraction of the items (rounded, at least 1) or this many;
+            both None: all of them.
+        seed: the seed of the nested order.
+        stratify: the smallest subsets still hold every class of the training items.
+
+    Raises:
+        DensekitError: both ``fraction`` and ``count``, a count below 1 or a fraction outside
+            (0, 1].
+    """
+
+    fraction: float | None = None
+    count: int | None = None
+    seed: int = 0
+    stratify: bool = False
+
+    def __post_init__(self) -> None:
+        if self.selects:
+            subset_size(1 if self.count is None else self.count, self.fraction, self.count)
+
+    @property
+    def selects(self) -> bool:
+        """Whether a part of the items is kept (a fraction or a count is given)."""
+        return self.fraction is not None or self.count is not None
+
+    def indices(self, n: int, classes: Sequence[set[int]] | None = None) -> list[int]:
+        """The kept items among ``n``, in index order; ``classes``: the classes each item
+        holds, used with ``stratify``."""
+        size = subset_size(n, self.fraction, self.count)
+        order = nested_order(n, self.seed, classes if self.stratify else None)
+        return sorted(order[:size])

@@ -38,6 +38,22 @@ def split_columns(width: int, height: int, fractions: Sequence[float]) -> list[B
     return [(a, 0, b - a, height) for a, b in itertools.pairwise(edges)]
 
 
+def check_split(split: Sequence[float] | None, val_files: bool, test_files: bool) -> None:
+    """Split fractions (train, val[, test]) given instead of separate validation files; two
+    fractions may go with separate test files.
+
+    Raises:
+        DensekitError: not 2 or 3 fractions, or fractions given with the files they replace.
+    """
+    if split is not None and len(split) not in (2, 3):
+        raise DensekitError(f"split needs 2 or 3 fractions (train, val[, test]), got {split}")
+    if split is not None and (val_files or (test_files and len(split) == 3)):
+        raise DensekitError(
+            "give either split fractions or separate val/test files, not both (two "
+            "fractions, train and val, may go with separate test files)"
+        )
+
+
 def grid_windows(block: Box, size: int) -> list[Box]:
     """Windows of ``size x size`` covering ``block`` row by row (see the module docstring)."""
     c0, r0, w, h = block

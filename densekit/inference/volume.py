@@ -11,7 +11,7 @@
    Only what the checkpoint lacks may be given by the caller; a value that contradicts the
    checkpoint is an error, never an override. How its masks became classes (``segments``,
    ``label_map``, ``priority``, ``unlisted``) is read from there too, for the reference (5).
-2. The volume (:func:`~densekit.medical.nifti.read_volume`: a DICOM folder or file, NIfTI or
+2. The volume (:func:`~densekit.data.nifti.read_volume`: a DICOM folder or file, NIfTI or
    NRRD), scaled to ``[0, 1]`` as a whole (:class:`~densekit.medical.slices.Intensity`).
 3. :func:`predict_volume`: the volume brought into the plane's display orientation
    (:func:`~densekit.medical.slices.display_order`, exact axis permutations and flips); the
@@ -22,7 +22,7 @@
    batches sliding windows within one slice and has no notion of 2.5D neighbours, which are
    exactly what the slice inputs need.
 4. The output, all or nothing (:func:`densekit.io.atomic_outputs`): ``.nii`` / ``.nii.gz``
-   (:func:`~densekit.medical.nifti.write_nifti`, the input's affine) or ``.dcm``, a DICOM SEG
+   (:func:`~densekit.data.nifti.write_nifti`, the input's affine) or ``.dcm``, a DICOM SEG
    referencing the source instances (:mod:`densekit.medical.seg_writer`; DICOM input only).
 5. With a reference mask (a SEG, or a NIfTI/NRRD label map on the input grid), read as the
    training masks were (:func:`~densekit.medical.reference.read_reference`): Dice and HD95 in
@@ -51,14 +51,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from densekit.data.dicom_series import OnMissing
+from densekit.data.nifti import NIFTI_SUFFIXES, read_volume
+from densekit.data.volume import Volume
 from densekit.errors import DensekitError
 from densekit.inference.runner import Batch, read_ahead, run
 from densekit.inference.trained import Trained, load_trained
 from densekit.medical.metrics import segmentation_metrics
-from densekit.medical.nifti import NIFTI_SUFFIXES, read_volume
 from densekit.medical.reference import IGNORED, file_suffix, read_reference
 from densekit.medical.seg_writer import build_seg, is_dicom_path, scrub, source_headers
-from densekit.medical.series import OnMissing
 from densekit.medical.slices import (
     Plane,
     SliceSettings,
@@ -66,7 +67,6 @@ from densekit.medical.slices import (
     parse_intensity,
     slice_input,
 )
-from densekit.medical.volume import Volume
 from densekit.version import __version__
 
 OUTPUT_SUFFIXES = (*NIFTI_SUFFIXES, ".dcm")
@@ -310,8 +310,8 @@ def segment_volume(
     Raises:
         DensekitError: any bad input (named); nothing is written then.
     """
+    from densekit.data.nifti import write_nifti
     from densekit.io import atomic_outputs
-    from densekit.medical.nifti import write_nifti
 
     out = check_output(output, source)
     if not Path(source).exists():

@@ -4,7 +4,7 @@
 file, a NIfTI or NRRD file) and its mask (DICOM SEG, RTSTRUCT, or a NIfTI/NRRD label map). Every
 case is read once in ``setup`` and held in memory (the intensity-scaled float32 volume and its
 labels, about 5 bytes a voxel: fine for sample data, not for a large cohort). The mask readers
-of :mod:`densekit.medical.masks` put masks on the image's voxels by geometry, never file order;
+of :mod:`densekit.data.masks` put masks on the image's voxels by geometry, never file order;
 a mask on another grid is an error naming both files. The items are the slices along ``plane``
 made by :func:`~densekit.medical.slices.slice_input` after image and labels are brought into the
 plane's display orientation (:func:`~densekit.medical.slices.display_order`: exact permutations
@@ -58,13 +58,15 @@ from torch.utils.data import Dataset
 
 from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
+from densekit.data.dicom_series import OnMissing
 from densekit.data.files import Files, pair_files
+from densekit.data.keys import item_key
+from densekit.data.masks import read_label_map, read_rtstruct, read_seg
+from densekit.data.nifti import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
+from densekit.data.volume import Volume, pseudonym
 from densekit.errors import DensekitError
 from densekit.medical.classes import map_values, segment_labels
 from densekit.medical.data2d import InMemoryDataModule, split_parts
-from densekit.medical.masks import read_label_map, read_rtstruct, read_seg
-from densekit.medical.nifti import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
-from densekit.medical.series import OnMissing
 from densekit.medical.slices import (
     Intensity,
     Plane,
@@ -73,7 +75,6 @@ from densekit.medical.slices import (
     slice_input,
     slice_target,
 )
-from densekit.medical.volume import Volume, pseudonym
 
 SplitBy = Literal["patient", "study", "slice"]
 CASE_KEYS = ("image", "mask", "series_uid", "patient", "on_missing")
@@ -102,7 +103,10 @@ class SliceDataset(Dataset):
         context: int,
         augment: Augmentation | None = None,
     ) -> None:
-        self.cases, self.slices, self.plane, self.context = cases, slices, plane, context
+        self.cases = cases
+        self.slices = slices
+        self.plane = plane
+        self.context = context
         self.transforms = augment.build() if augment is not None else None
 
     def __len__(self) -> int:
@@ -157,7 +161,7 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             each optionally with ``series_uid`` (a folder with several series), ``patient``
             (a patient identifier for files without one, e.g. NIfTI; only its hash is kept)
             and ``on_missing`` (DICOM slices missing from a series: ``error``, the default, or
-            ``resample``, see :func:`~densekit.medical.series.read_series`).
+            ``resample``, see :func:`~densekit.data.dicom_series.read_series`).
         images, masks: instead of ``cases``: glob patterns paired by what their first run of
             wildcards matched (``data/*/ct`` with ``data/*/seg.dcm``), or lists paired in order.
         val_cases, test_cases: explicit validation / test cases.
@@ -174,8 +178,9 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
         split_seed: the shuffle of the patients or studies before ``split``; and of
             ``empty_fraction``.
         empty_fraction: the fraction of training slices without foreground that are kept.
-        batch_size, num_workers, augment, label_fraction, label_count, subset_seed, stratify,
-            samples_per_epoch: as :class:`~densekit.data.datamodules.DenseDataModule`.
+        **kwargs: the settings every data module shares (:class:`~densekit.data.base.
+            DenseDataModule`): batch_size, num_workers, samples_per_epoch, augment,
+            label_fraction, label_count, subset_seed, stratify.
     """
 
     def __init__(
@@ -197,27 +202,9 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
         split_by: SplitBy = "patient",
         split_seed: int = 0,
         empty_fraction: float = 1.0,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        augment: Augmentation | None = None,
-        label_fraction: float | None = None,
-        label_count: int | None = None,
-        subset_seed: int = 0,
-        stratify: bool = False,
-        samples_per_epoch: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            {"train": None, "val": None, "test": None},
-            {},
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            label_fraction=label_fraction,
-            label_count=label_count,
-            subset_seed=subset_seed,
-            stratify=stratify,
-            samples_per_epoch=samples_per_epoch,
-        )
+        super().__init__(**kwargs)
         # what `densekit volume` reads back from checkpoints (slice inputs, and how masks became
         # classes, for --reference); nothing here names a patient
         self.save_hyperparameters(
@@ -264,11 +251,16 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
                         f"{list_name}[{i}]: unknown key(s) {unknown} / missing {missing}; a "
                         f"case has {', '.join(CASE_KEYS)} (image and mask required)"
                     )
-        self.plane, self.context = plane, context
-        self.segments, self.label_map, self.priority = segments, label_map, list(priority or [])
+        self.plane = plane
+        self.context = context
+        self.segments = segments
+        self.label_map = label_map
+        self.priority = list(priority or [])
         self.unlisted = ignore_index if unlisted == "ignore" else 0
         self.ignore_index = ignore_index
-        self.fractions, self.split_by, self.split_seed = split, split_by, split_seed
+        self.fractions = split
+        self.split_by = split_by
+        self.split_seed = split_seed
         self.empty_fraction = empty_fraction
         self.cases: list[Case] = []
         self.case_split: dict[str, list[int]] = {}  # split -> indices into self.cases
@@ -311,8 +303,6 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             key = image.patient_key if self.split_by != "study" else pseudonym(image.study_uid)
             group = f"{self.split_by} {key}" if key else f"{where} (no {self.split_by} tag)"
         series = f" (series {pseudonym(image.series_uid)[:8]})" if image.series_uid else ""
-        from densekit.models.cache import item_key
-
         extra = {
             "intensity": repr(self.intensity),
             "context": self.context,
@@ -452,4 +442,4 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             augment = self.augment if name == "train" else None
             self.datasets[name] = SliceDataset(
                 self.cases, slices, self.plane, self.context, augment
-            )  # type: ignore[assignment]
+            )

@@ -3,7 +3,7 @@
 :class:`Medical2DDataModule`: image files (PNG or JPEG, 8 or 16 bit, grey or RGB) and mask files
 paired by name as in the raster modules (:mod:`densekit.data.files`: folders pair by file stem,
 patterns by what their wildcards matched, lists in order). Masks are read by
-:func:`~densekit.medical.masks.read_png_mask` (lossy JPEG masks need ``threshold``); ``size``
+:func:`~densekit.data.masks.read_png_mask` (lossy JPEG masks need ``threshold``); ``size``
 resizes both (image bilinear, mask nearest). Every pair is read once in ``setup`` and held in
 memory (fine for sample sets). The raster ``SegmentationDataModule`` cannot read such sets:
 JPEG masks need a threshold and the frames differ in size.
@@ -27,13 +27,15 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from densekit.data.augment import Augmentation
 from densekit.data.augment import apply as apply_augmentation
-from densekit.data.datamodules import DenseDataModule
+from densekit.data.base import DenseDataModule
 from densekit.data.files import Files, pair_files
+from densekit.data.keys import item_key
+from densekit.data.masks import read_png_mask
+from densekit.data.rgb import read_rgb
 from densekit.data.subsets import nested_order
-from densekit.data.windows import split_columns
+from densekit.data.windows import check_split, split_columns
 from densekit.errors import DensekitError
 from densekit.medical.classes import map_values
-from densekit.medical.masks import read_png_mask
 
 SPLITS = ("train", "val", "test")
 
@@ -79,24 +81,6 @@ class InMemoryDataModule(DenseDataModule):
         )
 
 
-def read_image(path: str) -> np.ndarray:
-    """A 2D image file as ``(3, H, W)`` float32 in [0, 1] (grey repeated, alpha dropped)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB") if img.mode in ("P", "PA", "CMYK") else img)
-    except (OSError, UnidentifiedImageError) as err:
-        raise DensekitError(f"{path} is not a readable image: {err}") from err
-    if array.dtype not in (np.uint8, np.uint16):
-        raise DensekitError(f"{path}: {array.dtype} pixels; 8- or 16-bit images are read")
-    x = array.astype(np.float32) / np.iinfo(array.dtype).max
-    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-    if x.shape[0] < 3:  # grey, or grey and alpha
-        x = np.repeat(x[:1], 3, axis=0)
-    return np.ascontiguousarray(x[:3])
-
-
 class ImageDataset(Dataset):
     """In-memory 2D items (``image``, ``mask``, ``path``), augmented when ``augment`` is given."""
 
@@ -129,8 +113,9 @@ class Medical2DDataModule(InMemoryDataModule):
         threshold: masks are ``value >= threshold`` (0/1) first; needed for JPEG masks.
         size: ``[height, width]`` (or one side for squares) every pair is resized to.
         ignore_index: the mask value of unlabelled pixels.
-        batch_size, num_workers, augment, label_fraction, label_count, subset_seed, stratify,
-            samples_per_epoch: as :class:`~densekit.data.datamodules.DenseDataModule`.
+        **kwargs: the settings every data module shares (:class:`~densekit.data.base.
+            DenseDataModule`): batch_size, num_workers, samples_per_epoch, augment,
+            label_fraction, label_count, subset_seed, stratify.
     """
 
     def __init__(
@@ -147,42 +132,28 @@ class Medical2DDataModule(InMemoryDataModule):
         threshold: int | None = None,
         size: int | list[int] | None = None,
         ignore_index: int = 255,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        augment: Augmentation | None = None,
-        label_fraction: float | None = None,
-        label_count: int | None = None,
-        subset_seed: int = 0,
-        stratify: bool = False,
-        samples_per_epoch: int | None = None,
+        **kwargs: Any,
     ) -> None:
         splits = {
             "train": [("images", images), ("masks", masks)],
             "val": _both("val", val_images, val_masks),
             "test": _both("test", test_images, test_masks),
         }
-        super().__init__(
-            splits,
-            {},
-            split=split,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            label_fraction=label_fraction,
-            label_count=label_count,
-            subset_seed=subset_seed,
-            stratify=stratify,
-            samples_per_epoch=samples_per_epoch,
-        )
+        super().__init__(**kwargs)
+        check_split(split, bool(splits["val"]), bool(splits["test"]))
+        self.split_spec = splits
+        self.split = list(split) if split is not None else None
         sides = [size, size] if isinstance(size, int) else size
         if sides is not None and (len(sides) != 2 or min(sides) < 1):
             raise DensekitError(f"size {size}: give [height, width] or one side, >= 1 pixel")
         self.size = sides
-        self.split_seed, self.label_map, self.threshold = split_seed, label_map, threshold
+        self.split_seed = split_seed
+        self.label_map = label_map
+        self.threshold = threshold
         self.ignore_index = ignore_index
 
     def _read(self, image: str, mask: str) -> dict[str, Any]:
-        x = torch.from_numpy(read_image(image))
+        x = torch.from_numpy(read_rgb(image))
         raw = read_png_mask(mask, self.threshold)
         labels = raw.astype(np.int64)
         if self.label_map is not None:
@@ -200,8 +171,6 @@ class Medical2DDataModule(InMemoryDataModule):
             )[0].clamp(0, 1)
             y = torch.nn.functional.interpolate(y[None, None].float(), size, mode="nearest-exact")
             y = y[0, 0].long()
-        from densekit.models.cache import item_key
-
         h, w = x.shape[1:]
         key = item_key([image], [0, 0, w, h], [0, 0, w, h], {"size": self.size, "medical2d": 1})
         return {"image": x, "mask": y, "path": image, "cache_keys": [key]}
@@ -232,10 +201,12 @@ class Medical2DDataModule(InMemoryDataModule):
                 ]
                 items = [items[j] for j in self._subset_indices(len(items), classes)]
             augment = self.augment if name == "train" else None
-            self.datasets[name] = ImageDataset(items, augment)  # type: ignore[assignment]
+            self.datasets[name] = ImageDataset(items, augment)
 
 
 def _both(name: str, images: Files | None, masks: Files | None) -> list[tuple[str, Files]] | None:
     if (images is None) != (masks is None):
         raise DensekitError(f"{name}_images and {name}_masks go together: give both")
-    return None if images is None else [(f"{name}_images", images), (f"{name}_masks", masks)]  # type: ignore[list-item]
+    if images is None or masks is None:
+        return None
+    return [(f"{name}_images", images), (f"{name}_masks", masks)]

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from densekit.data.masks import read_label_map, read_seg
+from densekit.data.nifti import DICOM_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES
+from densekit.data.volume import Volume
 from densekit.errors import DensekitError
 from densekit.medical.classes import map_values, segment_labels
-from densekit.medical.masks import read_label_map, read_seg
-from densekit.medical.nifti import DICOM_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES
-from densekit.medical.volume import Volume
 
 IGNORED = -1  # reference voxels that training ignored (unlisted: ignore): not scored
 

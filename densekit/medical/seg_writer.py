@@ -42,10 +42,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from densekit import __version__
+from densekit.data.dicom_series import scan_series
+from densekit.data.nifti import DICOM_SUFFIXES
+from densekit.data.volume import Volume
 from densekit.errors import DensekitError
-from densekit.medical.nifti import DICOM_SUFFIXES
-from densekit.medical.series import scan_series
-from densekit.medical.volume import Volume
 
 SERIES_NUMBER = 1000  # SEG series number (the source's is not copied)
 LABEL_MAX = 64  # characters of a SegmentLabel (VR LO)
@@ -112,7 +112,7 @@ def source_headers(source: str | Path, image: Volume) -> list[Dataset]:
 
     Args:
         source: the DICOM folder or file ``image`` was read from.
-        image: the Volume from :func:`~densekit.medical.series.read_series`.
+        image: the Volume from :func:`~densekit.data.dicom_series.read_series`.
 
     Raises:
         DensekitError: ``image`` is not from DICOM, has interpolated slices (no instance to
@@ -137,8 +137,9 @@ def source_headers(source: str | Path, image: Volume) -> list[Dataset]:
             "supports single-frame series only: write .nii.gz instead"
         )
     if source.is_dir():
-        files = [f for info in scan_series(source) if info.uid == image.series_uid
-                 for f in info.files]  # fmt: skip
+        files = [
+            f for info in scan_series(source) if info.uid == image.series_uid for f in info.files
+        ]
     else:
         files = [source]
     headers: dict[str, Dataset] = {}

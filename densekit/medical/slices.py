@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from densekit.data.volume import Volume
 from densekit.errors import DensekitError
 from densekit.medical.intensity import ct_window, percentile_normalize, window_bounds
-from densekit.medical.volume import Volume
 
 Plane = Literal["axial", "coronal", "sagittal"]
 PLANE_DIRECTION = {"sagittal": 0, "coronal": 1, "axial": 2}  # LPS axis of each plane's normal

@@ -66,16 +66,6 @@ def model_key(
     return json.dumps(record, sort_keys=True)
 
 
-def item_key(paths: list[str], window: Sequence[int], region: Sequence[int], extra: dict) -> str:
-    """The data side of the key for one window of one date."""
-    files = []
-    for p in paths:
-        st = os.stat(p)
-        files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
-    record = {"files": files, "window": list(window), "region": list(region), **extra}
-    return json.dumps(record, sort_keys=True, default=str)
-
-
 class FeatureCache:
     """Features of windows on disk (module docstring).
 

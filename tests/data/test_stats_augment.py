@@ -245,7 +245,7 @@ def test_dataloader_workers_draw_different_augmentations(tmp_path, monkeypatch):
     """Forked workers start from the parent's augmentation state: without the per-worker reseed
     (``_seed_worker``) both workers draw the same transforms, so their batches of one repeated
     item are equal. The test checks that control first, then that reseeding tells them apart."""
-    import densekit.data.datamodules as datamodules
+    import densekit.data.base as datamodules
 
     img = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16)
     write(tmp_path / "i.tif", img)

@@ -17,6 +17,8 @@ from helpers import needs_shared_data, random_tiny_weights
 from pydicom.uid import generate_uid
 
 from densekit.cli import main
+from densekit.data.masks import read_seg
+from densekit.data.nifti import reorient_like
 from densekit.errors import DensekitError
 from densekit.inference import Trained
 from densekit.inference import volume as infer_module
@@ -27,9 +29,7 @@ from densekit.inference.volume import (
     segment_volume,
 )
 from densekit.medical import Volume, read_series, read_volume, write_nifti
-from densekit.medical.masks import read_seg
 from densekit.medical.metrics import segmentation_metrics
-from densekit.medical.nifti import reorient_like
 from densekit.medical.slices import (
     Intensity,
     SliceSettings,

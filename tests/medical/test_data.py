@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 
 from densekit.cli import main
 from densekit.data.augment import Augmentation
+from densekit.data.nifti import write_nifti
 from densekit.errors import DensekitError
 from densekit.medical import (
     Medical2DDataModule,
@@ -27,7 +28,6 @@ from densekit.medical import (
     read_rtstruct,
     read_volume,
 )
-from densekit.medical.nifti import write_nifti
 from densekit.medical.slices import Intensity, display_order, plane_axis, slice_input
 
 DCMQI = "dicom-seg-ct-dcmqi"

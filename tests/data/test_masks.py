@@ -19,16 +19,10 @@ from pydicom.pixels import pack_bits
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from densekit.data.dicom_series import read_series
+from densekit.data.masks import label_map, read_label_map, read_png_mask, read_rtstruct, read_seg
+from densekit.data.nifti import write_nifti
 from densekit.errors import DensekitError
-from densekit.medical import (
-    label_map,
-    read_label_map,
-    read_png_mask,
-    read_rtstruct,
-    read_seg,
-    read_series,
-    write_nifti,
-)
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -408,7 +402,7 @@ def test_seg_of_pet_images_that_are_not_here():
 
 def test_label_maps_on_their_image_grid():
     root = needs_shared_data("nrrd-mri-ct-masks-pyradiomics")
-    from densekit.medical import read_nrrd
+    from densekit.data.nifti import read_nrrd
 
     image = read_nrrd(root / "prostate_phantom_subvolume.nrrd")
     labels = read_label_map(root / "prostate_phantom_subvolume-label.nrrd", image)
@@ -424,7 +418,7 @@ def test_label_maps_on_their_image_grid():
 
 def test_totalsegmentator_label_maps():
     root = needs_shared_data("ct-mr-organ-seg-totalsegmentator")
-    from densekit.medical import read_volume
+    from densekit.data.nifti import read_volume
 
     for image, labels in [("ct_nifti/example_ct_sm.nii.gz", "ct_nifti/example_seg.nii.gz"),
                           ("mr_nifti/example_mr_sm.nii.gz", "mr_nifti/example_seg_mr.nii.gz")]:  # fmt: skip

@@ -1,4 +1,4 @@
-"""DICOM image series -> :class:`~densekit.medical.volume.Volume`.
+"""DICOM image series -> :class:`~densekit.data.volume.Volume`.
 
 * **Scan** (:func:`scan_series`): headers only; image instances grouped by SeriesInstanceUID and
   orientation (a three-plane localizer gives three groups). Non-image objects (SEG, RTSTRUCT, RT
@@ -25,7 +25,7 @@
 * **Compressed** syntaxes decode through pydicom's plugins (pylibjpeg-openjpeg, pylibjpeg-rle);
   an undecodable one is an error naming the file, the syntax and the package to install.
 
-No patient tag is kept: ``Volume.patient_key`` is :func:`~densekit.medical.volume.pseudonym`
+No patient tag is kept: ``Volume.patient_key`` is :func:`~densekit.data.volume.pseudonym`
 of PatientID.
 """
 
@@ -43,11 +43,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
 
-from densekit.errors import DensekitError
-from densekit.medical.pixels import decode, interpolate_slices, value_range
-from densekit.medical.volume import Volume, pseudonym
+from densekit.data.dicom_pixels import decode_pixels, modality_values, read_dicom, value_range
+from densekit.data.volume import Volume, pseudonym
+from densekit.errors import DensekitError, InputImageError
 
 SPACING_TOL = 0.05  # a slice may sit this fraction of the slice spacing off the regular grid
 DUPLICATE_MM = 0.01  # slices closer than this along the normal are at the same position
@@ -123,11 +122,11 @@ def scan_series(folder: str | Path) -> list[SeriesInfo]:
     """The DICOM image series under ``folder`` (walked recursively; headers only).
 
     Raises:
-        DensekitError: ``folder`` is not a folder.
+        InputImageError: ``folder`` is not a folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DensekitError(f"{folder} is not a folder")
+        raise InputImageError(f"{folder} is not a folder")
     return _scan(_walk(folder))[0]
 
 
@@ -145,8 +144,9 @@ def read_series(
             to interpolate them linearly from their neighbours (with a warning).
 
     Raises:
-        DensekitError: no image series, several and none selected, inconsistent slices,
+        InputImageError: no image series, several and none selected, inconsistent slices,
             duplicate or missing slices, uneven spacing, undecodable pixel data.
+        DensekitError: ``on_missing`` is not one of its values.
     """
     if on_missing not in ("error", "resample"):
         raise DensekitError(f"on_missing={on_missing!r}: use 'error' or 'resample'")
@@ -158,11 +158,13 @@ def read_series(
     if any(f.position is None or f.orientation is None for f in frames):
         if len(frames) > 1:
             bad = next(f for f in frames if f.position is None or f.orientation is None)
-            raise DensekitError(
+            raise InputImageError(
                 f"series {info}: {bad.path} has no ImagePositionPatient/ImageOrientationPatient,"
                 " so its slices cannot be ordered in space"
             )
-        affine, order, index = _flat_geometry(first), [0], np.zeros(1, dtype=int)
+        affine = _flat_geometry(first)
+        order = [0]
+        index = np.zeros(1, dtype=int)
         extra = {"geometry": "no ImagePositionPatient/ImageOrientationPatient: spacing only"}
     else:
         _check_in_plane(frames, info)
@@ -202,12 +204,12 @@ def _sources(source: str | Path | Iterable[str | Path]) -> tuple[str, list[Path]
         if path.is_dir():
             return str(path), _walk(path)
         if not path.is_file():
-            raise DensekitError(f"{path} is neither a folder nor a file")
+            raise InputImageError(f"{path} is neither a folder nor a file")
         return str(path), [path]
     paths = [Path(p) for p in source]
     missing = [str(p) for p in paths if not p.is_file()]
     if not paths or missing:
-        raise DensekitError(f"no such DICOM files: {missing[:5] or 'an empty list'}")
+        raise InputImageError(f"no such DICOM files: {missing[:5] or 'an empty list'}")
     return os.path.commonpath([str(p.parent) for p in paths]), paths
 
 
@@ -281,17 +283,17 @@ def _select(
 ) -> SeriesInfo:
     if not infos:
         found = ", ".join(f"{kind} x{n}" for kind, n in sorted(skipped.items())) or "no files"
-        raise DensekitError(f"{where} holds no DICOM image series (found: {found})")
+        raise InputImageError(f"{where} holds no DICOM image series (found: {found})")
     listing = "\n".join(f"  {info}" for info in infos)
     chosen = infos if series_uid is None else [i for i in infos if i.uid == series_uid]
     if not chosen:
-        raise DensekitError(f"series {series_uid} is not in {where}; it holds:\n{listing}")
+        raise InputImageError(f"series {series_uid} is not in {where}; it holds:\n{listing}")
     if len(chosen) > 1 and series_uid is None:
-        raise DensekitError(
+        raise InputImageError(
             f"{where} holds {len(infos)} image series; choose one with series_uid=...:\n{listing}"
         )
     if len(chosen) > 1:
-        raise DensekitError(
+        raise InputImageError(
             f"series {series_uid} has images in {len(chosen)} orientations; pass the files of"
             f" one (SeriesInfo.files from scan_series) instead:\n{listing}"
         )
@@ -327,11 +329,12 @@ def _frames(ds: Dataset, path: Path) -> list[_Frame]:
     n = int(ds.get("NumberOfFrames") or 1)
     if "PerFrameFunctionalGroupsSequence" not in ds:
         if n > 1:
-            raise DensekitError(
+            raise InputImageError(
                 f"{path} holds {n} frames without per-frame positions "
                 "(no PerFrameFunctionalGroupsSequence), so they cannot be placed in space"
             )
-        position, iop = _floats(ds, "ImagePositionPatient"), _floats(ds, "ImageOrientationPatient")
+        position = _floats(ds, "ImagePositionPatient")
+        iop = _floats(ds, "ImageOrientationPatient")
         spacing = _floats(ds, "PixelSpacing")
         sp = None if spacing is None else tuple(spacing)
         return [_Frame(path, None, position, iop, sp, shape, sop, None)]
@@ -339,7 +342,7 @@ def _frames(ds: Dataset, path: Path) -> list[_Frame]:
     for i in range(n):
         position = _floats(_group(ds, i, "PlanePositionSequence"), "ImagePositionPatient")
         if position is None:
-            raise DensekitError(f"{path}: frame {i + 1} has no PlanePositionSequence")
+            raise InputImageError(f"{path}: frame {i + 1} has no PlanePositionSequence")
         spacing = _floats(_group(ds, i, "PixelMeasuresSequence"), "PixelSpacing")
         value = _group(ds, i, "PixelValueTransformationSequence") or Dataset()
         rescale = (float(value.get("RescaleSlope", 1)), float(value.get("RescaleIntercept", 0)))
@@ -356,17 +359,26 @@ def _where(frame: _Frame) -> str:
 def _check_in_plane(frames: list[_Frame], info: SeriesInfo) -> None:
     ref = frames[0]
     if ref.spacing is None:
-        raise DensekitError(f"series {info}: {_where(ref)} has no PixelSpacing")
+        raise InputImageError(f"series {info}: {_where(ref)} has no PixelSpacing")
     for f in frames[1:]:
-        for what, a, b, ok in (
+        checks = (
             ("rows x columns", f.shape, ref.shape, f.shape == ref.shape),
-            ("PixelSpacing", f.spacing, ref.spacing,
-             f.spacing is not None and np.allclose(f.spacing, ref.spacing, rtol=1e-4)),
-            ("ImageOrientationPatient", f.orientation, ref.orientation,
-             np.allclose(f.orientation, ref.orientation, atol=ORIENTATION_TOL)),  # type: ignore[arg-type]
-        ):  # fmt: skip
+            (
+                "PixelSpacing",
+                f.spacing,
+                ref.spacing,
+                f.spacing is not None and np.allclose(f.spacing, ref.spacing, rtol=1e-4),
+            ),
+            (
+                "ImageOrientationPatient",
+                f.orientation,
+                ref.orientation,
+                np.allclose(f.orientation, ref.orientation, atol=ORIENTATION_TOL),  # type: ignore[arg-type]
+            ),
+        )
+        for what, a, b, ok in checks:
             if not ok:
-                raise DensekitError(
+                raise InputImageError(
                     f"series {info.uid}: {_where(f)} has {what} {_fmt(a)}, but {_where(ref)} "
                     f"has {_fmt(b)}; a volume needs the same grid on every slice"
                 )
@@ -384,7 +396,8 @@ def _stack_geometry(
     frames: list[_Frame], first: Dataset, info: SeriesInfo, on_missing: OnMissing
 ) -> tuple[np.ndarray, list[int], np.ndarray, dict]:
     """Affine, slice order, grid index of each sorted slice and notes for ``Volume.extra``."""
-    iop, pixel = frames[0].orientation, frames[0].spacing
+    iop = frames[0].orientation
+    pixel = frames[0].spacing
     assert iop is not None and pixel is not None  # checked by the caller
     normal = np.cross(iop[:3], iop[3:])  # iop: directions of increasing column, row index
     normal /= np.linalg.norm(normal)
@@ -393,11 +406,9 @@ def _stack_geometry(
     positions = positions[order]
     depth = positions @ normal
     affine = np.eye(4)
-    affine[:3, 1], affine[:3, 2], affine[:3, 3] = (
-        iop[3:] * pixel[0],
-        iop[:3] * pixel[1],
-        positions[0],
-    )
+    affine[:3, 1] = iop[3:] * pixel[0]
+    affine[:3, 2] = iop[:3] * pixel[1]
+    affine[:3, 3] = positions[0]
     if len(frames) == 1:
         affine[:3, 0] = normal * float(
             first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0
@@ -408,7 +419,7 @@ def _stack_geometry(
     dup = int(np.argmin(gaps))
     if gaps[dup] < DUPLICATE_MM:
         a, b = frames[order[dup]], frames[order[dup + 1]]
-        raise DensekitError(
+        raise InputImageError(
             f"series {info.uid}: {_where(a)} and {_where(b)} are both at {depth[dup]:.3f} mm "
             "along the slice normal (duplicate slices: several acquisitions, echoes or "
             "time points in one series?); pass the files of one stack"
@@ -420,7 +431,7 @@ def _stack_geometry(
     worst = int(np.argmax(residual))
     if residual[worst] > SPACING_TOL * spacing or len(set(index.tolist())) < len(index):
         gap_text = ", ".join(f"{g:.3g}" for g in gaps[:20]) + (" ..." if len(gaps) > 20 else "")
-        raise DensekitError(
+        raise InputImageError(
             f"series {info.uid}: uneven slice spacing: gaps between sorted slices {gap_text} mm"
             f" (median {spacing:.3g} mm); {_where(frames[order[worst]])} at {depth[worst]:.3f} mm"
             f" is {residual[worst]:.3g} mm off the regular grid (tolerance "
@@ -434,7 +445,7 @@ def _stack_geometry(
         where += " ..." if len(missing) > 20 else ""
         if on_missing == "error":
             below = frames[order[int(np.searchsorted(index, missing[0])) - 1]]
-            raise DensekitError(
+            raise InputImageError(
                 f"series {info.uid}: {len(missing)} slice(s) missing at {where} mm along the "
                 f"slice normal (spacing {spacing:.3g} mm; first gap after {_where(below)}); "
                 "pass on_missing='resample' to interpolate them"
@@ -465,7 +476,7 @@ def _pixels(
     """The slices in ``frames`` order, modality-transformed, MONOCHROME1 reflected."""
     photometric = {str(headers[f.path].get("PhotometricInterpretation", "")) for f in frames}
     if len(photometric) > 1 or not photometric <= {"MONOCHROME1", "MONOCHROME2", ""}:
-        raise DensekitError(
+        raise InputImageError(
             f"series {info}: PhotometricInterpretation {sorted(photometric)}; a volume needs "
             "grayscale slices (MONOCHROME1 or MONOCHROME2) of one kind"
         )
@@ -474,17 +485,17 @@ def _pixels(
     ranges = []
     for k, frame in enumerate(frames):
         if frame.path not in decoded:
-            decoded = {frame.path: decode(frame.path)}  # keep one file in memory
+            ds = read_dicom(frame.path)
+            decoded = {frame.path: (ds, decode_pixels(ds, frame.path))}  # one file in memory
         ds, pixels = decoded[frame.path]
         if frame.index is not None:
             pixels = pixels[frame.index] if pixels.ndim == 3 else pixels
         if pixels.shape != frame.shape:
-            raise DensekitError(f"{_where(frame)}: pixel data of shape {pixels.shape}, "
-                                f"expected rows x columns {frame.shape}")  # fmt: skip
-        if frame.rescale is None:
-            out[k] = apply_modality_lut(pixels, ds)
-        else:
-            out[k] = pixels * frame.rescale[0] + frame.rescale[1]
+            raise InputImageError(
+                f"{_where(frame)}: pixel data of shape {pixels.shape}, "
+                f"expected rows x columns {frame.shape}"
+            )
+        out[k] = modality_values(pixels, ds, frame.rescale)
         ranges.append(value_range(ds, frame.rescale))
     extra: dict = {"photometric": photometric.pop() or "MONOCHROME2"}
     if extra["photometric"] == "MONOCHROME1":
@@ -495,3 +506,12 @@ def _pixels(
             out = centre - out
             extra["monochrome1_reflected_about"] = centre
     return out, extra
+
+
+def interpolate_slices(array: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Slices at grid positions ``0 .. index[-1]`` from those at ``index`` (sorted), linearly."""
+    grid = np.arange(int(index[-1]) + 1)
+    below = np.searchsorted(index, grid, side="right") - 1
+    above = np.minimum(below + 1, len(index) - 1)
+    weight = ((grid - index[below]) / np.maximum(index[above] - index[below], 1))[:, None, None]
+    return ((1 - weight) * array[below] + weight * array[above]).astype(array.dtype)

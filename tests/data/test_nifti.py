@@ -14,17 +14,10 @@ import numpy as np
 import pytest
 from helpers import needs_shared_data
 
+from densekit.data.dicom_series import read_series
+from densekit.data.nifti import read_nifti, read_nrrd, read_volume, reorient_like, write_nifti
+from densekit.data.volume import LPS_TO_RAS, Volume
 from densekit.errors import DensekitError
-from densekit.medical import (
-    Volume,
-    read_nifti,
-    read_nrrd,
-    read_series,
-    read_volume,
-    reorient_like,
-    write_nifti,
-)
-from densekit.medical.volume import LPS_TO_RAS
 
 
 def oblique_volume(dtype=np.float32, shape=(4, 5, 6)) -> Volume:

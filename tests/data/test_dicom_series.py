@@ -15,8 +15,9 @@ from helpers import needs_shared_data
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from densekit.data.dicom_series import read_series, scan_series
+from densekit.data.volume import Volume, pseudonym
 from densekit.errors import DensekitError
-from densekit.medical import Volume, pseudonym, read_series, scan_series
 
 PATIENT_NAME, PATIENT_ID = "Doe^Janet", "PID-9731"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"

@@ -1,4 +1,4 @@
-"""NIfTI and NRRD files <-> :class:`~densekit.medical.volume.Volume`.
+"""NIfTI and NRRD files <-> :class:`~densekit.data.volume.Volume`.
 
 Axis convention (the same for both formats, no guessing): the file's voxel axes ``(i, j, k)``
 (``i`` fastest on disk) become the Volume's ``(column, row, slice)``, so the array is the file's
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from densekit.errors import DensekitError
-from densekit.medical.volume import LPS_TO_RAS, Volume
+from densekit.data.volume import LPS_TO_RAS, Volume
+from densekit.errors import DensekitError, InputImageError
 
 if TYPE_CHECKING:
-    from densekit.medical.series import OnMissing
+    from densekit.data.dicom_series import OnMissing
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -48,8 +48,11 @@ NRRD_SPACES = {
     "right-anterior-superior": (-1.0, -1.0, 1.0),
     "left-anterior-superior": (1.0, -1.0, 1.0),
 }
-_NRRD_SPACE_ALIASES = {"LPS": "left-posterior-superior", "RAS": "right-anterior-superior",
-                       "LAS": "left-anterior-superior"}  # fmt: skip
+_NRRD_SPACE_ALIASES = {
+    "LPS": "left-posterior-superior",
+    "RAS": "right-anterior-superior",
+    "LAS": "left-anterior-superior",
+}
 
 
 def _suffix(path: Path) -> str:
@@ -66,7 +69,7 @@ def _from_file_axes(
     if data.ndim == 2:
         data = data[..., None]
     if data.ndim != 3:
-        raise DensekitError(
+        raise InputImageError(
             f"{path} holds an array of shape {data.shape}; a Volume needs 3 spatial axes "
             "(one channel, one time point)"
         )
@@ -80,27 +83,27 @@ def read_nifti(path: str | Path) -> Volume:
     """Read a ``.nii`` / ``.nii.gz`` file (see the module docstring for the axes).
 
     Raises:
-        DensekitError: missing or unreadable file, more than 3 axes (other than a single
+        InputImageError: missing or unreadable file, more than 3 axes (other than a single
             time point), or a singular affine.
     """
     import nibabel as nib
 
     path = Path(path)
     if not path.is_file():
-        raise DensekitError(f"no such NIfTI file: {path}")
+        raise InputImageError(f"no such NIfTI file: {path}")
     try:
         image = nib.load(path)
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise TypeError(f"nibabel reads it as {type(image).__name__}")
         data = np.asanyarray(image.dataobj)
     except Exception as err:  # nibabel raises many types for damaged files
-        raise DensekitError(f"{path} is not a readable NIfTI file: {err}") from err
+        raise InputImageError(f"{path} is not a readable NIfTI file: {err}") from err
     header = image.header
     source = "sform" if int(header["sform_code"]) > 0 else "qform"
     source = source if int(header[f"{source}_code"]) > 0 else "zooms (no sform or qform)"
     affine = np.asarray(image.affine, dtype=np.float64)
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise DensekitError(f"{path}: the NIfTI affine is singular: {affine[:3].tolist()}")
+        raise InputImageError(f"{path}: the NIfTI affine is singular: {affine[:3].tolist()}")
     return _from_file_axes(data, LPS_TO_RAS @ affine, path, {"nifti_affine_from": source})
 
 
@@ -108,32 +111,32 @@ def read_nrrd(path: str | Path) -> Volume:
     """Read a ``.nrrd`` (or detached ``.nhdr``) file (see the module docstring).
 
     Raises:
-        DensekitError: missing or unreadable file, no or unsupported ``space``, no
+        InputImageError: missing or unreadable file, no or unsupported ``space``, no
             ``space directions``, a non-spatial axis of size > 1.
     """
     import nrrd
 
     path = Path(path)
     if not path.is_file():
-        raise DensekitError(f"no such NRRD file: {path}")
+        raise InputImageError(f"no such NRRD file: {path}")
     try:
         data, header = nrrd.read(str(path))
     except Exception as err:  # pynrrd raises NRRDError, ValueError, OSError, ...
-        raise DensekitError(f"{path} is not a readable NRRD file: {err}") from err
+        raise InputImageError(f"{path} is not a readable NRRD file: {err}") from err
     space = header.get("space")
     space = _NRRD_SPACE_ALIASES.get(str(space), space)
     if space not in NRRD_SPACES:
-        raise DensekitError(
+        raise InputImageError(
             f"{path}: NRRD space {space!r} is not supported; use one of "
             f"{sorted(NRRD_SPACES)} (or their short forms LPS, RAS, LAS)"
         )
     directions = header.get("space directions")
     if directions is None:
-        raise DensekitError(f"{path}: NRRD header has no 'space directions'")
+        raise InputImageError(f"{path}: NRRD header has no 'space directions'")
     directions = np.asarray(directions, dtype=float)
     spatial = [a for a in range(directions.shape[0]) if np.isfinite(directions[a]).all()]
     if len(spatial) != 3 or any(data.shape[a] != 1 for a in range(data.ndim) if a not in spatial):
-        raise DensekitError(
+        raise InputImageError(
             f"{path}: NRRD of sizes {list(data.shape)} with space directions "
             f"{directions.tolist()}; a Volume needs 3 spatial axes and no other axis of size > 1"
         )
@@ -144,7 +147,7 @@ def read_nrrd(path: str | Path) -> Volume:
     affine[:3, 3] = origin
     affine = np.diag([*NRRD_SPACES[space], 1.0]) @ affine
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise DensekitError(f"{path}: NRRD space directions are singular: {directions.tolist()}")
+        raise InputImageError(f"{path}: NRRD space directions are singular: {directions.tolist()}")
     return _from_file_axes(data, affine, path, {"nrrd_space": space})
 
 
@@ -222,30 +225,31 @@ def read_volume(
 
     Args:
         path: ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, a DICOM file (``.dcm``) or a folder
-            of DICOM files (:func:`densekit.medical.series.read_series`).
+            of DICOM files (:func:`densekit.data.dicom_series.read_series`).
         series_uid: for DICOM only, the series to read when there are several.
         on_missing: for DICOM only, missing slices: ``"error"`` or ``"resample"``
-            (:func:`~densekit.medical.series.read_series`).
+            (:func:`~densekit.data.dicom_series.read_series`).
 
     Raises:
-        DensekitError: a missing path, an unknown suffix (the valid ones are listed), a
-            ``series_uid`` for a non-DICOM file, or an error of the reader.
+        InputImageError: a missing path, an unknown suffix (the valid ones are listed), or an
+            error of the reader.
+        DensekitError: a ``series_uid`` or ``on_missing`` for a non-DICOM file.
     """
-    from densekit.medical.series import read_series
+    from densekit.data.dicom_series import read_series
 
     path = Path(path)
     suffix = _suffix(path)
     if path.is_dir() or (suffix in DICOM_SUFFIXES and path.is_file()):
         return read_series(path, series_uid=series_uid, on_missing=on_missing)
     if not path.exists():
-        raise DensekitError(f"no such file or folder: {path}")
+        raise InputImageError(f"no such file or folder: {path}")
     readers = {
         **dict.fromkeys(NIFTI_SUFFIXES, read_nifti),
         **dict.fromkeys(NRRD_SUFFIXES, read_nrrd),
     }
     if suffix not in readers:
         valid = ", ".join([*NIFTI_SUFFIXES, *NRRD_SUFFIXES, *DICOM_SUFFIXES, "a DICOM folder"])
-        raise DensekitError(f"{path}: unknown volume format {suffix!r}; use {valid}")
+        raise InputImageError(f"{path}: unknown volume format {suffix!r}; use {valid}")
     if series_uid is not None:
         raise DensekitError(f"{path}: series_uid={series_uid!r} applies to DICOM only")
     if on_missing != "error":
@@ -264,7 +268,7 @@ def reorient_like(volume: Volume, like: Volume, tol_mm: float = 1e-3) -> Volume:
     interpolated; a volume already on ``like``'s grid is returned as it is.
 
     Raises:
-        DensekitError: the voxels do not coincide under any permutation and flips (the message
+        InputImageError: the voxels do not coincide under any permutation and flips (the message
             states both geometries).
     """
     if volume.same_grid(like, tol_mm):
@@ -283,7 +287,7 @@ def reorient_like(volume: Volume, like: Volume, tol_mm: float = 1e-3) -> Volume:
         moved = dataclasses.replace(volume, array=np.ascontiguousarray(array), affine=affine)
         if moved.same_grid(like, tol_mm):
             return moved
-    raise DensekitError(
+    raise InputImageError(
         f"{volume.source or 'volume'} ({volume.describe()}) is not on the grid of "
         f"{like.source or 'the image'} ({like.describe()}), even with its axes permuted or "
         "flipped; resample it onto the image first"

@@ -1,6 +1,6 @@
 """Masks on an image's grid: DICOM SEG, RTSTRUCT, NIfTI/NRRD label maps and 2D PNG masks.
 
-Every reader takes the image :class:`~densekit.medical.volume.Volume` and puts the mask on its
+Every reader takes the image :class:`~densekit.data.volume.Volume` and puts the mask on its
 voxels **by geometry**, never by file order:
 
 * **DICOM SEG** (:func:`read_seg`, highdicom): frames are matched to the image's slices by the
@@ -21,7 +21,7 @@ voxels **by geometry**, never by file order:
   in rt-utils and plastimatch.
 * **Label maps** (:func:`read_label_map`): NIfTI/NRRD on the image's grid, or on the same voxels
   in another axis order (permuted / flipped exactly by
-  :func:`~densekit.medical.nifti.reorient_like`); integer values.
+  :func:`~densekit.data.nifti.reorient_like`); integer values.
 * **PNG masks** (:func:`read_png_mask`): raw values (0/255 stays 0/255: mapping values to
   classes is the caller's); lossy JPEG masks need an explicit ``threshold``.
 
@@ -40,10 +40,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from densekit.errors import DensekitError
-from densekit.medical.nifti import NIFTI_SUFFIXES, NRRD_SUFFIXES, nifti_dtype, read_volume
-from densekit.medical.nifti import reorient_like as _reorient_like
-from densekit.medical.volume import Volume
+from densekit.data.nifti import NIFTI_SUFFIXES, NRRD_SUFFIXES, nifti_dtype, read_volume
+from densekit.data.nifti import reorient_like as _reorient_like
+from densekit.data.volume import Volume
+from densekit.errors import DensekitError, InputImageError
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -61,7 +61,7 @@ def read_seg(
 
     Args:
         path: the SEG file.
-        image: the segmented image (e.g. from :func:`~densekit.medical.series.read_series`).
+        image: the segmented image (e.g. from :func:`~densekit.data.dicom_series.read_series`).
         tol_mm: how far a frame's position may be from the slice it is matched to.
 
     Returns:
@@ -70,7 +70,7 @@ def read_seg(
         segment labels.
 
     Raises:
-        DensekitError: not a SEG; a SEG of another series (other FrameOfReferenceUID, or
+        InputImageError: not a SEG; a SEG of another series (other FrameOfReferenceUID, or
             source instances not in ``image``: both series UIDs are named); other orientation,
             pixel spacing or frame size; frames off the image's slices.
     """
@@ -92,7 +92,7 @@ def read_seg(
         else:
             masks = _seg_by_position(seg, image, path, numbers, dtype, tol_mm)
     except (ValueError, RuntimeError, KeyError, IndexError) as err:  # highdicom's checks
-        raise DensekitError(f"{path}: highdicom cannot read its frames: {err}") from err
+        raise InputImageError(f"{path}: highdicom cannot read its frames: {err}") from err
     if by_uid:
         _check_frame_positions(seg, image, path, sources, tol_mm)
     return masks, names
@@ -102,38 +102,39 @@ def _open_seg(path: Path):
     import highdicom as hd
 
     if not path.is_file():
-        raise DensekitError(f"no such DICOM SEG file: {path}")
+        raise InputImageError(f"no such DICOM SEG file: {path}")
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as err:  # pydicom raises InvalidDicomError, OSError, ...
-        raise DensekitError(f"{path} is not a readable DICOM file: {err}") from err
+        raise InputImageError(f"{path} is not a readable DICOM file: {err}") from err
     if str(header.get("SOPClassUID", "")) != SEG_SOP_CLASS:
-        raise DensekitError(
+        raise InputImageError(
             f"{path} is not a DICOM SEG (Modality {header.get('Modality', 'none')}, SOPClassUID "
             f"{header.get('SOPClassUID', 'none')}; a SEG has {SEG_SOP_CLASS})"
         )
     try:
         return hd.seg.segread(path)
     except Exception as err:  # highdicom validates many attributes
-        raise DensekitError(f"{path}: highdicom cannot read this SEG: {err}") from err
+        raise InputImageError(f"{path}: highdicom cannot read this SEG: {err}") from err
 
 
-def _other_series(seg: Dataset, image: Volume, path: Path, why: str) -> DensekitError:
+def _other_series(seg: Dataset, image: Volume, path: Path, why: str) -> InputImageError:
     refs = [str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])]
-    return DensekitError(
+    return InputImageError(
         f"{path} segments another series: it references series {', '.join(refs) or 'none'}, "
         f"but the image {image.source} is series {image.series_uid or 'without a UID'} ({why})"
     )
 
 
 def _check_seg_geometry(seg: Dataset, image: Volume, path: Path) -> None:
-    seg_for, image_for = str(seg.get("FrameOfReferenceUID", "")), image.frame_of_reference_uid
+    seg_for = str(seg.get("FrameOfReferenceUID", ""))
+    image_for = image.frame_of_reference_uid
     if seg_for and image_for and seg_for != image_for:
         raise _other_series(
             seg, image, path, f"FrameOfReferenceUID {seg_for} vs the image's {image_for}"
         )
     if (int(seg.Rows), int(seg.Columns)) != image.shape[1:]:
-        raise DensekitError(
+        raise InputImageError(
             f"{path}: frames of {seg.Rows} x {seg.Columns} pixels, but the image's slices are "
             f"{image.shape[1]} x {image.shape[2]} ({image.describe()})"
         )
@@ -144,7 +145,7 @@ def _check_seg_geometry(seg: Dataset, image: Volume, path: Path) -> None:
         cols = image.affine[:3, 2] / np.linalg.norm(image.affine[:3, 2])
         rows = image.affine[:3, 1] / np.linalg.norm(image.affine[:3, 1])
         if not np.allclose([float(v) for v in iop], [*cols, *rows], atol=1e-3):
-            raise DensekitError(
+            raise InputImageError(
                 f"{path}: ImageOrientationPatient {[float(v) for v in iop]} differs from the "
                 f"image's {np.round([*cols, *rows], 4).tolist()}"
             )
@@ -152,7 +153,7 @@ def _check_seg_geometry(seg: Dataset, image: Volume, path: Path) -> None:
     if spacing is not None and not np.allclose(
         [float(v) for v in spacing], image.spacing[1:], rtol=1e-3
     ):
-        raise DensekitError(
+        raise InputImageError(
             f"{path}: PixelSpacing {[float(v) for v in spacing]} differs from the image's "
             f"{list(np.round(image.spacing[1:], 6))} mm"
         )
@@ -178,10 +179,8 @@ def _seg_by_uid(
     index = {u: k for k, u in enumerate(image.sop_instance_uids) if u}
     missing = sorted({u for refs in sources for u in refs} - index.keys())
     if missing:
-        raise _other_series(
-            seg, image, path, f"{len(missing)} source instances are not in the image, e.g. "
-            f"{missing[0]}"
-        )  # fmt: skip
+        why = f"{len(missing)} source instances are not in the image, e.g. {missing[0]}"
+        raise _other_series(seg, image, path, why)
     wanted = list(index)
     pixels = seg.get_pixels_by_source_instance(
         wanted,
@@ -208,7 +207,7 @@ def _seg_by_position(
         off = np.abs(index[:3] - [k, 0, 0]) * np.asarray(image.spacing)
         if off.max() > tol_mm or not 0 <= k < image.shape[0]:
             position = np.round(hv.affine[:3] @ np.array([s, 0.0, 0.0, 1.0]), 3).tolist()
-            raise DensekitError(
+            raise InputImageError(
                 f"{path}: frames at {position} mm LPS are not on a slice of the image "
                 f"({image.describe()}): voxel coordinates {np.round(index[:3], 3).tolist()}"
             )
@@ -228,7 +227,7 @@ def _check_frame_positions(
         k = index[sources[f][0]]
         expected = image.affine[:3] @ np.array([k, 0.0, 0.0, 1.0])
         if np.linalg.norm(position - expected) > tol_mm:
-            raise DensekitError(
+            raise InputImageError(
                 f"{path}: frame {f + 1} references slice {k} of the image (SOPInstanceUID "
                 f"{sources[f][0]}) at {np.round(expected, 3).tolist()} mm LPS, but lies at "
                 f"{np.round(position, 3).tolist()} mm: the SEG and the image disagree on geometry"
@@ -293,9 +292,10 @@ def read_rtstruct(
         K ROI names. POINT and OPEN contours are left out with a warning.
 
     Raises:
-        DensekitError: not an RTSTRUCT; another FrameOfReferenceUID and another series; a
+        InputImageError: not an RTSTRUCT; another FrameOfReferenceUID and another series; a
             contour off the slice planes, outside the image (``on_outside="error"``) or on
             another slice than the image instance it references.
+        DensekitError: ``on_outside`` is not one of its values.
     """
     if on_outside not in ("error", "warn"):
         raise DensekitError(f"on_outside={on_outside!r}: use 'error' or 'warn'")
@@ -312,7 +312,7 @@ def read_rtstruct(
     for item in ds.get("ROIContourSequence", []):
         number = int(item.ReferencedROINumber)
         if number not in channel:
-            raise DensekitError(
+            raise InputImageError(
                 f"{path}: ROIContourSequence refers to ROI number {number}, which is not in "
                 f"StructureSetROISequence ({sorted(rois)})"
             )
@@ -328,22 +328,24 @@ def read_rtstruct(
             k = int(np.rint(np.median(voxel[:, 0])))
             off = float(np.abs(voxel[:, 0] - k).max())
             if off > slice_tol:
-                raise DensekitError(
+                raise InputImageError(
                     f"{where} is {off * image.spacing[0]:.3g} mm off the slice plane {k} "
                     f"(slice coordinates {voxel[:, 0].min():.3f} to {voxel[:, 0].max():.3f}; "
                     f"tolerance {slice_tol} of the {image.spacing[0]:.3g} mm spacing)"
                 )
             if not 0 <= k < image.shape[0]:
-                text = (f"{where} lies on slice plane {k}, outside the image's "
-                        f"{image.shape[0]} slices ({image.describe()})")  # fmt: skip
+                text = (
+                    f"{where} lies on slice plane {k}, outside the image's "
+                    f"{image.shape[0]} slices ({image.describe()})"
+                )
                 if on_outside == "error":
-                    raise DensekitError(text + "; pass on_outside='warn' to leave it out")
+                    raise InputImageError(text + "; pass on_outside='warn' to leave it out")
                 left_out[f"ROI '{name}': contour outside the image"] += 1
                 continue
             for ref in contour.get("ContourImageSequence", []):
                 uid = str(ref.get("ReferencedSOPInstanceUID", ""))
                 if uid in slice_of and slice_of[uid] != k:
-                    raise DensekitError(
+                    raise InputImageError(
                         f"{where} lies on slice {k} but references the image instance {uid},"
                         f" which is slice {slice_of[uid]}: contour and image disagree"
                     )
@@ -356,18 +358,18 @@ def read_rtstruct(
 
 def _open_rtstruct(path: Path) -> Dataset:
     if not path.is_file():
-        raise DensekitError(f"no such RTSTRUCT file: {path}")
+        raise InputImageError(f"no such RTSTRUCT file: {path}")
     try:
         ds = pydicom.dcmread(path)
     except Exception as err:  # pydicom raises InvalidDicomError, OSError, ...
-        raise DensekitError(f"{path} is not a readable DICOM file: {err}") from err
+        raise InputImageError(f"{path} is not a readable DICOM file: {err}") from err
     if ds.get("Modality") != "RTSTRUCT" and ds.get("SOPClassUID") != RTSTRUCT_SOP_CLASS:
-        raise DensekitError(
+        raise InputImageError(
             f"{path} is not an RTSTRUCT (Modality {ds.get('Modality', 'none')}, SOPClassUID "
             f"{ds.get('SOPClassUID', 'none')})"
         )
     if "StructureSetROISequence" not in ds:
-        raise DensekitError(f"{path}: RTSTRUCT without StructureSetROISequence")
+        raise InputImageError(f"{path}: RTSTRUCT without StructureSetROISequence")
     return ds
 
 
@@ -385,14 +387,20 @@ def _check_rt_reference(ds: Dataset, image: Volume, path: Path) -> None:
     }
     mine = image.frame_of_reference_uid
     if not mine:
-        warnings.warn(f"{image.source}: no FrameOfReferenceUID (not DICOM?); the contours of "
-                      f"{path} are placed by their coordinates only", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"{image.source}: no FrameOfReferenceUID (not DICOM?); the contours of "
+            f"{path} are placed by their coordinates only",
+            stacklevel=3,
+        )
     elif frames != {mine} and image.series_uid in series:
-        warnings.warn(f"{path}: FrameOfReferenceUID {sorted(frames)} is not the image's "
-                      f"{mine}, but it references the image's series {image.series_uid}: "
-                      "contours placed on it", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"{path}: FrameOfReferenceUID {sorted(frames)} is not the image's "
+            f"{mine}, but it references the image's series {image.series_uid}: "
+            "contours placed on it",
+            stacklevel=3,
+        )
     elif frames != {mine}:
-        raise DensekitError(
+        raise InputImageError(
             f"{path} was drawn on another image: FrameOfReferenceUID {sorted(frames) or 'none'}"
             f" and series {sorted(series) or 'none'}, but the image {image.source} has "
             f"FrameOfReferenceUID {mine} and series {image.series_uid or 'none'}"
@@ -425,13 +433,13 @@ def read_label_map(path: str | Path, image: Volume, tol_mm: float = 1e-3) -> Vol
         A Volume on ``image``'s grid with integer labels (uint8, int16 or int32).
 
     Raises:
-        DensekitError: not NIfTI/NRRD, another grid (both geometries stated), or a value that
+        InputImageError: not NIfTI/NRRD, another grid (both geometries stated), or a value that
             is not a whole number (named).
     """
     path = Path(path)
     name = path.name.lower()
     if not name.endswith((*NIFTI_SUFFIXES, *NRRD_SUFFIXES)):
-        raise DensekitError(
+        raise InputImageError(
             f"{path}: a label map is {', '.join(NIFTI_SUFFIXES + NRRD_SUFFIXES)}; use read_seg "
             "or read_rtstruct for DICOM masks"
         )
@@ -440,14 +448,13 @@ def read_label_map(path: str | Path, image: Volume, tol_mm: float = 1e-3) -> Vol
     if not np.issubdtype(array.dtype, np.integer):
         fractional = array[array != np.round(array)] if array.dtype != np.bool_ else array[:0]
         if fractional.size:
-            raise DensekitError(
+            raise InputImageError(
                 f"{path}: label maps hold whole numbers, found {float(fractional.flat[0]):g} "
                 f"({fractional.size} voxels are not whole numbers)"
             )
         array = array.astype(nifti_dtype(array.astype(np.int64)))
-    labels = _reorient_like(Volume(array=array, affine=labels.affine, source=str(path)), image,
-                            tol_mm)  # fmt: skip
-    return labels
+    labels = Volume(array=array, affine=labels.affine, source=str(path))
+    return _reorient_like(labels, image, tol_mm)
 
 
 def read_png_mask(path: str | Path, threshold: int | None = None) -> np.ndarray:
@@ -463,7 +470,7 @@ def read_png_mask(path: str | Path, threshold: int | None = None) -> np.ndarray:
         threshold: if given, the mask is ``value >= threshold`` as uint8 0/1.
 
     Raises:
-        DensekitError: unreadable file, colour channels that differ (a colour-coded mask), or
+        InputImageError: unreadable file, colour channels that differ (a colour-coded mask), or
             a JPEG without ``threshold``.
     """
     from PIL import Image, UnidentifiedImageError
@@ -471,16 +478,17 @@ def read_png_mask(path: str | Path, threshold: int | None = None) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
-            kind, mode = img.format, img.mode
+            kind = img.format
+            mode = img.mode
             array = np.asarray(img)
     except (OSError, UnidentifiedImageError) as err:
-        raise DensekitError(f"{path} is not a readable image: {err}") from err
+        raise InputImageError(f"{path} is not a readable image: {err}") from err
     if array.ndim == 3:
         colour = array[..., :3]
         differ = np.argwhere((colour != colour[..., :1]).any(axis=-1))
         if len(differ):
             r, c = (int(v) for v in differ[0])
-            raise DensekitError(
+            raise InputImageError(
                 f"{path}: a colour-coded {mode} mask (pixel row {r}, column {c} is "
                 f"{colour[r, c].tolist()}); map its colours to labels first"
             )
@@ -490,7 +498,7 @@ def read_png_mask(path: str | Path, threshold: int | None = None) -> np.ndarray:
     if threshold is not None:
         return (array >= threshold).astype(np.uint8)
     if kind == "JPEG":
-        raise DensekitError(
+        raise InputImageError(
             f"{path}: a JPEG mask is lossy (its values spread between "
             f"{int(array.min())} and {int(array.max())}); pass threshold=128 (or another)"
         )

@@ -1,0 +1,93 @@
+"""DICOM pixel data, decoded once for every reader: the whole file, its stored values (pydicom
+with the pylibjpeg plugins), the modality transform of a slice and the range of stored values.
+
+Both DICOM readers go through here: :func:`densekit.data.images.read_image` (one image, then its
+VOI window) and :func:`densekit.data.dicom_series.read_series` (a volume, no window). A file
+that is not DICOM, or pixel data in a transfer syntax no installed plugin decodes, is an
+:class:`~densekit.errors.InputImageError` naming the file (and the syntax and what to install).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from densekit.errors import InputImageError
+
+# Transfer syntax UID prefix -> what to install to decode it.
+DECODERS = {
+    "1.2.840.10008.1.2.4.9": "pylibjpeg and pylibjpeg-openjpeg (JPEG 2000)",
+    "1.2.840.10008.1.2.4.20": "pylibjpeg and pylibjpeg-openjpeg (HTJ2K)",
+    "1.2.840.10008.1.2.5": "pylibjpeg and pylibjpeg-rle (RLE)",
+    "1.2.840.10008.1.2.4.8": "pyjpegls, or pylibjpeg-libjpeg (GPL) (JPEG-LS)",
+    "1.2.840.10008.1.2.4.5": "pillow, or pylibjpeg-libjpeg (GPL) (JPEG baseline/extended)",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg (GPL) or python-gdcm (JPEG lossless)",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg (GPL) or python-gdcm (JPEG lossless)",
+}
+
+
+def read_dicom(path: Path) -> Dataset:
+    """A whole DICOM file (its pixel data is decoded by :func:`decode_pixels`).
+
+    Raises:
+        InputImageError: the file is not a readable DICOM file.
+    """
+    try:
+        return pydicom.dcmread(path)
+    except Exception as err:  # pydicom raises InvalidDicomError, OSError, EOFError, ...
+        raise InputImageError(f"{path}: not a readable DICOM file ({err})") from err
+
+
+def decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
+    """The stored pixel values of ``ds`` (every frame), as pydicom decodes them.
+
+    Args:
+        ds: the file, from :func:`read_dicom`.
+        path: where it was read from, for the error message.
+
+    Raises:
+        InputImageError: the pixel data cannot be decoded; the message names the file, the
+            transfer syntax (name and UID) and the package to install.
+    """
+    try:
+        return ds.pixel_array
+    except Exception as err:  # a missing plugin, damaged data, a missing attribute, ...
+        uid = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", "")) or "absent"
+        name = getattr(pydicom.uid.UID(uid), "name", uid) if uid != "absent" else uid
+        found = [p for prefix, p in DECODERS.items() if uid.startswith(prefix)]
+        package = found[0] if found else "a pydicom pixel data plugin that supports it"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputImageError(
+            f"{path}: cannot decode pixel data with transfer syntax {name} ({uid}); "
+            f"install {package}. pydicom: {reason}"
+        ) from err
+
+
+def modality_values(
+    pixels: np.ndarray, ds: Dataset, rescale: tuple[float, float] | None = None
+) -> np.ndarray:
+    """The modality transform of one slice as float32 (CT: Hounsfield units).
+
+    Args:
+        pixels: the slice's stored values.
+        ds: its file, whose RescaleSlope/Intercept or Modality LUT apply when ``rescale`` is
+            None.
+        rescale: ``(slope, intercept)`` of one frame of an enhanced multi-frame file (from its
+            functional groups), instead of the file's.
+    """
+    if rescale is None:
+        return apply_modality_lut(pixels, ds).astype(np.float32)
+    return (pixels * rescale[0] + rescale[1]).astype(np.float32)
+
+
+def value_range(ds: Dataset, rescale: tuple[float, float] | None) -> tuple[float, float]:
+    """Lowest and highest value the stored bits can hold, after the modality transform."""
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    ends = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
+    values = ends * rescale[0] + rescale[1] if rescale else apply_modality_lut(ends, ds)
+    return float(np.min(values)), float(np.max(values))
