@@ -1,5 +1,15 @@
 """Patch features of one image, and the classic DINO picture: their first 3 principal components.
 
+Values are normalised in one of two ways, never guessed (:func:`choose_normalization`):
+
+* with the backbone's own statistics (``mean``/``std`` in [0, 1] units) after multiplying the raw
+  values by ``scale`` (1/255 for 8-bit images; any other data type needs ``scale`` or statistics);
+* with per-band statistics in the file's own units (``densekit stats`` writes them), one
+  mean and std per selected band.
+
+More input channels than the backbone's three are an explicit opt-in
+(``load_backbone(..., in_chans=N)``) and then need statistics.
+
 This is what ``densekit features`` runs; it is also usable from a notebook::
 
     from densekit import load_backbone
@@ -22,17 +32,69 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from densekit.backbones.base import Backbone, crop_to_image
+from densekit.backbones.registry import Normalization
 from densekit.data.bands import (
     BandRef,
     BandStats,
-    InputNormalization,
-    choose_normalization,
     resolve_band_indices,
 )
 from densekit.data.images import Image
 from densekit.errors import InputImageError
 
 _RGB = ("red", "green", "blue")
+
+
+@dataclass(frozen=True)
+class InputNormalization:
+    """``(x * scale - mean) / std`` per channel, after band selection."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float
+    source: str
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """``(C, H, W)`` raw values -> float32 normalised values."""
+        if array.shape[0] != len(self.mean):
+            raise InputImageError(
+                f"{array.shape[0]} bands but {len(self.mean)} normalisation values ({self.source})"
+            )
+        mean = np.asarray(self.mean, np.float32)[:, None, None]
+        std = np.asarray(self.std, np.float32)[:, None, None]
+        return ((array.astype(np.float32) * np.float32(self.scale)) - mean) / std
+
+
+def choose_normalization(
+    n_bands: int,
+    stats: BandStats | None,
+    backbone_norm: Normalization | None,
+    scale: float | None,
+    source: str,
+) -> InputNormalization:
+    """Pick the normalisation for ``n_bands`` selected bands; refuse to guess."""
+    if stats is not None:
+        if len(stats.mean) != n_bands:
+            raise InputImageError(
+                f"{source}: {n_bands} band(s) selected but the statistics have "
+                f"{len(stats.mean)} values"
+            )
+        return InputNormalization(stats.mean, stats.std, 1.0 if scale is None else scale, "stats")
+    if backbone_norm is None:
+        raise InputImageError(
+            f"{source}: the backbone's input channels were adapted, so it has no statistics of "
+            "its own: give per-band statistics"
+        )
+    if len(backbone_norm.mean) != n_bands:
+        raise InputImageError(
+            f"{source}: {n_bands} band(s) selected but the backbone's statistics "
+            f"({backbone_norm.name}) have {len(backbone_norm.mean)}"
+        )
+    if scale is None:
+        raise InputImageError(
+            f"{source}: the data type gives no known value range; say how raw values map to "
+            "[0, 1] (e.g. scale 1e-4 for Sentinel-2 reflectance) or give per-band statistics"
+        )
+    return InputNormalization(backbone_norm.mean, backbone_norm.std, scale, backbone_norm.name)
 
 
 @dataclass(frozen=True)

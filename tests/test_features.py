@@ -5,10 +5,11 @@ import pytest
 import torch
 from helpers import TEST_DATA, load_tiny
 
+from densekit.backbones.registry import NORMALIZATIONS
 from densekit.data.bands import BandStats
 from densekit.data.images import read_image
 from densekit.errors import InputImageError
-from densekit.features import extract_features, pca_picture, prepare_input
+from densekit.features import choose_normalization, extract_features, pca_picture, prepare_input
 
 IMAGES = TEST_DATA / "images"
 
@@ -149,3 +150,32 @@ def test_readme_first_command_with_the_bundled_backbone(tmp_path):
         assert main(argv) == 0
     saved = torch.load(tmp_path / "features.pt", weights_only=True)
     assert (tmp_path / "pca.png").stat().st_size > 1000 and saved
+
+
+# -- normalisation: never guessed ------------------------------------------------------------
+def test_statistics_count_must_match(tmp_path):
+    path = tmp_path / "stats.yaml"
+    path.write_text("bands: [B4, B3]\nmean: [1000, 900]\nstd: [300, 250]\n")
+    stats = BandStats.from_yaml(path)
+    with pytest.raises(
+        InputImageError, match=r"3 band\(s\) selected but the statistics have 2 values"
+    ):
+        choose_normalization(3, stats, NORMALIZATIONS["imagenet"], None, "f.tif")
+    norm = choose_normalization(2, stats, None, None, "f.tif")
+    out = norm.apply(np.array([[[1000.0]], [[1150.0]]]))
+    np.testing.assert_allclose(out[:, 0, 0], [0.0, 1.0])
+
+
+def test_backbone_statistics_need_a_known_value_range():
+    with pytest.raises(InputImageError, match=r"no known value range.*scale 1e-4"):
+        choose_normalization(3, None, NORMALIZATIONS["sat493m"], None, "s2.tif")
+    norm = choose_normalization(3, None, NORMALIZATIONS["imagenet"], 1 / 255, "x.png")
+    out = norm.apply(np.full((3, 1, 1), 255, np.uint8))
+    np.testing.assert_allclose(
+        out[:, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-6
+    )
+
+
+def test_adapted_backbone_needs_statistics():
+    with pytest.raises(InputImageError, match=r"adapted.*give per-band statistics"):
+        choose_normalization(13, None, None, 1e-4, "s2.tif")

@@ -1,4 +1,4 @@
-"""Choosing, ordering and normalising input bands for a backbone.
+"""Choosing and ordering input bands, and per-band statistics files.
 
 An RGB-trained backbone must see red, green and blue, in that order, scaled as in training. For
 a multispectral raster the user says which bands play those roles, by 1-based index (as GDAL
@@ -8,16 +8,10 @@ and rasterio count) or by band description::
     bands: [4, 3, 2]         # the same by index
     bands: [1, 1, 1]         # a grey image repeated on the three channels (CT, X-ray)
 
-Values are normalised in one of two ways, never guessed:
-
-* with the backbone's own statistics (``mean``/``std`` in [0, 1] units) after multiplying the raw
-  values by ``scale`` (1/255 for 8-bit images; any other data type needs ``scale`` or statistics);
-* with per-band statistics in the file's own units (``densekit stats`` will write them), one
-  mean and std per selected band.
-
-A band count or statistics count that does not match is an error naming both counts. More input
-channels than the backbone's three are an explicit opt-in (``load_backbone(..., in_chans=N)``)
-and then need statistics.
+Per-band statistics in the file's own units (``densekit stats`` writes them) are read by
+:class:`BandStats`; how a backbone's input is normalised from them, or from its own statistics,
+is :func:`densekit.features.choose_normalization`. A band count that does not match is an error
+naming both counts.
 """
 
 from __future__ import annotations
@@ -26,10 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from densekit.backbones.registry import Normalization
 from densekit.errors import DensekitError, InputImageError
 
 BandRef = int | str
@@ -112,56 +104,3 @@ class BandStats:
         ):
             raise DensekitError(f"{path}: 'bands' must be a list of band indices or names")
         return cls(tuple(bands) if bands is not None else None, mean, std)
-
-
-@dataclass(frozen=True)
-class InputNormalization:
-    """``(x * scale - mean) / std`` per channel, after band selection."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    scale: float
-    source: str
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """``(C, H, W)`` raw values -> float32 normalised values."""
-        if array.shape[0] != len(self.mean):
-            raise InputImageError(
-                f"{array.shape[0]} bands but {len(self.mean)} normalisation values ({self.source})"
-            )
-        mean = np.asarray(self.mean, np.float32)[:, None, None]
-        std = np.asarray(self.std, np.float32)[:, None, None]
-        return ((array.astype(np.float32) * np.float32(self.scale)) - mean) / std
-
-
-def choose_normalization(
-    n_bands: int,
-    stats: BandStats | None,
-    backbone_norm: Normalization | None,
-    scale: float | None,
-    source: str,
-) -> InputNormalization:
-    """Pick the normalisation for ``n_bands`` selected bands; refuse to guess."""
-    if stats is not None:
-        if len(stats.mean) != n_bands:
-            raise InputImageError(
-                f"{source}: {n_bands} band(s) selected but the statistics have "
-                f"{len(stats.mean)} values"
-            )
-        return InputNormalization(stats.mean, stats.std, 1.0 if scale is None else scale, "stats")
-    if backbone_norm is None:
-        raise InputImageError(
-            f"{source}: the backbone's input channels were adapted, so it has no statistics of "
-            "its own: give per-band statistics"
-        )
-    if len(backbone_norm.mean) != n_bands:
-        raise InputImageError(
-            f"{source}: {n_bands} band(s) selected but the backbone's statistics "
-            f"({backbone_norm.name}) have {len(backbone_norm.mean)}"
-        )
-    if scale is None:
-        raise InputImageError(
-            f"{source}: the data type gives no known value range; say how raw values map to "
-            "[0, 1] (e.g. scale 1e-4 for Sentinel-2 reflectance) or give per-band statistics"
-        )
-    return InputNormalization(backbone_norm.mean, backbone_norm.std, scale, backbone_norm.name)

@@ -41,11 +41,11 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from densekit import __version__
 from densekit.data.dicom_series import scan_series
 from densekit.data.nifti import DICOM_SUFFIXES
 from densekit.data.volume import Volume
 from densekit.errors import DensekitError
+from densekit.version import __version__
 
 SERIES_NUMBER = 1000  # SEG series number (the source's is not copied)
 LABEL_MAX = 64  # characters of a SegmentLabel (VR LO)
