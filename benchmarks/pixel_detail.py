@@ -26,7 +26,7 @@ Every trained method (U-Net and heads) gets the same wall-time budget (``Trainer
 random windows of the training region with random flips, batch 8, AdamW, linear warm-up then a
 constant learning rate, or with ``--decay cosine`` a cosine decay over the time budget (the step
 count of a timed run is not known in advance). The test regions are evaluated once,
-in non-overlapping tiles, with the task's own metrics (``ConfusionMetrics``); the per-pixel
+in non-overlapping tiles, with the task's own metrics (``ChangeMetrics``); the per-pixel
 baselines are scored with the same metric class. Each cell shows the metric and the wall time of
 that run (fit + test). The last row is the best densekit head minus the best baseline.
 
@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader
 
 from densekit.tasks import ChangeDetectionTask, SegmentationTask
 from densekit.tasks.base import DenseTask
-from densekit.tasks.metrics import ConfusionMetrics
+from densekit.tasks.metrics import ChangeMetrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixel_detail_data import (
@@ -118,10 +118,10 @@ METHODS = [
 
 
 def scores_of(kind: str, positive: str, pred: torch.Tensor, target: torch.Tensor) -> float:
-    """The set's metric from densekit's ConfusionMetrics."""
-    m = ConfusionMetrics(2, IGNORE, ["other", positive])
+    """The set's metric from densekit's ChangeMetrics."""
+    m = ChangeMetrics(2, IGNORE, ["other", positive])
     m.update(pred, target)
-    return m.binary_scores(1)["f1"] if kind == "change" else m.scores()[f"iou_{positive}"]
+    return m.scores()["f1"] if kind == "change" else m.scores()[f"iou_{positive}"]
 
 
 def pixel_features(region: Region) -> np.ndarray:

@@ -71,6 +71,7 @@ def card(tmp_path, **changes):
     return path
 
 
+@pytest.mark.slow
 def test_a_card_runs_end_to_end_and_is_reproducible(tmp_path):
     path = card(tmp_path)
     out = tmp_path / "out"
@@ -107,6 +108,7 @@ def test_a_card_runs_end_to_end_and_is_reproducible(tmp_path):
         assert row["metrics"] == before[row["run_id"]]["metrics"], row["run_id"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_benchmark_resumes_without_rerunning_finished_rows(tmp_path):
     path = card(tmp_path, seeds=[0], baselines=[])
     out = tmp_path / "out"

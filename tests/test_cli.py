@@ -41,24 +41,26 @@ def test_backbones_table(capsys):
         assert name in out
 
 
-def test_features_on_the_sample_with_official_layout_weights(tmp_path):
+def test_features_on_the_sample_with_official_layout_weights(tmp_path, capsys):
     out, pca = tmp_path / "f.pt", tmp_path / "pca.png"
-    res = run(
-        "features",
-        str(SAMPLE),
-        "--backbone",
-        "dinov2_vits14",
-        "--weights",
-        str(TINY_V2),
-        *TINY_ARCH,
-        "--layers",
-        "last4",
-        "--out",
-        str(out),
-        "--pca",
-        str(pca),
+    code = main(
+        [
+            "features",
+            str(SAMPLE),
+            "--backbone",
+            "dinov2_vits14",
+            "--weights",
+            str(TINY_V2),
+            *TINY_ARCH,
+            "--layers",
+            "last4",
+            "--out",
+            str(out),
+            "--pca",
+            str(pca),
+        ]
     )
-    assert res.returncode == 0, res.stderr
+    assert code == 0, capsys.readouterr().err
     rec = torch.load(out, weights_only=True)
     assert rec["backbone"] == "dinov2_vits14" and rec["layers"] == [2, 3, 4, 5]
     assert rec["image_size"] == [718, 791] and rec["padded_size"] == [728, 798]
@@ -98,25 +100,28 @@ def test_features_of_a_dicom_slice(tmp_path, capsys):
     assert "Doe" not in repr(rec) and "DK-TEST" not in repr(rec)  # no patient tags
 
 
-def test_random_weights_warn_in_the_output(tmp_path):
-    res = run(
-        "features",
-        str(TEST_DATA / "images" / "rgb_uint8.tif"),
-        "--backbone",
-        "dinov3_vits16",
-        "--weights",
-        "random",
-        "--arch",
-        "embed_dim=64",
-        "--arch",
-        "depth=2",
-        "--arch",
-        "num_heads=2",
-        "--out",
-        str(tmp_path / "f.pt"),
+def test_random_weights_warn_in_the_output(tmp_path, capsys):
+    code = main(
+        [
+            "features",
+            str(TEST_DATA / "images" / "rgb_uint8.tif"),
+            "--backbone",
+            "dinov3_vits16",
+            "--weights",
+            "random",
+            "--arch",
+            "embed_dim=64",
+            "--arch",
+            "depth=2",
+            "--arch",
+            "num_heads=2",
+            "--out",
+            str(tmp_path / "f.pt"),
+        ]
     )
-    assert res.returncode == 0, res.stderr
-    assert "RANDOM weights" in res.stderr
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "RANDOM weights" in err
 
 
 IMAGES = TEST_DATA / "images"

@@ -8,17 +8,35 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from helpers import REPO, needs_shared_data
 
 
+@pytest.mark.slow
 def test_pixel_detail_table(tmp_path):
     needs_shared_data("levir-cd-samples")
     methods = ["logreg", "rf", "unet", "linear", "linear+all"]
     cmd = [
-        sys.executable, str(REPO / "benchmarks" / "pixel_detail.py"),
-        "--sets", "levir", "--methods", *methods, "--budget", "2", "--threads", "1", "--seeds", "0", "1",
-        "--pixels", "5000", "--rf-pixels", "5000", "--out", str(tmp_path),
-    ]  # fmt: skip
+        sys.executable,
+        str(REPO / "benchmarks" / "pixel_detail.py"),
+        "--sets",
+        "levir",
+        "--methods",
+        *methods,
+        "--budget",
+        "2",
+        "--threads",
+        "1",
+        "--seeds",
+        "0",
+        "1",
+        "--pixels",
+        "5000",
+        "--rf-pixels",
+        "5000",
+        "--out",
+        str(tmp_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -67,6 +85,7 @@ def _results(budget: float, cells: dict) -> dict:
     return {"budget_s": budget, "seeds": [0, 1], "threads": 1, "results": {"levir": cells}}
 
 
+@pytest.mark.slow
 def test_merge_makes_one_table_and_refuses_mixed_protocols(tmp_path):
     cell = {"value": 0.5, "std": 0.1, "values": [0.4, 0.6], "seconds": 61.0, "steps": 100}
     a, b, c = (tmp_path / f"{k}.json" for k in "abc")

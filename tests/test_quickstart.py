@@ -22,6 +22,7 @@ def run(argv: list[str]) -> int:
         return main(argv)
 
 
+@pytest.mark.slow
 def test_geo_quickstart_writes_every_output(tmp_path, capsys):
     import rasterio
 
@@ -54,6 +55,7 @@ def test_geo_quickstart_writes_every_output(tmp_path, capsys):
     assert f"densekit benchmark {out / 'benchmark_card.yaml'}" in err
 
 
+@pytest.mark.slow
 def test_medical_quickstart_writes_nifti_seg_and_png(tmp_path):
     import highdicom as hd
 

@@ -39,10 +39,12 @@ from densekit.heads.refine import resample, upsample_to
 from densekit.models.build import ModelParts, build_parts
 from densekit.models.cache import FeatureCache, model_key
 from densekit.models.checkpoint import (
+    PREFIX,
     CheckpointFile,
     check_backbone,
     make_record,
     read_checkpoint,
+    task_state,
     write_checkpoint,
 )
 from densekit.models.config import ModelConfig
@@ -125,10 +127,34 @@ class DenseModel(nn.Module):
         """Write the model as a densekit checkpoint that :meth:`from_checkpoint`, ``densekit
         tile`` and ``densekit volume`` read (the frozen backbone is named by its weights and
         sha256, not saved, unless random)."""
-        state = {f"model.{k}": v for k, v in self.state_dict().items()}
-        checkpoint = {"state_dict": state, "densekit": self.record(task)}
-        self.drop_frozen_weights(state, prefix="model.")
+        checkpoint = {"state_dict": {f"{PREFIX}{k}": v for k, v in self.state_dict().items()}}
+        self.into_task_checkpoint(checkpoint, task)
         return write_checkpoint(checkpoint, Path(path))
+
+    def into_task_checkpoint(self, checkpoint: dict[str, Any], task: str) -> None:
+        """Make a Lightning checkpoint of a task holding this model (as ``task.model``) a
+        densekit one: add the record, drop the frozen backbone's weights (unless random)."""
+        checkpoint["densekit"] = self.record(task)
+        self.drop_frozen_weights(checkpoint["state_dict"], prefix=PREFIX)
+
+    def from_task_checkpoint(self, checkpoint: dict[str, Any], task: str) -> None:
+        """Before Lightning loads ``checkpoint`` into a task holding this model: check that it
+        is a densekit checkpoint of ``task``, bring one of before the redesign into the model's
+        layout, check the backbone and put its weights back."""
+        meta = checkpoint.get("densekit")
+        if meta is None:
+            raise DensekitError("not a densekit checkpoint (no 'densekit' record)")
+        if meta["task"] != task:
+            raise DensekitError(f"the checkpoint is a {meta['task']}, not a {task}")
+        task_state(checkpoint)
+        recorded = meta.get("backbone")
+        if self.backbone is None or recorded is None:
+            return
+        check_backbone(recorded, self.backbone, "the checkpoint")
+        if recorded["source"] != "random":
+            state = checkpoint["state_dict"]
+            for key, value in self.backbone.state_dict().items():
+                state[f"{PREFIX}backbone.{key}"] = value
 
     def record(self, task: str) -> dict[str, Any]:
         """The ``densekit`` record of a checkpoint of this model trained by ``task``."""
@@ -323,6 +349,17 @@ class DenseModel(nn.Module):
         maps = np.stack([self.output.finish(y) for y in out])
         maps[invalid] = self.output.nodata
         return maps
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups of the trainable parameters: each head of a head grid at its own
+        learning rate, the rest (any other head, the pixel-detail parts, a U-Net) at ``lr``."""
+        grid = self.head_grid
+        groups = list(grid.param_groups()) if grid is not None else []
+        in_grid = {id(p) for g in groups for p in g["params"]}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in in_grid]
+        if rest:
+            groups.append({"params": rest, "lr": lr})
+        return groups
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters of the head and of each pixel-detail module."""

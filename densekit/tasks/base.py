@@ -33,13 +33,11 @@ from densekit.errors import DensekitError
 from densekit.models import DenseModel, ModelConfig, OutputSpec
 from densekit.models.cache import FeatureCache
 from densekit.models.checkpoint import (
-    check_backbone,
     provenance,
     read_checkpoint,
-    task_state,
 )
 from densekit.models.config import HeadName, LayerChoice
-from densekit.schedules import Decay, warmup_then_decay
+from densekit.schedules import Decay, step_schedule
 
 
 class DenseTask(L.LightningModule, abc.ABC):
@@ -160,19 +158,27 @@ class DenseTask(L.LightningModule, abc.ABC):
     def configure_metric(self) -> nn.Module:
         """A fresh metric object (one per stage)."""
 
-    @abc.abstractmethod
     def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
-        """The images of a batch."""
+        """The images of a batch (``image``, or the two dates ``image1`` and ``image2``)."""
+        if self.images == 1:
+            return (batch["image"],)
+        return tuple(batch[f"image{i + 1}"] for i in range(self.images))
 
     @abc.abstractmethod
     def target(self, batch: dict[str, Any]) -> Tensor:
         """The target of a batch, checked."""
 
-    @abc.abstractmethod
-    def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None: ...
+    def metric_input(self, output: Tensor, target: Tensor) -> Tensor:
+        """What the metrics compare with the target: labels, or the values."""
+        if self.model.output.is_map_of_classes:
+            return self.model.output.labels(output)
+        return output
 
-    @abc.abstractmethod
-    def compute_metrics(self, stage: str) -> dict[str, float]: ...
+    def compute_metrics(self, stage: str) -> dict[str, float]:
+        """The scores of ``stage``'s epoch; the metric starts again."""
+        scores = self.metric(stage).scores()
+        self.metric(stage).reset()
+        return dict(scores)
 
     # -- the model ---------------------------------------------------------------------------
     def forward(self, *images: Tensor, keys: Any = None) -> Tensor:
@@ -236,10 +242,10 @@ class DenseTask(L.LightningModule, abc.ABC):
         grid = self.model.head_grid
         if every_head and stage == "val":
             for k, y in enumerate(outputs):
-                self.update_metrics(y.detach(), target, f"val_g{k}")
+                self.metric(f"val_g{k}").update(self.metric_input(y.detach(), target), target)
         else:
-            chosen = int(grid.selected) if every_head and grid is not None else 0
-            self.update_metrics(outputs[chosen].detach(), target, stage)
+            y = outputs[int(grid.selected) if every_head and grid is not None else 0].detach()
+            self.metric(stage).update(self.metric_input(y, target), target)
         return losses.sum()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -290,31 +296,11 @@ class DenseTask(L.LightningModule, abc.ABC):
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hp
-        params: Any = [p for p in self.parameters() if p.requires_grad]
-        grid = self.model.head_grid
-        if grid is not None:  # one learning rate per grid head, then the rest at lr
-            params = list(grid.param_groups())
-            rest = [
-                p
-                for n, p in self.named_parameters()
-                if p.requires_grad and not n.startswith("model.head.")
-            ]
-            if rest:
-                params.append({"params": rest, "lr": hp.lr})
+        params = self.model.param_groups(hp.lr)  # a grid's heads at their own learning rates
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         steps = float(self.trainer.estimated_stepping_batches)
-        if not math.isfinite(steps) and hp.schedule != "constant":
-            raise DensekitError(
-                f"model.schedule {hp.schedule!r} decays over the run's steps, but this run has no "
-                "step count (trainer.max_epochs -1 and no trainer.max_steps; trainer.max_time "
-                "does not give one): set trainer.max_steps or trainer.max_epochs, or use "
-                "schedule: constant"
-            )
-        total = max(int(steps), 1) if math.isfinite(steps) else hp.warmup_steps
-        warmup = min(hp.warmup_steps, total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_then_decay(step, warmup, total, hp.schedule)
-        )
+        factor = step_schedule(hp.schedule, hp.warmup_steps, steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -322,24 +308,7 @@ class DenseTask(L.LightningModule, abc.ABC):
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add the densekit record and drop the frozen backbone's weights (unless random)."""
-        checkpoint["densekit"] = self.model.record(type(self).__name__)
-        self.model.drop_frozen_weights(checkpoint["state_dict"], prefix="model.")
+        self.model.into_task_checkpoint(checkpoint, type(self).__name__)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check the record against this task, bring a checkpoint of before the redesign into
-        the model's layout, and put the backbone's weights back."""
-        meta = checkpoint.get("densekit")
-        if meta is None:
-            raise DensekitError("not a densekit checkpoint (no 'densekit' record)")
-        if meta["task"] != type(self).__name__:
-            raise DensekitError(f"the checkpoint is a {meta['task']}, not a {type(self).__name__}")
-        task_state(checkpoint)
-        backbone, recorded = self.model.backbone, meta.get("backbone")
-        if backbone is None or recorded is None:
-            return
-        check_backbone(recorded, backbone, "the checkpoint")
-        if recorded["source"] != "random":
-            sd = checkpoint["state_dict"]
-            for key, value in backbone.state_dict().items():
-                sd[f"model.backbone.{key}"] = value
+        self.model.from_task_checkpoint(checkpoint, type(self).__name__)

@@ -12,7 +12,7 @@ from densekit.heads.change import FusionMode
 from densekit.models import OutputSpec
 from densekit.tasks.base import DenseTask
 from densekit.tasks.losses import ChangeLoss, ChangeLossFn, SegmentationLoss
-from densekit.tasks.metrics import ConfusionMetrics
+from densekit.tasks.metrics import ChangeMetrics
 from densekit.tasks.segmentation import check_labels
 
 
@@ -62,33 +62,9 @@ class ChangeDetectionTask(DenseTask):
 
     def configure_metric(self) -> nn.Module:
         hp = self.hp
-        return ConfusionMetrics(hp.num_classes, hp.ignore_index, self.output_spec().class_names)
-
-    def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
-        return batch["image1"], batch["image2"]
+        return ChangeMetrics(hp.num_classes, hp.ignore_index, self.output_spec().class_names)
 
     def target(self, batch: dict[str, Any]) -> Tensor:
         mask = batch["mask"]
         check_labels(mask, self.hp.num_classes, self.hp.ignore_index, batch.get("path"))
         return mask
-
-    def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None:
-        self.metric(stage).update(self.model.output.labels(output), target)
-
-    def compute_metrics(self, stage: str) -> dict[str, float]:
-        m = self.metric(stage)
-        scores = m.scores()
-        if self.binary:
-            scores.update(m.binary_scores(1))
-        else:  # any transition counts as change
-            cm = m.compute().double()
-            tp = cm[1:, 1:].sum()
-            fp, fn = cm[0, 1:].sum(), cm[1:, 0].sum()
-            scores.update(
-                f1=float(2 * tp / (2 * tp + fp + fn).clamp_min(1)),
-                iou=float(tp / (tp + fp + fn).clamp_min(1)),
-                precision=float(tp / (tp + fp).clamp_min(1)),
-                recall=float(tp / (tp + fn).clamp_min(1)),
-            )
-        m.reset()
-        return scores

@@ -80,21 +80,13 @@ class DepthTask(DenseTask):
     def configure_metric(self) -> nn.Module:
         return DepthMetrics(self.hp.height)
 
-    def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
-        return (batch["image"],)
-
     def target(self, batch: dict[str, Any]) -> Tensor:
         return batch["depth"]
 
-    def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None:
+    def metric_input(self, output: Tensor, target: Tensor) -> Tensor:
         if self.hp.scale_shift_invariant:
-            output = align_scale_shift(output, target, valid_depth(target, not self.hp.height))
-        self.metric(stage).update(output, target)
-
-    def compute_metrics(self, stage: str) -> dict[str, float]:
-        scores = {k: float(v) for k, v in self.metric(stage).compute().items()}
-        self.metric(stage).reset()
-        return scores
+            return align_scale_shift(output, target, valid_depth(target, not self.hp.height))
+        return output
 
     def setup(self, stage: str) -> None:
         """Check that the data module reads the targets this task expects (depth or height)."""

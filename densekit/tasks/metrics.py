@@ -46,18 +46,25 @@ class ConfusionMetrics(MulticlassConfusionMatrix):
             out[f"iou_{name}"] = value if p else float("nan")
         return out
 
-    def binary_scores(self, positive: int = 1) -> dict[str, float]:
-        """F1, IoU, precision and recall of class ``positive`` (the change class)."""
+
+class ChangeMetrics(ConfusionMetrics):
+    """:class:`ConfusionMetrics` plus ``f1``, ``iou``, ``precision`` and ``recall`` of change:
+    class 0 is no change, any other class (binary change: class 1; semantic change: every
+    from-to transition) is a change."""
+
+    def scores(self) -> dict[str, float]:
+        out = super().scores()
         cm = self.compute().double()
-        tp = cm[positive, positive]
-        fp = cm[:, positive].sum() - tp
-        fn = cm[positive, :].sum() - tp
-        return {
-            "f1": float(2 * tp / (2 * tp + fp + fn).clamp_min(1)),
-            "iou": float(tp / (tp + fp + fn).clamp_min(1)),
-            "precision": float(tp / (tp + fp).clamp_min(1)),
-            "recall": float(tp / (tp + fn).clamp_min(1)),
-        }
+        tp = cm[1:, 1:].sum()
+        fp = cm[0, 1:].sum()
+        fn = cm[1:, 0].sum()
+        out.update(
+            f1=float(2 * tp / (2 * tp + fp + fn).clamp_min(1)),
+            iou=float(tp / (tp + fp + fn).clamp_min(1)),
+            precision=float(tp / (tp + fp).clamp_min(1)),
+            recall=float(tp / (tp + fn).clamp_min(1)),
+        )
+        return out
 
 
 class DepthMetrics(Metric):
@@ -109,6 +116,9 @@ class DepthMetrics(Metric):
                 self.delta3 += (ratio < 1.25**3).double().mean()
                 self.ratio_images += 1
             self.images += 1
+
+    def scores(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.compute().items()}
 
     def compute(self) -> dict[str, Tensor]:
         n = self.images.clamp_min(1)

@@ -74,18 +74,7 @@ class SegmentationTask(DenseTask):
         names = self.output_spec().class_names
         return ConfusionMetrics(hp.num_classes, hp.ignore_index, names)
 
-    def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
-        return (batch["image"],)
-
     def target(self, batch: dict[str, Any]) -> Tensor:
         mask = batch["mask"]
         check_labels(mask, self.hp.num_classes, self.hp.ignore_index, batch.get("path"))
         return mask
-
-    def update_metrics(self, output: Tensor, target: Tensor, stage: str) -> None:
-        self.metric(stage).update(self.model.output.labels(output), target)
-
-    def compute_metrics(self, stage: str) -> dict[str, float]:
-        scores = self.metric(stage).scores()
-        self.metric(stage).reset()
-        return scores

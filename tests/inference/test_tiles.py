@@ -11,7 +11,6 @@ import sys
 import time
 import warnings
 
-import lightning as L
 import numpy as np
 import pytest
 import rasterio
@@ -29,7 +28,6 @@ from rasterio.transform import from_origin
 from torch import nn
 
 from densekit.cli import main
-from densekit.data import ChangeDataModule, DepthDataModule, SegmentationDataModule
 from densekit.errors import DensekitError, InputImageError
 from densekit.inference import (
     Plan,
@@ -57,49 +55,31 @@ def run_tile(checkpoint, inputs, output, inputs2=None, **options):
     return tile(checkpoint, inputs, output, inputs2, TileOptions(**{"progress": False, **options}))
 
 
-def _fit(task, data, path):
-    trainer = L.Trainer(
-        max_steps=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=path.parent,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(task, data)
-    trainer.save_checkpoint(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
+def ckpts(tmp_path_factory, chips, fit):
+    """Checkpoints of each kind after two training steps on the chips."""
     root = tmp_path_factory.mktemp("ckpt")
     weights = random_tiny_weights(root / "tiny.pth", **TINY)
     common = dict(weights=weights, backbone_overrides=TINY, scale=1 / 255)
-    seg = SegmentationTask(num_classes=3, class_names=["bg", "road", "roof"], **common)
-    seg_data = SegmentationDataModule(
-        images=str(CHIPS / "seg/images"), labels=str(CHIPS / "seg/labels"), batch_size=4
-    )
-    depth = DepthTask(**common)
-    depth_data = DepthDataModule(
-        images=str(CHIPS / "depth/images"), depths=str(CHIPS / "depth/depths"), batch_size=4
-    )
+
+    def trained(task, kind, name):
+        data = chips(kind, val=False, batch_size=4)
+        trainer = fit(task, data, seed=None, max_steps=2, default_root_dir=root)
+        trainer.save_checkpoint(root / name)
+        return str(root / name)
+
     change = ChangeDetectionTask(**common)
-    change_data = ChangeDataModule(
-        images1=str(CHIPS / "change/a"),
-        images2=str(CHIPS / "change/b"),
-        labels=str(CHIPS / "change/labels"),
-        batch_size=4,
-    )
     detail = ChangeDetectionTask(  # the pixel-detail options
         input_upscale=2.0, upsampler="guided", pixel_branch=4, **common
     )
+    names = ["bg", "road", "roof"]
     return {
-        "seg": _fit(seg, seg_data, root / "seg.ckpt"),
-        "depth": _fit(depth, depth_data, root / "depth.ckpt"),
-        "change": _fit(change, change_data, root / "change.ckpt"),
-        "change_detail": _fit(detail, change_data, root / "change_detail.ckpt"),
+        "seg": trained(
+            SegmentationTask(num_classes=3, class_names=names, **common), "segmentation", "seg.ckpt"
+        ),
+        "depth": trained(DepthTask(**common), "depth", "depth.ckpt"),
+        "change": trained(change, "change", "change.ckpt"),
+        "change_detail": trained(detail, "change", "change_detail.ckpt"),
         "weights": weights,
     }
 
@@ -289,6 +269,7 @@ def test_resume_after_a_stop_gives_the_same_bytes(ckpts, tmp_path):
         assert (tmp_path / a).read_bytes() == (tmp_path / b).read_bytes()
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_the_same_bytes(ckpts, tmp_path):
     src = _raster(tmp_path / "in.tif", w=240, h=1400, nodata_box=False)
     args = [
@@ -323,6 +304,7 @@ def test_resume_after_a_kill_gives_the_same_bytes(ckpts, tmp_path):
     assert out.read_bytes() == (tmp_path / "full.tif").read_bytes()
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_output_as_one(ckpts, tmp_path):
     src = _raster(tmp_path / "in.tif", w=200, h=300)
     threads = torch.get_num_threads()

@@ -2,14 +2,11 @@
 checked when loading."""
 
 import json
-import warnings
 
-import lightning as L
 import pytest
 import torch
 from helpers import FIXTURES, TEST_DATA
 
-from densekit.data import SegmentationDataModule
 from densekit.errors import DensekitError
 from densekit.tasks import DepthTask, SegmentationTask
 
@@ -27,28 +24,18 @@ def vits_weights(tmp_path_factory):
     return path
 
 
-def train_briefly(task, tmp_path):
-    data = SegmentationDataModule(
-        images=str(CHIPS / "seg/images"), labels=str(CHIPS / "seg/labels"), batch_size=4
-    )
-    trainer = L.Trainer(
-        max_steps=2,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(task, data)
+def train_briefly(task, tmp_path, chips, fit):
+    """Two training steps on the segmentation chips, saved as ``head.ckpt``."""
+    data = chips("segmentation", val=False, batch_size=4)
+    trainer = fit(task, data, seed=None, max_steps=2, default_root_dir=tmp_path)
     path = tmp_path / "head.ckpt"
     trainer.save_checkpoint(path)
     return path
 
 
-def test_vit_s_linear_checkpoint_is_small_and_round_trips(vits_weights, tmp_path):
+def test_vit_s_linear_checkpoint_is_small_and_round_trips(vits_weights, tmp_path, chips, fit):
     task = SegmentationTask(num_classes=3, weights=str(vits_weights), scale=1 / 255)
-    path = train_briefly(task, tmp_path)
+    path = train_briefly(task, tmp_path, chips, fit)
     size = path.stat().st_size
     assert size < 200_000, size  # the 22M-parameter backbone is not in it
     ckpt = torch.load(path, weights_only=True)
@@ -61,9 +48,9 @@ def test_vit_s_linear_checkpoint_is_small_and_round_trips(vits_weights, tmp_path
     torch.testing.assert_close(loaded.eval()(x), task(x))
 
 
-def test_changed_or_missing_backbone_weights_are_errors(vits_weights, tmp_path):
+def test_changed_or_missing_backbone_weights_are_errors(vits_weights, tmp_path, chips, fit):
     task = SegmentationTask(num_classes=3, weights=str(vits_weights), scale=1 / 255)
-    path = train_briefly(task, tmp_path)
+    path = train_briefly(task, tmp_path, chips, fit)
     changed = tmp_path / "changed.pth"
     sd = torch.load(vits_weights, weights_only=True)
     sd["norm.bias"] = sd["norm.bias"] + 1
@@ -76,9 +63,9 @@ def test_changed_or_missing_backbone_weights_are_errors(vits_weights, tmp_path):
         )
 
 
-def test_checkpoint_of_another_task_is_an_error(vits_weights, tmp_path):
+def test_checkpoint_of_another_task_is_an_error(vits_weights, tmp_path, chips, fit):
     task = SegmentationTask(num_classes=3, weights=str(vits_weights), scale=1 / 255)
-    path = train_briefly(task, tmp_path)
+    path = train_briefly(task, tmp_path, chips, fit)
     depth = DepthTask(weights=str(vits_weights), scale=1 / 255)
     ckpt = torch.load(path, weights_only=True)
     with pytest.raises(
@@ -87,7 +74,7 @@ def test_checkpoint_of_another_task_is_an_error(vits_weights, tmp_path):
         depth.on_load_checkpoint(ckpt)
 
 
-def test_random_backbone_is_saved_since_it_cannot_be_recreated(tmp_path):
+def test_random_backbone_is_saved_since_it_cannot_be_recreated(tmp_path, chips, fit):
     with pytest.warns(UserWarning, match="RANDOM"):
         task = SegmentationTask(
             num_classes=3,
@@ -95,7 +82,7 @@ def test_random_backbone_is_saved_since_it_cannot_be_recreated(tmp_path):
             scale=1 / 255,
             backbone_overrides={"embed_dim": 64, "depth": 2, "num_heads": 2},
         )
-    path = train_briefly(task, tmp_path)
+    path = train_briefly(task, tmp_path, chips, fit)
     ckpt = torch.load(path, weights_only=True)
     assert any(k.startswith("model.backbone.") for k in ckpt["state_dict"])
     with pytest.warns(UserWarning, match="RANDOM"):
@@ -104,22 +91,24 @@ def test_random_backbone_is_saved_since_it_cannot_be_recreated(tmp_path):
     torch.testing.assert_close(loaded.eval()(x), task.eval()(x))
 
 
-def test_checkpoint_of_another_task_through_load_from_checkpoint(vits_weights, tmp_path):
+def test_checkpoint_of_another_task_through_load_from_checkpoint(
+    vits_weights, tmp_path, chips, fit
+):
     task = SegmentationTask(num_classes=3, weights=str(vits_weights), scale=1 / 255)
-    path = train_briefly(task, tmp_path)
+    path = train_briefly(task, tmp_path, chips, fit)
     with pytest.raises(
         DensekitError, match=r"the checkpoint is a SegmentationTask, not a DepthTask"
     ):
         DepthTask.load_from_checkpoint(path)
 
 
-def test_random_backbone_checkpoint_refuses_other_weights(tmp_path):
+def test_random_backbone_checkpoint_refuses_other_weights(tmp_path, chips, fit):
     tiny = {"embed_dim": 64, "depth": 6, "num_heads": 2, "mlp_ratio": 4}
     with pytest.warns(UserWarning, match="RANDOM"):
         task = SegmentationTask(
             num_classes=3, weights="random", scale=1 / 255, backbone_overrides=tiny
         )
-    path = train_briefly(task, tmp_path)
+    path = train_briefly(task, tmp_path, chips, fit)
     fresh = SegmentationTask(
         num_classes=3,
         scale=1 / 255,

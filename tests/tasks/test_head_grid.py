@@ -7,13 +7,11 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers import FIXTURES, TEST_DATA, TINY_DIMS
+from helpers import FIXTURES, TINY_DIMS
 
-from densekit.data import SegmentationDataModule
 from densekit.errors import DensekitError
 from densekit.tasks import SegmentationTask
 
-CHIPS = TEST_DATA / "chips"
 TINY = {
     "weights": str(FIXTURES / "tiny" / "dinov2_vits14_tiny.pth"),
     "backbone_overrides": {**TINY_DIMS, "mlp_ratio": 4},
@@ -22,50 +20,32 @@ TINY = {
 }
 
 
-def data(**kwargs):
-    return SegmentationDataModule(
-        images=str(CHIPS / "seg/images"),
-        labels=str(CHIPS / "seg/labels"),
-        val_images=str(CHIPS / "seg/images_val"),
-        val_labels=str(CHIPS / "seg/labels_val"),
-        test_images=str(CHIPS / "seg/images_val"),
-        test_labels=str(CHIPS / "seg/labels_val"),
-        window=28,
-        batch_size=4,
-        **kwargs,
-    )
+def grid_data(chips, **kwargs):
+    """Windows of 28 pixels; the validation chips also as test chips."""
+    return chips("segmentation", test=True, window=28, batch_size=4, **kwargs)
 
 
-def trainer(tmp_path, epochs=2, **kwargs):
-    return L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
-
-
-def fit(task, tmp_path, **kwargs):
-    L.seed_everything(0)
-    t = trainer(tmp_path, **kwargs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t.fit(task, data())
-    return t
-
-
-def test_a_grid_of_one_head_trains_exactly_as_the_plain_head(tmp_path):
+def test_a_grid_of_one_head_trains_exactly_as_the_plain_head(tmp_path, chips, fit):
     L.seed_everything(1)
     plain = SegmentationTask(**TINY, head="linear", layers="last", lr=0.01)
     L.seed_everything(1)
     grid = SegmentationTask(
         **TINY, head="linear", layers="last", head_grid={"lr": [0.01], "layers": ["last"]}
     )
-    fit(plain, tmp_path / "a", num_sanity_val_steps=0)
-    fit(grid, tmp_path / "b", num_sanity_val_steps=0)
+    fit(
+        plain,
+        grid_data(chips),
+        max_epochs=2,
+        default_root_dir=tmp_path / "a",
+        num_sanity_val_steps=0,
+    )
+    fit(
+        grid,
+        grid_data(chips),
+        max_epochs=2,
+        default_root_dir=tmp_path / "b",
+        num_sanity_val_steps=0,
+    )
     a = plain.model.head.state_dict()
     b = grid.model.head.heads[0].state_dict()
     assert a.keys() == b.keys()
@@ -73,14 +53,14 @@ def test_a_grid_of_one_head_trains_exactly_as_the_plain_head(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-def test_the_best_head_on_validation_is_selected_tested_and_saved(tmp_path):
+def test_the_best_head_on_validation_is_selected_tested_and_saved(tmp_path, chips, fit):
     L.seed_everything(0)
     task = SegmentationTask(
         **TINY,
         layers="last4",
         head_grid={"lr": [1e-7, 0.03], "layers": ["last", "last4"]},
     )
-    t = fit(task, tmp_path)
+    t = fit(task, grid_data(chips), max_epochs=2, default_root_dir=tmp_path)
     lrs = [g["initial_lr"] for g in t.optimizers[0].param_groups]
     assert lrs == [1e-7, 0.03, 1e-7, 0.03]  # one group per head, its own learning rate
     scores = task.model.head_grid.scores
@@ -90,7 +70,7 @@ def test_the_best_head_on_validation_is_selected_tested_and_saved(tmp_path):
     assert task.model.head_grid.selected_name == best
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        test = t.test(task, data(), verbose=False)[0]
+        test = t.test(task, grid_data(chips), verbose=False)[0]
     record = json.loads((tmp_path / "test_metrics.json").read_text())
     assert record["head_grid"]["selected"] == best and record["head_grid"]["val"] == scores
     # validation = test files here: the selected head's test mIoU is its validation mIoU
@@ -105,7 +85,7 @@ def test_the_best_head_on_validation_is_selected_tested_and_saved(tmp_path):
         torch.testing.assert_close(loaded(x), task(x))
 
 
-def test_bad_grids_are_named(tmp_path):
+def test_bad_grids_are_named(tmp_path, chips, fit, trainer):
     with pytest.raises(DensekitError, match="head_grid trains linear heads; head is 'dpt'"):
         SegmentationTask(**TINY, head="dpt", head_grid={"lr": [0.1]})
     with pytest.raises(DensekitError, match="has 'last4' but the backbone gives 1 map"):
@@ -116,10 +96,8 @@ def test_bad_grids_are_named(tmp_path):
         SegmentationTask(**TINY, head_grid={"lr": 0.1})
     task = SegmentationTask(**TINY, head_grid={"lr": [0.1], "metric": "iou_nothing"})
     with pytest.raises(DensekitError, match="'iou_nothing' is not a validation metric"):
-        fit(task, tmp_path, epochs=1)
-    no_val = SegmentationDataModule(
-        images=str(CHIPS / "seg/images"), labels=str(CHIPS / "seg/labels"), window=28
-    )
+        fit(task, grid_data(chips), max_epochs=1, default_root_dir=tmp_path)
+    no_val = chips("segmentation", val=False, window=28)
     task = SegmentationTask(**TINY, head_grid={"lr": [0.1]})
     with pytest.raises(DensekitError, match="picks its best head on validation data"):
-        trainer(tmp_path, epochs=1).fit(task, no_val)
+        trainer(max_epochs=1, default_root_dir=tmp_path).fit(task, no_val)

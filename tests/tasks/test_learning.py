@@ -10,7 +10,6 @@ import rasterio
 import torch
 from helpers import FIXTURES, TEST_DATA, TINY_DIMS
 
-from densekit.data import ChangeDataModule, DepthDataModule, SegmentationDataModule
 from densekit.errors import DensekitError
 from densekit.tasks import ChangeDetectionTask, DepthTask, SegmentationTask
 
@@ -22,22 +21,15 @@ TINY = {
 }
 
 
-def fit(task, data, epochs):
-    L.seed_everything(0)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+def train_and_validate(fit, task, data, epochs):
+    """The loss on one training batch before and after ``epochs`` epochs, and the validation
+    metrics at the end."""
     batch = next(iter(_loader(data)))
     with torch.no_grad():
         before = float(task.loss_fn(task(*task.inputs(batch)), task.target(batch)))
+    trainer = fit(task, data, max_epochs=epochs, num_sanity_val_steps=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(task, data)
         metrics = trainer.validate(task, data, verbose=False)[0]
     task.eval()
     with torch.no_grad():
@@ -62,22 +54,12 @@ def trivial_miou(labels, ignore=255):
     return counts.max() / y.size / len(classes)
 
 
-def seg_data():
-    return SegmentationDataModule(
-        images=str(CHIPS / "seg/images"),
-        labels=str(CHIPS / "seg/labels"),
-        val_images=str(CHIPS / "seg/images_val"),
-        val_labels=str(CHIPS / "seg/labels_val"),
-        batch_size=8,
-    )
-
-
 @pytest.mark.parametrize(
     ("head", "layers", "extra"),
     [
         ("linear", "last4", {"lr": 1e-2}),
         ("dpt", "dpt", {"lr": 3e-3, "dpt_features": 32}),
-        (
+        pytest.param(
             "unet",
             "last",
             {
@@ -87,26 +69,23 @@ def seg_data():
                 "std": [60.0] * 3,
                 "scale": None,
             },
+            marks=pytest.mark.slow,  # a U-Net from scratch: 12 s
         ),
     ],
 )
-def test_segmentation_learns(head, layers, extra):
+def test_segmentation_learns(head, layers, extra, chips, fit):
     task = SegmentationTask(num_classes=3, head=head, layers=layers, **{**TINY, **extra})
-    before, after, metrics = fit(task, seg_data(), epochs=40)
+    before, after, metrics = train_and_validate(
+        fit, task, chips("segmentation", batch_size=8), epochs=40
+    )
     assert after < 0.7 * before
     trivial = trivial_miou(read_all(CHIPS / "seg/labels_val"))
     assert metrics["val/miou"] > trivial + 0.1, (metrics["val/miou"], trivial)
 
 
 @pytest.mark.parametrize("mode", ["regression", "bins"])
-def test_depth_learns(mode):
-    data = DepthDataModule(
-        images=str(CHIPS / "depth/images"),
-        depths=str(CHIPS / "depth/depths"),
-        val_images=str(CHIPS / "depth/images_val"),
-        val_depths=str(CHIPS / "depth/depths_val"),
-        batch_size=8,
-    )
+def test_depth_learns(mode, chips, fit):
+    data = chips("depth", batch_size=8)
     task = DepthTask(
         layers="last4",
         depth_mode=mode,
@@ -117,7 +96,7 @@ def test_depth_learns(mode):
         lr=1e-2,
         **TINY,
     )
-    before, after, metrics = fit(task, data, epochs=60)
+    before, after, metrics = train_and_validate(fit, task, data, epochs=60)
     assert after < 0.7 * before
     train = np.concatenate([d.ravel() for d in read_all(CHIPS / "depth/depths")])
     val = [d for d in read_all(CHIPS / "depth/depths_val")]
@@ -129,18 +108,10 @@ def test_depth_learns(mode):
     assert metrics["val/delta1"] > 0.8
 
 
-def test_change_learns():
-    data = ChangeDataModule(
-        images1=str(CHIPS / "change/a"),
-        images2=str(CHIPS / "change/b"),
-        labels=str(CHIPS / "change/labels"),
-        val_images1=str(CHIPS / "change/a_val"),
-        val_images2=str(CHIPS / "change/b_val"),
-        val_labels=str(CHIPS / "change/labels_val"),
-        batch_size=8,
-    )
+def test_change_learns(chips, fit):
+    data = chips("change", batch_size=8)
     task = ChangeDetectionTask(layers="last4", fusion="absdiff", lr=1e-2, **TINY)
-    before, after, metrics = fit(task, data, epochs=40)
+    before, after, metrics = train_and_validate(fit, task, data, epochs=40)
     assert after < 0.7 * before
     y = np.concatenate([lab.ravel() for lab in read_all(CHIPS / "change/labels_val")])
     p = y.mean()
@@ -148,25 +119,32 @@ def test_change_learns():
     assert metrics["val/f1"] > trivial_f1 + 0.2, (metrics["val/f1"], trivial_f1)
 
 
+class StopAfter(L.Callback):
+    """Ends training after ``steps`` optimizer steps, whatever the clock says."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.steps:
+            trainer.should_stop = True
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
-def test_time_limited_run_without_step_count(schedule):
+def test_time_limited_run_without_step_count(schedule, chips, trainer):
     """A run limited only by ``trainer.max_time`` (``max_epochs: -1``) has no step count: a
-    decaying schedule is refused with the keys to set, a constant one trains."""
+    decaying schedule is refused with the keys to set, a constant one trains (here stopped
+    after 3 steps by a callback, so the test does not depend on the machine's speed)."""
     task = SegmentationTask(num_classes=3, head="linear", schedule=schedule, warmup_steps=2, **TINY)
-    trainer = L.Trainer(
-        max_epochs=-1,
-        max_time={"seconds": 3},
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
+    run = trainer(
+        max_epochs=-1, max_time={"hours": 1}, limit_val_batches=0, callbacks=[StopAfter(3)]
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if schedule == "cosine":
             with pytest.raises(DensekitError, match=r"trainer\.max_steps.*schedule: constant"):
-                trainer.fit(task, seg_data())
+                run.fit(task, chips("segmentation", batch_size=8))
         else:
-            trainer.fit(task, seg_data())
-            assert trainer.global_step > 2
+            run.fit(task, chips("segmentation", batch_size=8))
+            assert run.global_step == 3
+            assert run.lr_scheduler_configs[0].scheduler.get_last_lr() == [task.hp.lr]

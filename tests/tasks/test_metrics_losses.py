@@ -14,7 +14,7 @@ from densekit.tasks.losses import (
     gradient_loss,
     sig_loss,
 )
-from densekit.tasks.metrics import ConfusionMetrics, DepthMetrics
+from densekit.tasks.metrics import ChangeMetrics, ConfusionMetrics, DepthMetrics
 
 
 def test_confusion_scores_by_hand():
@@ -29,8 +29,12 @@ def test_confusion_scores_by_hand():
     assert s["miou"] == pytest.approx((0.5 + 2 / 3) / 2)
     assert s["acc_micro"] == pytest.approx(3 / 4)
     assert s["f1_macro"] == pytest.approx((2 / 3 + 4 / 5) / 2)
-    b = m.binary_scores(1)
+    c = ChangeMetrics(3, ignore_index=255, class_names=["a", "b", "c"])
+    c.update(pred, target)
+    b = c.scores()  # change: b and c against a (tp 2, fp 1, fn 0)
     assert b["precision"] == pytest.approx(2 / 3) and b["recall"] == pytest.approx(1.0)
+    assert b["f1"] == pytest.approx(4 / 5) and b["iou"] == pytest.approx(2 / 3)
+    assert b["miou"] == s["miou"]
 
 
 def test_depth_metrics_by_hand():
@@ -72,6 +76,7 @@ def test_losses_with_nothing_labelled_are_zero_not_nan():
     assert torch.isfinite(depth)
 
 
+@pytest.mark.slow
 def test_confusion_metrics_are_synchronised_across_processes():
     results = mp.Manager().dict()
     # the worker lives in helpers.py: spawned processes import it by that name

@@ -5,28 +5,13 @@ from __future__ import annotations
 import os
 import warnings
 
-import lightning as L
 import pytest
 import torch
-from helpers import TEST_DATA
 
-from densekit.data import SegmentationDataModule
 from densekit.models.cache import FeatureCache
 from densekit.tasks import SegmentationTask
 
-CHIPS = TEST_DATA / "chips"
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
-
-
-def _data(**kwargs):
-    return SegmentationDataModule(
-        images=str(CHIPS / "seg/images"),
-        labels=str(CHIPS / "seg/labels"),
-        val_images=str(CHIPS / "seg/images_val"),
-        val_labels=str(CHIPS / "seg/labels_val"),
-        batch_size=4,
-        **kwargs,
-    )
 
 
 def _task(weights, cache=None):
@@ -38,21 +23,6 @@ def _task(weights, cache=None):
         scale=1 / 255,
         feature_cache=None if cache is None else str(cache),
     )
-
-
-def _fit(task, data, epochs=2):
-    L.seed_everything(0)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(task, data)
-    return trainer
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +41,9 @@ def weights(tmp_path_factory):
     return str(save_official(official_state_dict(b.arch, b.model), path))
 
 
-def test_cached_training_reads_features_back_and_matches_uncached(weights, tmp_path):
+def test_cached_training_reads_features_back_and_matches_uncached(weights, tmp_path, chips, fit):
     plain = _task(weights)
-    plain_trainer = _fit(plain, _data())
+    plain_trainer = fit(plain, chips("segmentation", batch_size=4), max_epochs=2)
     cached = _task(weights, tmp_path / "cache")
     calls = {"n": 0}
     original = cached.model.backbone.forward_with_class_tokens
@@ -83,7 +53,7 @@ def test_cached_training_reads_features_back_and_matches_uncached(weights, tmp_p
         return original(x)
 
     cached.model.backbone.forward_with_class_tokens = counting  # type: ignore[method-assign]
-    trainer = _fit(cached, _data())
+    trainer = fit(cached, chips("segmentation", batch_size=4), max_epochs=2)
     entries = list((tmp_path / "cache").glob("*/*.pt"))
     # every train and validation window computed once (the sanity check reads some back)
     assert len(entries) == calls["n"] > 0
@@ -97,22 +67,22 @@ def test_cached_training_reads_features_back_and_matches_uncached(weights, tmp_p
     # a new run reuses the entries: the backbone is not run at all
     again = _task(weights, tmp_path / "cache")
     again.model.backbone.forward_with_class_tokens = None  # type: ignore[assignment]
-    _fit(again, _data(), epochs=1)
+    fit(again, chips("segmentation", batch_size=4), max_epochs=1)
     assert again.model.feature_cache.misses == 0
 
 
-def test_augmented_or_random_windows_are_not_cached(weights, tmp_path):
+def test_augmented_or_random_windows_are_not_cached(weights, tmp_path, chips):
     from densekit.data.augment import Augmentation
 
-    dm = _data(augment=Augmentation(hflip=1.0))
+    dm = chips("segmentation", batch_size=4, augment=Augmentation(hflip=1.0))
     dm.setup("fit")
     item = dm.train_dataloader().dataset[0]
     assert "cache_keys" not in item
     assert "cache_keys" in dm.val_dataloader().dataset[0]
 
 
-def test_keys_change_with_the_file_and_the_model(weights, tmp_path):
-    dm = _data()
+def test_keys_change_with_the_file_and_the_model(weights, tmp_path, chips):
+    dm = chips("segmentation", batch_size=4)
     dm.setup("fit")
     ds = dm.val_dataloader().dataset
     key = ds[0]["cache_keys"][0]
