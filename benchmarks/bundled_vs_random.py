@@ -39,9 +39,15 @@ def run(args: list[str]) -> None:
 def train_and_test(config: Path, weights: str, seed: int, root: Path) -> dict:
     folder = root / config.stem / f"{weights}_seed{seed}"
     common = [
-        "--config", str(config), "--seed_everything", str(seed),
-        "--model.init_args.weights", weights, "--trainer.default_root_dir", str(folder),
-    ]  # fmt: skip
+        "--config",
+        str(config),
+        "--seed_everything",
+        str(seed),
+        "--model.init_args.weights",
+        weights,
+        "--trainer.default_root_dir",
+        str(folder),
+    ]
     tic = time.perf_counter()
     run(["fit", *common, "--trainer.logger", "false"])
     ckpts = sorted(folder.glob("checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)

@@ -49,21 +49,33 @@ def run(args, cache: str | None) -> tuple[EpochTimer, SegmentationTask, dict]:
     data = SegmentationDataModule(
         images=str(TILE / "sample_geotiff.tif"),
         labels=str(TILE / "sample_fp_mask_from_geojson.tif"),
-        bands=[1, 1, 1], label_map={0: 0, 255: 1}, split=[0.6, 0.2, 0.2],
-        window=args.window, batch_size=8,
-    )  # fmt: skip
+        bands=[1, 1, 1],
+        label_map={0: 0, 255: 1},
+        split=[0.6, 0.2, 0.2],
+        window=args.window,
+        batch_size=8,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         task = SegmentationTask(
-            num_classes=2, backbone=args.backbone, weights=args.weights, layers="last4",
-            mean=[457.0] * 3, std=[263.2] * 3, feature_cache=cache,
-        )  # fmt: skip
+            num_classes=2,
+            backbone=args.backbone,
+            weights=args.weights,
+            layers="last4",
+            mean=[457.0] * 3,
+            std=[263.2] * 3,
+            feature_cache=cache,
+        )
         timer = EpochTimer()
         trainer = L.Trainer(
-            max_epochs=args.epochs, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+            max_epochs=args.epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
             num_sanity_val_steps=0,
-        )  # fmt: skip
+        )
         trainer.fit(task, data)
     return timer, task, dict(trainer.callback_metrics)
 
@@ -77,9 +89,12 @@ def main() -> None:
     args = p.parse_args()
     if not TILE.is_dir():
         sys.exit(f"needs {TILE}")
-    print(f"{args.backbone} ({args.weights} weights), linear head on the last four blocks, "
-          f"SpaceNet Atlanta, {args.window}-px grid windows, {args.epochs} epochs, "
-          f"{torch.get_num_threads()} threads", flush=True)  # fmt: skip
+    print(
+        f"{args.backbone} ({args.weights} weights), linear head on the last four blocks, "
+        f"SpaceNet Atlanta, {args.window}-px grid windows, {args.epochs} epochs, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     plain_timer, plain, plain_metrics = run(args, None)
     with tempfile.TemporaryDirectory() as tmp:
         cached_timer, cached, cached_metrics = run(args, tmp)
@@ -96,8 +111,11 @@ def main() -> None:
     same_metrics = plain_metrics.keys() == cached_metrics.keys() and all(
         torch.equal(plain_metrics[k], cached_metrics[k]) for k in plain_metrics
     )
-    print(f"epoch 1 (fills the cache): {cached_timer.times[0]:.2f} s; uncached epoch 1: "
-          f"{plain_timer.times[0]:.2f} s", flush=True)  # fmt: skip
+    print(
+        f"epoch 1 (fills the cache): {cached_timer.times[0]:.2f} s; uncached epoch 1: "
+        f"{plain_timer.times[0]:.2f} s",
+        flush=True,
+    )
     print(
         f"epochs 2..{args.epochs}: uncached {uncached:.2f} s, cached {hit:.3f} s per epoch: "
         f"ratio {uncached / hit:.1f} (goal >= 10); cache {entries} entries, {size:.1f} MB"

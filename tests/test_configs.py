@@ -130,13 +130,28 @@ def test_pretraining_config_runs_on_its_real_data(tmp_path):
     needs_shared_data()
     config = REPO / "configs" / "pretrain" / "bundled_vitt16.yaml"
     argv = [
-        "pretrain", "--config", str(config), "--trainer.max_steps", "1",
-        "--trainer.default_root_dir", str(tmp_path),
-        "--model.export_path", str(tmp_path / "export" / "b.pth"),
-        "--model.probe_every_n_epochs", "1", "--model.probe_window", "448",
-        "--data.batch_size", "2", "--data.local_crops", "1",
-        "--data.samples_per_epoch", "2", "--data.num_workers", "0",
-    ]  # fmt: skip
+        "pretrain",
+        "--config",
+        str(config),
+        "--trainer.max_steps",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--model.export_path",
+        str(tmp_path / "export" / "b.pth"),
+        "--model.probe_every_n_epochs",
+        "1",
+        "--model.probe_window",
+        "448",
+        "--data.batch_size",
+        "2",
+        "--data.local_crops",
+        "1",
+        "--data.samples_per_epoch",
+        "2",
+        "--data.num_workers",
+        "0",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(argv) == 0

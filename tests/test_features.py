@@ -143,8 +143,18 @@ def test_readme_first_command_with_the_bundled_backbone(tmp_path):
     from densekit.cli import main
 
     sample = REPO / "densekit" / "samples" / "landsat7_rgb.tif"
-    argv = ["features", str(sample), "--backbone", "densekit_vitt16", "--weights", "bundled",
-            "--out", str(tmp_path / "features.pt"), "--pca", str(tmp_path / "pca.png")]  # fmt: skip
+    argv = [
+        "features",
+        str(sample),
+        "--backbone",
+        "densekit_vitt16",
+        "--weights",
+        "bundled",
+        "--out",
+        str(tmp_path / "features.pt"),
+        "--pca",
+        str(tmp_path / "pca.png"),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert main(argv) == 0

@@ -72,7 +72,8 @@ class StripSums:
 
     def __init__(self, plan: Plan, channels: int) -> None:
         t = plan.tile
-        self.tile, self.step = t, plan.step
+        self.tile = t
+        self.step = plan.step
         self.width = plan.cols[-1] + t  # padded: the last tile may reach past the raster
         self.span = min(max(FINISH_COLUMNS // BLOCK, 1) * BLOCK + t, self.width)
         self.window = (hann_window(t)[:, None] * hann_window(t)[None, :]).numpy()
@@ -87,7 +88,8 @@ class StripSums:
 
     def start(self, emit: Emit) -> None:
         """Begin a strip whose finished columns go to ``emit``."""
-        self.x0, self.emit = 0, emit
+        self.x0 = 0
+        self.emit = emit
         self._load(0, self.span)
 
     def add(self, c: int, out: np.ndarray, ok: np.ndarray) -> None:

@@ -217,7 +217,8 @@ class DenseModel(nn.Module):
         h, w = (int(n) for n in images[0].shape[-2:])
         if self.backbone is None:
             return
-        p, upscale = self.backbone.patch_size, self.config.backbone.upscale
+        p = self.backbone.patch_size
+        upscale = self.config.backbone.upscale
         if min(backbone_side(h, 1, upscale), backbone_side(w, 1, upscale)) < p:
             need = math.ceil(p / upscale)
             raise InputImageError(

@@ -46,12 +46,11 @@ from densekit.data.bands import BandRef, resolve_band_indices
 from densekit.data.datasets import band_table, read_box, reference_grid
 from densekit.data.files import RASTER_SUFFIXES, Files, list_rasters
 from densekit.data.images import is_dicom, read_image
+from densekit.data.nifti import NIFTI_SUFFIXES, read_nifti
 from densekit.errors import DensekitError, InputImageError
+from densekit.medical.slices import display_order
 
 STATS_SIDE = 512  # longest side of the decimated read the per-source statistics come from
-
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def is_nifti(path: str) -> bool:
@@ -59,19 +58,12 @@ def is_nifti(path: str) -> bool:
 
 
 def read_nifti_axial(path: str) -> np.ndarray:
-    """A NIfTI volume (nibabel) as axial slices ``(Z, H, W)`` float32, reoriented to RAS so
-    that every volume's slices look the same way (anterior up, patient's left on the right)."""
-    import nibabel as nib
-
-    try:
-        img = nib.as_closest_canonical(nib.load(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e:
-        raise InputImageError(f"{path}: not a readable NIfTI volume ({e})") from None
-    if data.ndim != 3:
-        raise InputImageError(f"{path}: a 3-D volume is needed, this one has shape {data.shape}")
-    # RAS voxel (x, y, z): a slice's rows run along y (flipped: anterior up), columns along x
-    return np.ascontiguousarray(data.transpose(2, 1, 0)[:, ::-1, :])
+    """A NIfTI volume as axial slices ``(Z, H, W)`` float32, in the display orientation every
+    slice input of densekit has (:func:`~densekit.medical.slices.display_order`: anterior up,
+    the patient's left on the right), whatever the file's storage order."""
+    volume = read_nifti(path)
+    display = display_order(volume, "axial")
+    return np.ascontiguousarray(display.apply(volume.array), dtype=np.float32)
 
 
 class Source:

@@ -140,8 +140,9 @@ def test_two_series_listed_then_selected(tmp_path):
 def test_one_series_in_two_orientations_is_split(tmp_path):
     uid, _ = write_series(tmp_path, axial(2))
     sagittal = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
-    write_slice(tmp_path / "sag.dcm", np.zeros((4, 6), np.uint16), (0, 0, 0), uid,
-                orientation=sagittal)  # fmt: skip
+    write_slice(
+        tmp_path / "sag.dcm", np.zeros((4, 6), np.uint16), (0, 0, 0), uid, orientation=sagittal
+    )
     infos = scan_series(tmp_path)
     assert sorted(i.n_instances for i in infos) == [1, 2] and {i.uid for i in infos} == {uid}
     with pytest.raises(DensekitError, match="2 orientations"):
@@ -186,8 +187,9 @@ def test_uneven_spacing_error_names_gaps_and_file(tmp_path):
 
 def test_inconsistent_pixel_spacing_names_file_and_values(tmp_path):
     uid, _ = write_series(tmp_path, axial(2))
-    write_slice(tmp_path / "odd.dcm", np.zeros((4, 6), np.uint16), axial(3)[2], uid,
-                spacing=(0.6, 0.75))  # fmt: skip
+    write_slice(
+        tmp_path / "odd.dcm", np.zeros((4, 6), np.uint16), axial(3)[2], uid, spacing=(0.6, 0.75)
+    )
     with pytest.raises(DensekitError, match=r"odd\.dcm.* has PixelSpacing \(0\.6, 0\.75\)"):
         read_series(tmp_path)
 
@@ -208,8 +210,14 @@ def test_rescale_is_applied_per_slice(tmp_path):
     uid = generate_uid()
     raw = np.arange(24, dtype=np.int16).reshape(4, 6)
     for k, (slope, intercept) in enumerate([(1, -1024), (2, -1000), (0.5, 7)]):
-        write_slice(tmp_path / f"{k}.dcm", raw, (0, 0, 3.0 * k), uid, modality="CT",
-                    rescale=(slope, intercept))  # fmt: skip
+        write_slice(
+            tmp_path / f"{k}.dcm",
+            raw,
+            (0, 0, 3.0 * k),
+            uid,
+            modality="CT",
+            rescale=(slope, intercept),
+        )
     volume = read_series(tmp_path)
     np.testing.assert_allclose(volume.array[0], raw - 1024)
     np.testing.assert_allclose(volume.array[1], raw * 2 - 1000)
@@ -221,8 +229,9 @@ def test_monochrome1_reflected_within_the_stored_range(tmp_path):
     volume = read_series(tmp_path / "mr")
     np.testing.assert_allclose(volume.array[1, 0, :3], [4095 - 100, 4095 - 101, 4095 - 102])
     assert volume.extra["monochrome1_reflected_about"] == 4095
-    write_series(tmp_path / "ct", axial(2), photometric="MONOCHROME1", modality="CT",
-                 rescale=(1, -1024))  # fmt: skip
+    write_series(
+        tmp_path / "ct", axial(2), photometric="MONOCHROME1", modality="CT", rescale=(1, -1024)
+    )
     ct = read_series(tmp_path / "ct")  # HU are physical: kept
     np.testing.assert_allclose(ct.array[1, 0, :3], [100 - 1024, 101 - 1024, 102 - 1024])
     assert "kept" in ct.extra["monochrome1"]
@@ -363,6 +372,10 @@ def test_undecodable_transfer_syntax_names_file_syntax_and_package():
         with pytest.raises(DensekitError) as err:
             read_series(path)
     message = str(err.value)
-    for text in ("JPGLosslessP14SV1_1s_1f_8b.dcm", "JPEG Lossless", "1.2.840.10008.1.2.4.70",
-                 "install pylibjpeg-libjpeg"):  # fmt: skip
+    for text in (
+        "JPGLosslessP14SV1_1s_1f_8b.dcm",
+        "JPEG Lossless",
+        "1.2.840.10008.1.2.4.70",
+        "install pylibjpeg-libjpeg",
+    ):
         assert text in message

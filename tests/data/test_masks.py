@@ -134,8 +134,11 @@ def test_rtstruct_square_with_a_hole_exact_voxels(tmp_path, ct):
     outer = lps(image, square(2, 3, 10, 11), 1)  # corners on voxel centres: 8 x 8 voxels
     hole = lps(image, square(4.5, 5.5, 7.5, 8.5), 1)  # corners between centres: 3 x 3 voxels
     other = lps(image, square(0.5, 0.5, 2.5, 1.5), 2)
-    write_rtstruct(tmp_path / "rt.dcm", image, {"ring": [(outer, uid), (hole, uid)],
-                                                "small": [(other, image.sop_instance_uids[2])]})  # fmt: skip
+    write_rtstruct(
+        tmp_path / "rt.dcm",
+        image,
+        {"ring": [(outer, uid), (hole, uid)], "small": [(other, image.sop_instance_uids[2])]},
+    )
     masks, names = read_rtstruct(tmp_path / "rt.dcm", image)
     assert names == ["ring", "small"] and masks.shape == (2, SLICES, ROWS, COLS)
     assert masks.dtype == np.uint8 and masks[0].sum() == 64 - 9
@@ -189,8 +192,9 @@ def test_rtstruct_contour_errors_name_file_roi_and_value(tmp_path, ct):
 def test_rtstruct_of_another_image_names_both(tmp_path, ct):
     image, _ = ct
     data = lps(image, square(2, 3, 6, 7), 0)
-    write_rtstruct(tmp_path / "other.dcm", image, {"a": [(data, "1.9")]}, frame_uid="7.7.7",
-                   series_uid="8.8.8")  # fmt: skip
+    write_rtstruct(
+        tmp_path / "other.dcm", image, {"a": [(data, "1.9")]}, frame_uid="7.7.7", series_uid="8.8.8"
+    )
     with pytest.raises(
         DensekitError,
         match=rf"other\.dcm was drawn on another image: FrameOfReferenceUID \['7\.7\.7'\] and series \['8\.8\.8'\], but the image .* has FrameOfReferenceUID 1\.2\.3\.5 and series {image.series_uid}",
@@ -263,12 +267,20 @@ def write_seg(path, sources, pixels, kind="BINARY", shuffle=True, drop_refs=Fals
         for k in range(pixels.shape[-1])
     ]
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels, segmentation_type=kind,
-        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=2,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="test",
-        manufacturer_model_name="test", software_versions="1", device_serial_number="1",
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=kind,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="1",
         max_fractional_value=100,
-    )  # fmt: skip
+    )
     frames = seg.pixel_array.reshape(-1, ROWS, COLS)
     order = np.random.default_rng(0).permutation(len(frames)) if shuffle else range(len(frames))
     items = list(seg.PerFrameFunctionalGroupsSequence)
@@ -293,8 +305,10 @@ def test_seg_frames_matched_by_uid_in_shuffled_order(tmp_path, ct):
     image, sources = ct
     pixels = truth()
     write_seg(tmp_path / "seg.dcm", sources, pixels)
-    order = [f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-             for f in pydicom.dcmread(tmp_path / "seg.dcm").PerFrameFunctionalGroupsSequence]  # fmt: skip
+    order = [
+        f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for f in pydicom.dcmread(tmp_path / "seg.dcm").PerFrameFunctionalGroupsSequence
+    ]
     assert order != sorted(order, key=image.sop_instance_uids.index)  # really shuffled
     masks, names = read_seg(tmp_path / "seg.dcm", image)
     assert names == ["organ 1", "organ 2"] and masks.dtype == np.uint8
@@ -376,8 +390,10 @@ def test_dcmqi_partial_overlaps_one_channel_per_segment():
     masks, names = read_seg(root / "partial_overlaps.dcm", image)
     assert names == ["GREEN", "ORANGE", "PURPLE", "LIGHT_BLUE", "DARK_BLUE"]
     # the converter's inputs: segment k is label k + 1 of one of the three label maps
-    maps = [read_label_map(root / "nrrd_labelmaps" / f"partial_overlaps-{i}.nrrd", image)
-            for i in (1, 2, 3)]  # fmt: skip
+    maps = [
+        read_label_map(root / "nrrd_labelmaps" / f"partial_overlaps-{i}.nrrd", image)
+        for i in (1, 2, 3)
+    ]
     for k in range(5):
         (source,) = [m.array for m in maps if (m.array == k + 1).any()]
         np.testing.assert_array_equal(masks[k], source == k + 1)
@@ -420,8 +436,10 @@ def test_totalsegmentator_label_maps():
     root = needs_shared_data("ct-mr-organ-seg-totalsegmentator")
     from densekit.data.nifti import read_volume
 
-    for image, labels in [("ct_nifti/example_ct_sm.nii.gz", "ct_nifti/example_seg.nii.gz"),
-                          ("mr_nifti/example_mr_sm.nii.gz", "mr_nifti/example_seg_mr.nii.gz")]:  # fmt: skip
+    for image, labels in [
+        ("ct_nifti/example_ct_sm.nii.gz", "ct_nifti/example_seg.nii.gz"),
+        ("mr_nifti/example_mr_sm.nii.gz", "mr_nifti/example_seg_mr.nii.gz"),
+    ]:
         volume = read_volume(root / image)
         seg = read_label_map(root / labels, volume)
         assert seg.array.dtype == np.uint8 and len(np.unique(seg.array)) > 20

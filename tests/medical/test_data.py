@@ -397,8 +397,16 @@ CONFIGS = sorted((REPO / "configs" / "medical").glob("*.yaml"))
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_medical_config_trains_with_fast_dev_run(config, tmp_path):
     needs_shared_data()
-    argv = ["fit", "--config", str(config), *TINY_CLI, "--trainer.fast_dev_run", "true",
-            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    argv = [
+        "fit",
+        "--config",
+        str(config),
+        *TINY_CLI,
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(argv) == 0
@@ -420,16 +428,31 @@ def test_checkpoint_carries_the_slice_settings(tmp_path):
         },
         "data": {
             "class_path": "densekit.medical.MedicalSegmentationDataModule",
-            "init_args": {"cases": cases[:2], "val_cases": cases[2:], "context": 1,
-                          "plane": "coronal", "intensity": {"ct_window": "soft_tissue"},
-                          "label_map": {1: 1, 2: 2},
-                          "batch_size": 16},
+            "init_args": {
+                "cases": cases[:2],
+                "val_cases": cases[2:],
+                "context": 1,
+                "plane": "coronal",
+                "intensity": {"ct_window": "soft_tissue"},
+                "label_map": {1: 1, 2: 2},
+                "batch_size": 16,
+            },
         },
-    }  # fmt: skip
+    }
     path = tmp_path / "fit.yaml"
     path.write_text(yaml.safe_dump(config))
-    argv = ["fit", "--config", str(path), *TINY_CLI[:4], "--trainer.max_steps", "1",
-            "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    argv = [
+        "fit",
+        "--config",
+        str(path),
+        *TINY_CLI[:4],
+        "--trainer.max_steps",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(argv) == 0

@@ -541,8 +541,8 @@ def test_nifti_volumes_give_axial_slices(tmp_path):
     import nibabel as nib
 
     vol = np.zeros((40, 50, 6), np.float32)  # x, y, z (RAS)
-    vol[:, :, 3] = np.arange(40)[:, None]  # slice 3: values grow along x (columns)
-    vol[5, 45, 3] = 1000  # near anterior (large y): must land near the top row
+    vol[:, :, 3] = np.arange(40)[:, None]  # slice 3: values grow along x (patient's right)
+    vol[5, 45, 3] = 1000  # near anterior (large y) and right (small x): top row, right side
     affine = np.diag([1.0, 1.0, 2.5, 1.0])
     nib.save(nib.Nifti1Image(vol, affine), tmp_path / "ct.nii.gz")
     folder = tmp_path / "vols"
@@ -553,7 +553,8 @@ def test_nifti_volumes_give_axial_slices(tmp_path):
     [source] = dm.sources
     assert (source.slices, source.height, source.width) == (6, 50, 40)
     raw = source.volume[3]
-    assert raw[50 - 1 - 45, 5] == 1000 and np.all(np.diff(raw[0, :5]) == 1)
+    # the display orientation of every slice input: anterior up, the patient's left on the right
+    assert raw[50 - 1 - 45, 40 - 1 - 5] == 1000 and np.all(np.diff(raw[0, :5]) == -1)
     x, invalid = source.read((0, 0, 40, 50), z=3)
     assert x.shape == (1, 50, 40) and not invalid.any()
     batch = next(iter(dm.train_dataloader()))
