@@ -1,0 +1,108 @@
+"""``densekit quickstart``: the main job, offline, on real data bundled with the package.
+
+Remote sensing (default, :mod:`~densekit.commands.quickstart.geo`): the SpaceNet Atlanta
+building tile and the bundled backbone ``densekit_vitt16``. What a user would do, each step with
+its own output in ``--out``:
+
+1. ``stats.yaml``: the band statistics of the image (``densekit stats``);
+2. ``quickstart.yaml``: the training config (a ``densekit fit`` config; rerun it by hand);
+3. training a linear head on the left 60 % of the columns (a grid of four learning rates on
+   one backbone pass, the best chosen on the next 20 %; feature cache on), testing on the right
+   20 %: ``model.ckpt`` and ``test_metrics.json``;
+4. ``prediction.tif``: ``densekit tile`` over the whole tile (a tiled COG with the input's CRS
+   and transform);
+5. ``overview.png``: image | prediction | label, the test columns marked;
+   ``features_pca.png``: the first three principal components of the backbone's last layer;
+6. ``metrics.json``: the test metrics, the IoU of the tiled prediction on the test columns,
+   the timings, and the output paths.
+
+Medical (``--domain medical``, :mod:`~densekit.commands.quickstart.medical`): three CT slices
+with a DICOM SEG of the liver; ``densekit volume`` writes NIfTI labels and a DICOM SEG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from densekit.commands.quickstart import geo, medical
+from densekit.commands.quickstart.geo import GEO_IMAGE, GEO_LABELS
+from densekit.commands.quickstart.medical import CT_SEG, CT_SERIES
+from densekit.errors import DensekitError
+
+RUNNERS: dict[str, Callable[..., dict]] = {"geo": geo.run, "medical": medical.run}
+OUTPUTS = {"geo": geo.OUTPUTS, "medical": medical.OUTPUTS}
+EXTRA_OUTPUTS = {"geo": geo.EXTRA_OUTPUTS, "medical": medical.EXTRA_OUTPUTS}
+
+__all__ = ["CT_SEG", "CT_SERIES", "GEO_IMAGE", "GEO_LABELS", "OUTPUTS", "quickstart"]
+
+
+def quickstart(
+    out: str | Path | None = None,
+    domain: str = "geo",
+    backbone: str = "densekit_vitt16",
+    weights: str = "bundled",
+    epochs: int | None = None,
+) -> dict[str, Any]:
+    """Run the quickstart of ``domain`` (``"geo"`` or ``"medical"``) into ``out`` (default
+    ``densekit-quickstart`` / ``densekit-quickstart-medical``)."""
+    if domain not in RUNNERS:
+        raise DensekitError(f"--domain {domain!r}: valid values are 'geo' and 'medical'")
+    for f in (GEO_IMAGE, GEO_LABELS) if domain == "geo" else (CT_SERIES, CT_SEG):
+        if not f.exists():
+            raise DensekitError(f"the bundled sample {f} is missing: reinstall densekit")
+    if weights not in ("bundled", "official", "random") and not Path(weights).expanduser().exists():
+        raise DensekitError(
+            f"--weights {weights}: no such file or folder; give a weights file, 'bundled' "
+            "(densekit_vitt16), 'official' (downloads when online) or 'random'"
+        )
+    if out is None:
+        out = "densekit-quickstart" + ("-medical" if domain == "medical" else "")
+    folder = Path(out).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise DensekitError(f"--out {out}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in RUNNERS:  # no stale outputs of an earlier run (of either domain) left beside
+        for name in [*OUTPUTS[d], *EXTRA_OUTPUTS[d]]:
+            (folder / name).unlink(missing_ok=True)
+    console = Console(stderr=True, soft_wrap=True)  # commands stay on one line for copying
+    console.print(
+        f"densekit quickstart ({domain}): offline, bundled data and backbone {backbone} "
+        f"({weights}); outputs in {folder}"
+    )
+    default_epochs = 15 if domain == "geo" else 30
+    record = RUNNERS[domain](folder, backbone, weights, epochs or default_epochs, console)
+    _summary(console, folder, domain, record)
+    return record
+
+
+def _summary(console: Console, out: Path, domain: str, record: dict[str, Any]) -> None:
+    console.print(f"\n[bold green]done[/] in {record['total_seconds']:.0f} s. Outputs:")
+    for name in OUTPUTS[domain]:
+        console.print(f"  {out / name}")
+    console.print("\nNext:")
+    console.print(
+        f"  train it again or change it:   densekit fit --config {out / 'quickstart.yaml'}"
+    )
+    if domain == "geo":
+        console.print(
+            "  tile your own raster:          densekit tile --checkpoint "
+            f"{out / 'model.ckpt'} --input YOUR.tif --output pred.tif"
+        )
+        console.print(
+            f"  label fractions vs a U-Net:    densekit benchmark {out / 'benchmark_card.yaml'} "
+            f"--out {out / 'benchmark'}"
+        )
+        console.print("  the same on CT:                densekit quickstart --domain medical")
+    else:
+        console.print(
+            "  segment your own series:       densekit volume --checkpoint "
+            f"{out / 'model.ckpt'} --input DICOM_FOLDER --output labels.nii.gz"
+        )
+    console.print(
+        "  a downloaded DINOv2 backbone:  densekit quickstart --backbone dinov2_vits14 "
+        "--weights dinov2_vits14_pretrain.pth"
+    )
