@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from densekit.backbones.arch import Arch, build_timm_model
 from densekit.backbones.checkpoint import StateDict
 from densekit.backbones.layout import official_layout
+from densekit.backbones.load import to_timm_layout
 from densekit.io import atomic_outputs
 
 
@@ -33,8 +34,6 @@ def _index_map(arch: Arch) -> dict[str, Tensor]:
     ``cls_token`` is the official ``cls_token`` plus position slot 0. That key maps to the
     official ``cls_token`` (slot 0 is then written as zeros, which computes the same).
     """
-    from densekit.backbones.load import _filter  # the loader's own conversion
-
     layout = official_layout(arch)
     total = sum(math.prod(shape) for shape in layout.values())
     if 4 * total >= 2**53:
@@ -49,7 +48,7 @@ def _index_map(arch: Arch) -> dict[str, Tensor]:
             probe[key] = torch.arange(base + offset, base + offset + n, dtype=torch.float64)
             probe[key] = probe[key].reshape(shape)
             offset += n
-        outs.append(_filter(arch.spec, probe, meta))
+        outs.append(to_timm_layout(arch.spec, probe, meta))  # the loader's own conversion
     cls_offset = 0
     out: dict[str, Tensor] = {}
     for key, a in outs[0].items():

@@ -359,7 +359,9 @@ def _only_pos_embed_differs(diffs: list[str]) -> bool:
 
 
 # -- official layout -> timm, strictly -------------------------------------------------------
-def _filter(spec: BackboneSpec, sd: StateDict, model: Any) -> StateDict:
+def to_timm_layout(spec: BackboneSpec, sd: StateDict, model: Any) -> StateDict:
+    """An official state dict in the layout of ``model``, by the timm model module's own
+    ``checkpoint_filter_fn`` (the conversion loading uses; export inverts it)."""
     if spec.family == "dinov2":
         return timm_vit.checkpoint_filter_fn(dict(sd), model)
     if spec.family == "dinov3":
@@ -405,7 +407,7 @@ def load_official_state_dict(
                     f"{source}: norms.3.{part} differs from norm.{part}; the "
                     "official ConvNeXt stores one module under both names"
                 )
-    converted = _filter(spec, sd, model)
+    converted = to_timm_layout(spec, sd, model)
     total_in = sum(v.numel() for v in sd.values())
     total_out = sum(v.numel() for v in converted.values())
     if total_in - _expected_dropped_numel(spec, sd) != total_out:
