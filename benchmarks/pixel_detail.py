@@ -25,10 +25,11 @@ backbone sees); the plain heads take only those three.
 Every trained method (U-Net and heads) gets the same wall-time budget (``Trainer(max_time)``):
 random windows of the training region with random flips, batch 8, AdamW, linear warm-up then a
 constant learning rate, or with ``--decay cosine`` a cosine decay over the time budget (the step
-count of a timed run is not known in advance). The test regions are evaluated once,
-in non-overlapping tiles, with the task's own metrics (``ChangeMetrics``); the per-pixel
-baselines are scored with the same metric class. Each cell shows the metric and the wall time of
-that run (fit + test). The last row is the best densekit head minus the best baseline.
+count of a timed run is not known in advance). The test regions are evaluated once, in
+non-overlapping tiles, with densekit's confusion metrics (``ChangeMetrics``: the change class's F1,
+the positive class's IoU); the per-pixel baselines are scored with the same class. Each cell shows
+the metric and the wall time of that run (fit + test). The last row is the best densekit head minus
+the best baseline.
 
 Usage:
     python benchmarks/pixel_detail.py [--sets oscd levir] [--methods logreg unet linear+all]
@@ -118,7 +119,8 @@ METHODS = [
 
 
 def scores_of(kind: str, positive: str, pred: torch.Tensor, target: torch.Tensor) -> float:
-    """The set's metric from densekit's ChangeMetrics."""
+    """The set's metric: the change class's F1 or the positive class's IoU, from densekit's
+    confusion metrics (``ChangeMetrics`` gives both)."""
     m = ChangeMetrics(2, IGNORE, ["other", positive])
     m.update(pred, target)
     return m.scores()["f1"] if kind == "change" else m.scores()[f"iou_{positive}"]

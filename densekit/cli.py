@@ -14,9 +14,87 @@ from pathlib import Path
 from typing import Any
 
 from densekit.commands.lightning import LIGHTNING_COMMANDS, lightning_command
-from densekit.commands.tools import cmd_features, cmd_stats, parse_device
 from densekit.errors import DensekitError
 from densekit.version import __version__
+
+
+# -- parsing the arguments of the tool commands --------------------------------------------
+def _number(text: str, item: str) -> int | float:
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise DensekitError(f"--arch {item!r}: {text!r} is not a number") from None
+
+
+def parse_arch(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise DensekitError(f"--arch expects KEY=VALUE, got {item!r}")
+        values = [_number(v, item) for v in value.split(",")]
+        out[key] = values if len(values) > 1 else values[0]
+    return out
+
+
+def parse_layers(text: str) -> str | list[int]:
+    if text in ("last", "last4", "dpt"):
+        return text
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise DensekitError(
+            f"--layers {text!r}: use 'last', 'last4', 'dpt' or block indices like 2,5,8,11"
+        ) from None
+
+
+def parse_device(text: str) -> Any:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise DensekitError(
+            f"--device {text!r}: not a torch device (e.g. cpu, cuda, cuda:1)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DensekitError(f"--device {text}: no CUDA device is available here")
+    return device
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from densekit.commands.tools import features
+    from densekit.data.bands import parse_bands
+
+    return features(
+        args.image,
+        backbone=args.backbone,
+        weights=args.weights,
+        layers=parse_layers(args.layers),
+        bands=parse_bands(args.bands),
+        stats=args.stats,
+        scale=args.scale,
+        fill_nonfinite=args.fill_nonfinite,
+        frame=args.frame,
+        arch=parse_arch(args.arch),
+        bf16=args.bf16,
+        device=parse_device(args.device),
+        out=args.out,
+        pca=args.pca,
+    )
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from densekit.commands.tools import stats
+    from densekit.data.bands import parse_bands
+
+    return stats(
+        args.files,
+        bands=parse_bands(args.bands),
+        backbone=args.backbone,
+        fmt=args.format,
+        out=args.out,
+    )
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:

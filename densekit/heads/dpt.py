@@ -13,7 +13,8 @@ Shapes, for four maps ``(B, C_i, h_i, w_i)`` of strides ``s_i``:
 5. output block: segmentation ``3x3 conv + BN + ReLU + 1x1 conv -> num_outputs``; depth
    ``3x3 conv -> features/2, x2 upsampling, 3x3 conv -> 32, ReLU, 1x1 conv -> num_outputs``.
 
-The result ``(B, num_outputs, H', W')`` is upsampled to the image by the task.
+The result ``(B, num_outputs, H', W')`` is upsampled to the image by the model
+(:class:`densekit.models.DenseModel`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from densekit.data.grids import Grid
 from densekit.errors import DensekitError
 
 BLOCK = 256  # block side of the strip files; strips are finished in whole blocks of columns
+PRECISIONS = ("32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class TileOptions:
         batch_size: tiles per forward pass (batches never span two strips).
         probabilities: also write the probabilities to ``<output stem>_probs.tif``.
         device: torch device, e.g. ``cpu`` or ``cuda`` (under torchrun ``cuda`` means the GPU
-            of the process's ``LOCAL_RANK``).
+            of the process's ``LOCAL_RANK``); None: a checkpoint is loaded on the CPU, a model
+            given in memory stays where it is.
         precision: ``32`` or ``bf16`` (autocast; on GPUs).
         prefetch: batches read ahead by the background thread.
         resume: continue from the progress of a killed run with the same settings.
@@ -45,13 +47,29 @@ class TileOptions:
     overlap: int = 64
     batch_size: int = 4
     probabilities: bool = False
-    device: str = "cpu"
+    device: str | None = None
     precision: str = "32"
     prefetch: int = 2
     resume: bool = False
     stop_after_strips: int | None = None
     progress: bool = True
     gdal_cache_mb: int = 32
+
+    def __post_init__(self) -> None:
+        """Values that cannot work are refused before anything is read or written."""
+        if self.precision not in PRECISIONS:
+            raise DensekitError(
+                f"precision {self.precision!r}: valid values are {', '.join(PRECISIONS)}"
+            )
+        for name in ("tile", "batch_size", "prefetch", "gdal_cache_mb"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise DensekitError(f"{name} {value!r}: give a whole number >= 1")
+        if not isinstance(self.overlap, int) or self.overlap < 0:
+            raise DensekitError(f"overlap {self.overlap!r}: give a whole number >= 0")
+        stop = self.stop_after_strips
+        if stop is not None and (not isinstance(stop, int) or stop < 1):
+            raise DensekitError(f"stop_after_strips {stop!r}: give a whole number >= 1")
 
 
 def tile_positions(length: int, tile: int, step: int) -> list[int]:

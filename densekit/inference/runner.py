@@ -5,9 +5,10 @@ The roles (after MONAI's sliding-window inferer and its ``Merger``):
 * the reader yields :class:`Batch` es (inputs, where they belong, which pixels are valid); a
   background thread reads ``depth`` batches ahead while the model runs (:func:`read_ahead`);
 * the model (:class:`~densekit.inference.trained.Trained`) turns raw inputs into raw outputs;
-* the merger (:class:`Merger`) puts each batch's outputs in place: blended into a strip of
-  tiles, or stored as the labels of a volume's slices; whatever is finished goes to its sink
-  (the strip files of a Cloud-Optimised GeoTIFF, the volume written as NIfTI or DICOM SEG).
+* the merger (:class:`Merger`) puts each batch's outputs in place and hands what is finished
+  to its sink: tiles blended into a strip, whose finished columns go to the strip files of a
+  Cloud-Optimised GeoTIFF (:mod:`densekit.inference.strips`); or a volume's slice labels
+  stored in place, the volume written as NIfTI or DICOM SEG once complete.
 
 GeoTIFF tiling (:mod:`densekit.inference.tiles`) and volume inference
 (:mod:`densekit.inference.volume`) are two plans over :func:`run`.

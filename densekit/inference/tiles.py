@@ -396,9 +396,9 @@ def tile(
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     if isinstance(checkpoint, Trained):
-        model = checkpoint.to(device)
+        model = checkpoint if device is None else checkpoint.to(device)
     else:
-        model = load_trained(checkpoint, device)
+        model = load_trained(checkpoint, device or "cpu")
     firsts = _expand(inputs, "input")
     seconds: list[str | None] = (
         list(_expand(inputs2, "input2")) if inputs2 is not None else [None] * len(firsts)

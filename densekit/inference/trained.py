@@ -12,11 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from densekit.errors import DensekitError
+from densekit.inference.plan import PRECISIONS
 from densekit.models import DenseModel, InputSpec, OutputSpec
 from densekit.models.checkpoint import read_checkpoint
 from densekit.models.inputs import backbone_side
-
-PRECISIONS = ("32", "bf16")
 
 
 @dataclass
@@ -35,6 +34,7 @@ class Trained:
         data: the training data module's hyper-parameters (a slice model's plane, context,
             intensity and classes; empty when none were saved).
         backbone: the backbone's name and weights (source, path, sha256), or None.
+        head: the head's kind (``linear``, ``dpt``, ``unet``), for records.
     """
 
     model: nn.Module
@@ -47,6 +47,7 @@ class Trained:
     task: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     backbone: dict[str, Any] | None = None
+    head: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
@@ -60,6 +61,7 @@ class Trained:
             patch=model.patch_size,
             upscale=model.config.backbone.upscale,
             backbone=None if bb is None else {"name": bb.name, **bb.weights.as_dict()},
+            head=model.config.head.kind,
             **known,
         )
 

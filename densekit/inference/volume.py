@@ -129,11 +129,9 @@ class VolumeModel:
 
     def provenance(self) -> dict[str, Any]:
         backbone = self.trained.backbone
-        model = self.trained.model
-        head = getattr(getattr(model, "config", None), "head", None)
         return {
             "backbone": backbone["name"] if backbone is not None else None,
-            "head": head.kind if head is not None else None,
+            "head": self.trained.head,
             "plane": self.settings.plane,
             "context": self.settings.context,
             "checkpoint_sha256": self.trained.checkpoint_sha256,

@@ -34,21 +34,13 @@ class ModelParts:
     depth_output: DepthOutput | None = None
 
 
-def build_parts(
-    config: ModelConfig, output: OutputSpec, grid_metric: str | None = None
-) -> ModelParts:
-    """The modules ``config`` describes, with outputs as ``output`` says.
-
-    Args:
-        config: the model's options.
-        output: what the model outputs (its head channels, depth bins).
-        grid_metric: the validation metric a head grid selects by (default: the grid's
-            ``metric`` key, else ``miou``).
-    """
+def build_parts(config: ModelConfig, output: OutputSpec) -> ModelParts:
+    """The modules ``config`` describes, with outputs as ``output`` says (its head channels,
+    depth bins)."""
     if config.head.kind == "unet":
         parts = ModelParts(inputs=_inputs(config, None), unet=_unet(config, output))
     else:
-        parts = _feature_parts(config, output, grid_metric)
+        parts = _feature_parts(config, output)
     if output.depth is not None:
         d = output.depth
         parts.depth_output = DepthOutput(d.mode, d.num_bins, d.spacing, d.min_depth, d.max_depth)
@@ -66,7 +58,7 @@ def _unet(config: ModelConfig, output: OutputSpec) -> nn.Module:
     )
 
 
-def _feature_parts(config: ModelConfig, output: OutputSpec, grid_metric: str | None) -> ModelParts:
+def _feature_parts(config: ModelConfig, output: OutputSpec) -> ModelParts:
     b, h, d = config.backbone, config.head, config.detail
     if b.weights is None:  # ModelConfig.check refuses it; for the type checker
         raise DensekitError(f"model.weights is required for the {h.kind} head on {b.name}")
@@ -74,7 +66,7 @@ def _feature_parts(config: ModelConfig, output: OutputSpec, grid_metric: str | N
     backbone = load_backbone(
         b.name, b.weights, layers=b.layers, in_chans=seen if seen != 3 else None, **b.overrides
     )
-    fusion = ChangeFusion(config.fusion or "absdiff") if config.images == 2 else None
+    fusion = ChangeFusion(config.fusion) if config.fusion is not None else None
     channels = backbone.out_channels
     if fusion is not None:
         channels = fusion.out_channels(channels)
@@ -82,8 +74,7 @@ def _feature_parts(config: ModelConfig, output: OutputSpec, grid_metric: str | N
     head: nn.Module
     if h.grid is not None:
         points = grid_points(h.grid, len(channels), b.layers)
-        metric = h.grid.get("metric") or grid_metric or "miou"
-        head = HeadGrid(channels, output.head_channels, points, metric, h.dropout)
+        head = HeadGrid(channels, output.head_channels, points, h.grid["metric"], h.dropout)
     elif h.kind == "linear":
         head = LinearHead(channels, outputs, dropout=h.dropout)
     else:

@@ -20,8 +20,6 @@ they load and give the same outputs (``tests/data/checkpoints_v0``).
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from densekit.backbones.checkpoint import sha256_file
 from densekit.errors import DensekitError
 from densekit.models.config import ModelConfig
 from densekit.models.outputs import DepthBins, OutputSpec
@@ -41,6 +40,18 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 PREFIX = "model."
+# the model's own entries of a checkpoint's state dict (a task also has its loss's, e.g. the
+# class weights of a cross-entropy: ``loss_fn.parts.0.weight``)
+MODEL_ENTRIES = (
+    "input_mean",
+    "input_std",
+    "backbone",
+    "fusion",
+    "head",
+    "detail",
+    "unet",
+    "depth_output",
+)
 
 # tasks of checkpoints without a model record: their outputs and main metric
 LEGACY_TASKS = {"SegmentationTask": "miou", "ChangeDetectionTask": "f1", "DepthTask": "rmse"}
@@ -74,18 +85,43 @@ class CheckpointFile:
 
 
 def read_checkpoint(path: str | Path) -> CheckpointFile:
-    """Read a densekit checkpoint (one read of the file: its sha256 and its contents, with
-    ``torch.load(weights_only=True)``).
+    """Read a densekit checkpoint: its contents once (``torch.load(weights_only=True)``) and
+    its sha256.
 
     Raises:
         DensekitError: a missing or unreadable file, or not a densekit checkpoint.
     """
     path = Path(path)
+    stored, meta = _load(path)
+    if meta.get("format") is None:
+        config, output = legacy_record(meta["task"], stored.get("hyper_parameters"), path)
+    else:
+        config = ModelConfig.from_record(meta["model"])
+        output = OutputSpec.from_dict(meta["output"])
+    return CheckpointFile(
+        path=str(path),
+        sha256=sha256_file(path),
+        task=str(meta["task"]),
+        config=config,
+        output=output,
+        state=model_state(stored),
+        backbone=meta.get("backbone"),
+        data=dict(stored.get("datamodule_hyper_parameters") or {}),
+        version=str(meta.get("densekit_version", "")),
+    )
+
+
+def read_task_name(path: str | Path) -> str:
+    """The task a densekit checkpoint was written by (its record only; no model is built)."""
+    return str(_load(Path(path))[1]["task"])
+
+
+def _load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint's contents and its ``densekit`` record, or an error naming the file."""
     if not path.is_file():
         raise DensekitError(f"checkpoint {path}: no such file")
-    raw = path.read_bytes()
     try:
-        stored = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        stored = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise DensekitError(
             f"checkpoint {path}: not a readable PyTorch checkpoint ({type(e).__name__}); "
@@ -94,26 +130,22 @@ def read_checkpoint(path: str | Path) -> CheckpointFile:
     meta = stored.get("densekit") if isinstance(stored, dict) else None
     if not isinstance(meta, dict) or "task" not in meta:
         raise DensekitError(f"checkpoint {path}: not a checkpoint of densekit fit")
-    if meta.get("format") is None:
-        config, output = legacy_record(meta["task"], stored.get("hyper_parameters"), path)
-        state = dict(stored["state_dict"])
-    else:
-        config = ModelConfig.from_record(meta["model"])
-        output = OutputSpec.from_dict(meta["output"])
-        state = {
-            k[len(PREFIX) :]: v for k, v in stored["state_dict"].items() if k.startswith(PREFIX)
-        }
-    return CheckpointFile(
-        path=str(path),
-        sha256=hashlib.sha256(raw).hexdigest(),
-        task=str(meta["task"]),
-        config=config,
-        output=output,
-        state=state,
-        backbone=meta.get("backbone"),
-        data=dict(stored.get("datamodule_hyper_parameters") or {}),
-        version=str(meta.get("densekit_version", "")),
-    )
+    return stored, meta
+
+
+def is_model_entry(key: str) -> bool:
+    """Whether a state-dict key (without ``model.``) is one of the model's."""
+    return key.split(".", 1)[0] in MODEL_ENTRIES
+
+
+def model_state(stored: dict[str, Any]) -> dict[str, Tensor]:
+    """The model's tensors of a checkpoint, under the model's own names: the entries under
+    ``model.``, or, in a checkpoint of before the redesign, the task's top-level entries that
+    are the model's (same names, no ``model.``; the loss's are left out)."""
+    state = stored["state_dict"]
+    if (stored.get("densekit") or {}).get("format") is None:
+        return {k: v for k, v in state.items() if is_model_entry(k)}
+    return {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
 
 
 def legacy_record(
@@ -129,8 +161,6 @@ def legacy_record(
         grid["metric"] = grid.get("metric") or LEGACY_TASKS[task]
         hp["head_grid"] = grid
     images = 2 if task == "ChangeDetectionTask" else 1
-    if task == "ChangeDetectionTask":
-        hp.setdefault("fusion", "absdiff")
     return ModelConfig.from_args(hp, images=images), legacy_output(task, hp)
 
 
@@ -150,11 +180,14 @@ def legacy_output(task: str, hp: dict[str, Any]) -> OutputSpec:
 
 
 def task_state(checkpoint: dict[str, Any]) -> None:
-    """Put the tensors of a checkpoint written before the redesign under ``model.`` (the
-    task's layout now), in place; newer checkpoints are left as they are."""
+    """Bring a checkpoint written before the redesign into a task's layout now, in place: the
+    model's entries under ``model.`` (the task holds it as ``task.model``), the loss's where
+    they were; newer checkpoints are left as they are."""
     meta = checkpoint.get("densekit") or {}
     if meta.get("format") is None and "state_dict" in checkpoint:
-        checkpoint["state_dict"] = {PREFIX + k: v for k, v in checkpoint["state_dict"].items()}
+        checkpoint["state_dict"] = {
+            (PREFIX + k if is_model_entry(k) else k): v for k, v in checkpoint["state_dict"].items()
+        }
 
 
 # -- the record ------------------------------------------------------------------------------

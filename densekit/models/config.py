@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from densekit.errors import DensekitError
+from densekit.heads.change import FusionMode
 from densekit.models.inputs import check_upscale
 
 HeadName = Literal["linear", "dpt", "unet"]
 LayerChoice = Literal["last", "last4", "dpt"] | list[int]
 Upsampler = Literal["bilinear", "guided"]
-FusionMode = Literal["diff", "absdiff", "concat"]
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,7 @@ class ModelConfig:
         """The config of a task's flat ``model.init_args`` (missing keys take the defaults).
 
         A weights path that exists is made absolute, so checkpoints work from any folder."""
-        weights = args.get("weights")
-        if weights is not None and Path(weights).expanduser().exists():
-            weights = str(Path(weights).expanduser().resolve())
+        weights = absolute_weights(args.get("weights"))
         bb_bands = args.get("backbone_bands")
         return cls(
             backbone=BackboneOptions(
@@ -177,6 +175,16 @@ class ModelConfig:
             raise DensekitError(f"model.head {h.kind!r}: valid values are linear, dpt, unet")
         if h.grid is not None and h.kind != "linear":
             raise DensekitError(f"model.head_grid trains linear heads; head is {h.kind!r}")
+        if h.grid is not None and not h.grid.get("metric"):
+            raise DensekitError(
+                "model.head_grid.metric: name the validation metric that picks the head "
+                "(the tasks fill in their main metric: miou, f1 or rmse)"
+            )
+        if (self.images == 2) != (self.fusion is not None):
+            raise DensekitError(
+                f"model.fusion {self.fusion!r}: two images (change detection) are fused by "
+                "'diff', 'absdiff' or 'concat'; one image takes no fusion"
+            )
         check_upscale(b.upscale)
         if d.upsampler not in ("bilinear", "guided"):
             raise DensekitError(
@@ -216,6 +224,14 @@ class ModelConfig:
                 f"model.weights is required for the {h.kind} head on {b.name}: a "
                 "weights file, 'official' (online) or 'random'"
             )
+
+
+def absolute_weights(weights: str | None) -> str | None:
+    """A weights path that exists, made absolute; names (``official``, ``random``, ...) and
+    missing paths as they are (the loader names what is wrong with them)."""
+    if weights is not None and Path(weights).expanduser().exists():
+        return str(Path(weights).expanduser().resolve())
+    return weights
 
 
 def _tuple(value: Any) -> tuple[Any, ...] | None:

@@ -94,12 +94,10 @@ class DenseModel(nn.Module):
         self._cache_key: str | None = None
 
     @classmethod
-    def build(
-        cls, config: ModelConfig, output: OutputSpec, grid_metric: str | None = None
-    ) -> DenseModel:
+    def build(cls, config: ModelConfig, output: OutputSpec) -> DenseModel:
         """A new model (the head initialised from torch's random state) with the backbone
         loaded as ``config`` says."""
-        return cls(config, output, build_parts(config, output, grid_metric))
+        return cls(config, output, build_parts(config, output))
 
     # -- files -------------------------------------------------------------------------------
     @classmethod
@@ -139,7 +137,7 @@ class DenseModel(nn.Module):
 
     def from_task_checkpoint(self, checkpoint: dict[str, Any], task: str) -> None:
         """Before Lightning loads ``checkpoint`` into a task holding this model: check that it
-        is a densekit checkpoint of ``task``, bring one of before the redesign into the model's
+        is a densekit checkpoint of ``task``, bring one of before the redesign into the task's
         layout, check the backbone and put its weights back."""
         meta = checkpoint.get("densekit")
         if meta is None:
@@ -147,14 +145,9 @@ class DenseModel(nn.Module):
         if meta["task"] != task:
             raise DensekitError(f"the checkpoint is a {meta['task']}, not a {task}")
         task_state(checkpoint)
-        recorded = meta.get("backbone")
-        if self.backbone is None or recorded is None:
-            return
-        check_backbone(recorded, self.backbone, "the checkpoint")
-        if recorded["source"] != "random":
-            state = checkpoint["state_dict"]
-            for key, value in self.backbone.state_dict().items():
-                state[f"{PREFIX}backbone.{key}"] = value
+        self.restore_backbone(
+            checkpoint["state_dict"], meta.get("backbone"), "the checkpoint", PREFIX
+        )
 
     def record(self, task: str) -> dict[str, Any]:
         """The ``densekit`` record of a checkpoint of this model trained by ``task``."""
@@ -165,16 +158,29 @@ class DenseModel(nn.Module):
     ) -> None:
         """Load a checkpoint's ``state`` (DenseModel keys) after checking the backbone."""
         state = dict(state)
-        if self.backbone is not None and recorded_backbone is not None:
-            check_backbone(recorded_backbone, self.backbone, where)
-            if recorded_backbone["source"] != "random":
-                state.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
+        self.restore_backbone(state, recorded_backbone, where)
         try:
             self.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise DensekitError(
                 f"{where}: the checkpoint's tensors do not fit the model: {e}"
             ) from None
+
+    def restore_backbone(
+        self,
+        state: dict[str, Any],
+        recorded: dict[str, Any] | None,
+        where: str,
+        prefix: str = "",
+    ) -> None:
+        """Check the backbone loaded now against the one a checkpoint ``recorded``, and put its
+        weights into the checkpoint's ``state`` (they are not saved, unless random)."""
+        if self.backbone is None or recorded is None:
+            return
+        check_backbone(recorded, self.backbone, where)
+        if recorded["source"] != "random":
+            for key, value in self.backbone.state_dict().items():
+                state[f"{prefix}backbone.{key}"] = value
 
     def drop_frozen_weights(self, state: dict[str, Any], prefix: str = "") -> None:
         """Remove the frozen backbone's tensors from ``state`` (unless random: they cannot be

@@ -2,14 +2,15 @@
 
 A model's ``forward`` returns raw outputs ``(B, K, H, W)``: class logits, one change logit, or
 values (depth, height). Every consumer of a trained model (tiled inference, volume inference,
-``densekit predict``, the pictures) reads the spec instead of asking which task it is:
+``densekit predict``) reads the spec instead of asking which task it is:
 
 * :meth:`OutputSpec.activate`: raw outputs -> what is blended between overlapping tiles and
   written as "probabilities" (softmax, sigmoid, or the values themselves);
 * :meth:`OutputSpec.finish`: blended outputs ``(K, h, w)`` -> the map ``(h, w)``: the argmax of
   the class probabilities, the change probability above 0.5, or the values as float32;
 * :meth:`OutputSpec.labels`: raw outputs -> class labels (argmax of the logits, or logit > 0),
-  as the metrics, ``densekit predict`` and volume inference take them;
+  as the metrics and volume inference take them (``densekit predict`` takes the argmax of the
+  probabilities, as tiling does);
 * how the map is stored: ``dtype``, ``nodata``, the band's ``description``, class names and
   colours, and the resampling of its overviews.
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -89,6 +90,8 @@ class OutputSpec:
         head_channels: channels the head produces (``channels``, or the depth bins).
         depth: how values are read from the head (depth/height tasks), else None.
         description: the name of the map's band (``class``, ``depth``).
+
+    Class maps get the colours of :data:`PALETTE` (:meth:`colormap`).
     """
 
     task: str
@@ -98,7 +101,6 @@ class OutputSpec:
     head_channels: int = 0
     depth: DepthBins | None = None
     description: str = "class"
-    colors: tuple[tuple[int, int, int], ...] = field(default=(), repr=False)
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
@@ -151,8 +153,7 @@ class OutputSpec:
 
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
         """The colour table of the label map (nodata transparent)."""
-        colors = self.colors or PALETTE
-        cmap = {i: (*colors[i % len(colors)], 255) for i in range(len(self.class_names))}
+        cmap = {i: (*PALETTE[i % len(PALETTE)], 255) for i in range(len(self.class_names))}
         cmap[CLASS_NODATA] = (0, 0, 0, 0)
         return cmap
 
@@ -186,13 +187,15 @@ class OutputSpec:
         values under :attr:`description` (e.g. ``depth``)."""
         if not self.is_map_of_classes:
             return {self.description: raw}
-        return {"probs": self.activate(raw), "pred": self.labels(raw)}
+        probs = self.activate(raw)
+        if self.activation == "softmax":  # the class of the largest probability, as tile finds
+            return {"probs": probs, "pred": probs.max(1).indices}
+        return {"probs": probs, "pred": self.labels(raw)}
 
     # -- records -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
         record["class_names"] = list(self.class_names)
-        record["colors"] = [list(c) for c in self.colors]
         return record
 
     @classmethod
@@ -203,7 +206,6 @@ class OutputSpec:
             **{
                 **fields,
                 "class_names": tuple(fields.get("class_names", ())),
-                "colors": tuple(tuple(c) for c in fields.get("colors", ())),
                 "depth": DepthBins(**depth) if depth is not None else None,
             }
         )

@@ -22,7 +22,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -32,11 +32,8 @@ from torch import Tensor, nn
 from densekit.errors import DensekitError
 from densekit.models import DenseModel, ModelConfig, OutputSpec
 from densekit.models.cache import FeatureCache
-from densekit.models.checkpoint import (
-    provenance,
-    read_checkpoint,
-)
-from densekit.models.config import HeadName, LayerChoice
+from densekit.models.checkpoint import provenance, read_task_name
+from densekit.models.config import HeadName, LayerChoice, Upsampler, absolute_weights
 from densekit.schedules import Decay, step_schedule
 
 
@@ -114,13 +111,12 @@ class DenseTask(L.LightningModule, abc.ABC):
         head_grid: dict[str, Any] | None = None,
         backbone_bands: list[int] | None = None,
         input_upscale: float = 1.0,
-        upsampler: Literal["bilinear", "guided"] = "bilinear",
+        upsampler: Upsampler = "bilinear",
         pixel_branch: int = 0,
         detail_channels: int = 32,
     ) -> None:
         super().__init__()
-        if weights is not None and Path(weights).expanduser().exists():
-            weights = str(Path(weights).expanduser().resolve())  # checkpoints work from any folder
+        weights = absolute_weights(weights)  # saved absolute: checkpoints work from any folder
         self.save_hyperparameters()
         args = dict(self.hparams)
         if head_grid is not None:
@@ -188,7 +184,7 @@ class DenseTask(L.LightningModule, abc.ABC):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
         """Lightning's loader, after checking that the checkpoint is one of this task."""
-        task = read_checkpoint(checkpoint_path).task
+        task = read_task_name(checkpoint_path)
         if cls is not DenseTask and task != cls.__name__:
             raise DensekitError(
                 f"{checkpoint_path}: the checkpoint is a {task}, not a {cls.__name__}"

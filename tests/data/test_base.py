@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from helpers import TEST_DATA
 
-from densekit.data import ChangeDataModule, DepthDataModule, SegmentationDataModule
-from densekit.data.base import DenseDataModule, Loaders
+from densekit.data import DepthDataModule, SegmentationDataModule
+from densekit.data.base import Loaders
 from densekit.data.subsets import LabelledSubset
 from densekit.data.windows import check_split
 from densekit.errors import DensekitError
-from densekit.medical import Medical2DDataModule, MedicalSegmentationDataModule
+from densekit.medical import Medical2DDataModule
 
 CHIPS = TEST_DATA / "chips"
 SEG = {"images": str(CHIPS / "seg/images"), "labels": str(CHIPS / "seg/labels")}
@@ -31,17 +31,6 @@ def test_shared_arguments_land_in_their_option_groups():
     assert dm.subset == LabelledSubset(fraction=None, count=2, seed=7, stratify=True)
     with pytest.raises(AttributeError):
         dm.loaders.batch_size = 4  # type: ignore[misc]
-
-
-def test_every_module_is_a_dense_data_module():
-    for cls in (
-        SegmentationDataModule,
-        DepthDataModule,
-        ChangeDataModule,
-        MedicalSegmentationDataModule,
-        Medical2DDataModule,
-    ):
-        assert issubclass(cls, DenseDataModule)
 
 
 def test_labelled_subset_checks_and_indices():

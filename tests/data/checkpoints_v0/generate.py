@@ -52,6 +52,11 @@ STATS = {"mean": [110.0, 105.0, 100.0], "std": [40.0, 38.0, 36.0]}
 # checkpoint) unless the kind says bundled
 KINDS: dict[str, tuple[str, dict[str, Any], str]] = {
     "seg_linear": ("SegmentationTask", {"num_classes": 3, "scale": 1 / 255}, "seg"),
+    "seg_class_weights": (  # the loss's weights are in the task's state dict, not the model's
+        "SegmentationTask",
+        {"num_classes": 3, "class_weights": [1.0, 2.0, 3.0], "loss": "ce+dice", "scale": 1 / 255},
+        "seg",
+    ),
     "seg_dpt": (
         "SegmentationTask",
         {"num_classes": 3, "head": "dpt", "layers": "last4", "dpt_features": 16, **STATS},
