@@ -12,8 +12,14 @@
 It runs without Lightning::
 
     model = DenseModel.from_checkpoint("run.ckpt")
-    logits = model(x)          # raw bands (B, C, H, W) -> (B, K, H, W)
+    logits = model(x)          # raw values (B, C, H, W) -> (B, K, H, W)
     labels = model.predict(x)  # the map densekit tile writes for this window
+
+``x`` holds the raw values (no normalisation: the model applies its own) of the bands it was
+trained on, in order: ``model.inputs.bands`` says which bands of a raster they are (1-based
+indices or names; ``(1, 1, 1)`` is band 1 three times), NaN where a pixel is nodata. A slice
+model takes slices already scaled to [0, 1] by the intensity window it was trained with (the
+checkpoint's data settings; :mod:`densekit.inference.volume` makes them).
 
 :attr:`DenseModel.output` (an :class:`~densekit.models.outputs.OutputSpec`) says what the
 outputs are; :attr:`DenseModel.inputs` (an :class:`~densekit.models.inputs.InputSpec`) what the
@@ -121,11 +127,26 @@ class DenseModel(nn.Module):
         model.load_checkpoint_state(ckpt.state, ckpt.backbone, f"checkpoint {ckpt.path}")
         return model.eval()
 
-    def save(self, path: str | Path, task: str = "DenseModel") -> Path:
+    def save(
+        self, path: str | Path, task: str = "DenseModel", data: dict[str, Any] | None = None
+    ) -> Path:
         """Write the model as a densekit checkpoint that :meth:`from_checkpoint`, ``densekit
         tile`` and ``densekit volume`` read (the frozen backbone is named by its weights and
-        sha256, not saved, unless random)."""
-        checkpoint = {"state_dict": {f"{PREFIX}{k}": v for k, v in self.state_dict().items()}}
+        sha256, not saved, unless random).
+
+        Args:
+            path: the file to write (all or nothing).
+            task: the name of the task that trained the model, for the record.
+            data: how the training data was made, recorded as the data module's
+                hyper-parameters; ``densekit volume`` reads a slice model's ``plane``,
+                ``context`` and ``intensity`` from them (e.g. ``{"plane": "axial", "context":
+                0, "intensity": {"ct_window": "soft_tissue"}}``), else they must be given to it.
+        """
+        checkpoint: dict[str, Any] = {
+            "state_dict": {f"{PREFIX}{k}": v for k, v in self.state_dict().items()}
+        }
+        if data is not None:
+            checkpoint["datamodule_hyper_parameters"] = dict(data)
         self.into_task_checkpoint(checkpoint, task)
         return write_checkpoint(checkpoint, Path(path))
 

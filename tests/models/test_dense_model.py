@@ -175,3 +175,29 @@ def test_the_record_says_what_the_model_outputs(tmp_path):
     assert record["output"]["activation"] == "softmax"
     assert record["inputs"]["channels"] == 3 and record["model"]["head"] == "linear"
     json.dumps(record)  # plain data: readable without densekit
+
+
+def test_a_saved_slice_model_runs_in_volume_with_its_data_settings(tmp_path):
+    """``save(path, data=...)`` records how slices were made, so ``densekit volume`` needs no
+    flags; without them it names what to give."""
+    from densekit.inference import segment_volume
+    from densekit.medical import read_volume
+
+    ct = TEST_DATA.parents[1] / "densekit" / "samples" / "dcmqi_liver" / "ct"
+    source = LEGACY / "medical_linear.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DenseModel.from_checkpoint(source)
+    bare = model.save(tmp_path / "bare.ckpt", task="SegmentationTask")
+    with pytest.raises(DensekitError, match=r"has no plane .*give plane \(--plane\)"):
+        segment_volume(bare, ct, tmp_path / "no.nii.gz", progress=False)
+    saved = model.save(
+        tmp_path / "m.ckpt", task="SegmentationTask", data=read_checkpoint(source).data
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        segment_volume(saved, ct, tmp_path / "a.nii.gz", progress=False)
+        segment_volume(source, ct, tmp_path / "b.nii.gz", progress=False)
+    a, b = read_volume(tmp_path / "a.nii.gz").array, read_volume(tmp_path / "b.nii.gz").array
+    np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "no.nii.gz").exists()
