@@ -4,7 +4,7 @@ The official constructors derive hidden widths from a few arguments; the same ru
 here so that a tiny test model (``embed_dim=64, depth=6``) has the layout the official code would
 give it:
 
-* DINOv2 ``mlp``: ``hidden = int(embed_dim * mlp_ratio)``.
+* DINO and DINOv2 ``mlp``: ``hidden = int(embed_dim * mlp_ratio)``.
 * DINOv2 ViT-g ``swiglufused``: ``h = int(embed_dim * mlp_ratio)``, then
   ``hidden = (int(h * 2 / 3) + 7) // 8 * 8``.
 * DINOv3 ``mlp``: ``hidden = int(embed_dim * ffn_ratio)``.
@@ -29,6 +29,8 @@ from densekit.errors import DensekitError
 
 # Overrides each family accepts, under the official constructors' argument names.
 ALLOWED_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "dino": ("embed_dim", "depth", "num_heads", "img_size", "mlp_ratio"),
+    "dino_resnet": (),
     "dinov2": ("embed_dim", "depth", "num_heads", "img_size", "mlp_ratio"),
     "dinov3": ("embed_dim", "depth", "num_heads", "img_size", "ffn_ratio"),
     "dinov3_convnext": ("dims", "depths"),
@@ -90,7 +92,7 @@ def resolve_arch(spec: BackboneSpec, overrides: dict[str, Any]) -> Arch:
         dims=spec.dims,
         stage_depths=spec.stage_depths,
     )
-    ratio_key = "mlp_ratio" if spec.family == "dinov2" else "ffn_ratio"
+    ratio_key = "ffn_ratio" if spec.family == "dinov3" else "mlp_ratio"
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
         where = f"{spec.name}: override {key}={value!r}"
@@ -151,7 +153,7 @@ def build_timm_model(arch: Arch, device: torch.device | str | None = None) -> nn
             num_heads=arch.num_heads,
             mlp_ratio=_timm_mlp_ratio(arch),
         )
-    else:
+    elif spec.family == "dinov3_convnext":
         kwargs.update(dims=arch.dims, depths=arch.stage_depths)
     kwargs.update(spec.timm_kwargs)
     with torch.device(device or "cpu"):

@@ -105,6 +105,8 @@ class Signature:
     def describe(self) -> str:
         if self.family == "dinov3_convnext":
             return f"ConvNeXt dims {list(self.dims)}, depths {list(self.stage_depths)}"
+        if self.family == "dino_resnet":
+            return f"ResNet widths {list(self.dims)}, blocks {list(self.stage_depths)}"
         return (
             f"{self.family} patch {self.patch_size}, embed_dim {self.embed_dim}, depth "
             f"{self.depth}, {self.registers} register tokens, {self.ffn} FFN of width "
@@ -132,6 +134,21 @@ def signature_of_state_dict(sd: StateDict) -> Signature | None:
             dims=(stem.shape[0], *dims),
             stage_depths=tuple(_count(sd, f"stages.{i}.") for i in range(4)),
         )
+    if "conv1.weight" in sd and "layer1.0.conv1.weight" in sd:  # torchvision's ResNet
+        stages = range(1, 5)
+        return Signature(
+            family="dino_resnet",
+            patch_size=32,
+            in_chans=sd["conv1.weight"].shape[1],
+            embed_dim=sd["layer4.0.conv3.weight"].shape[0] if "layer4.0.conv3.weight" in sd else 0,
+            depth=4,
+            dims=tuple(
+                sd[f"layer{i}.0.conv3.weight"].shape[0]
+                for i in stages
+                if f"layer{i}.0.conv3.weight" in sd
+            ),
+            stage_depths=tuple(_count(sd, f"layer{i}.") for i in stages),
+        )
     proj = sd.get("patch_embed.proj.weight")
     if proj is None or "cls_token" not in sd:
         return None
@@ -141,8 +158,8 @@ def signature_of_state_dict(sd: StateDict) -> Signature | None:
         registers = sd["storage_tokens"].shape[1] if "storage_tokens" in sd else 0
         swiglu = "blocks.0.mlp.w1.weight" in sd
         hidden = sd["blocks.0.mlp.w1.weight" if swiglu else "blocks.0.mlp.fc1.weight"].shape[0]
-    else:
-        family = "dinov2"
+    else:  # DINOv2 has a mask token and LayerScale; DINO (v1) has neither
+        family = "dinov2" if "mask_token" in sd or "blocks.0.ls1.gamma" in sd else "dino"
         registers = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
         swiglu = "blocks.0.mlp.w12.weight" in sd
         hidden = (

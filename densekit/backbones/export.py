@@ -106,7 +106,10 @@ def official_state_dict(
     if arch.spec.family == "dinov3_convnext":  # one module stored under both names
         flat["norms.3.weight"] = flat["norm.weight"].clone()
         flat["norms.3.bias"] = flat["norm.bias"].clone()
-    return {k: flat[k].reshape(shape).contiguous() for k, shape in layout.items()}
+    out = {k: flat[k].reshape(shape).contiguous() for k, shape in layout.items()}
+    for key in [k for k in out if k.endswith("num_batches_tracked")]:  # batch-norm counters
+        out[key] = out[key].long()
+    return out
 
 
 def save_official(sd: StateDict, path: str | Path) -> Path:

@@ -30,16 +30,20 @@ def official_layout(arch: Arch) -> Layout:
     spec = arch.spec
     if spec.family == "dinov3_convnext":
         return _convnext_layout(arch)
+    if spec.family == "dino_resnet":
+        return _resnet_layout(arch)
     d, p, h = arch.embed_dim, spec.patch_size, arch.ffn_hidden
+    dino = spec.family == "dino"  # DINO (v1): no registers, mask token or LayerScale
     lay: Layout = {"cls_token": (1, 1, d)}
-    if spec.family == "dinov2":
+    if spec.has_pos_embed:
         grid = arch.img_size // p
         lay["pos_embed"] = (1, 1 + grid * grid, d)
         if spec.num_register_tokens:
             lay["register_tokens"] = (1, spec.num_register_tokens, d)
     else:
         lay["storage_tokens"] = (1, spec.num_register_tokens, d)
-    lay["mask_token"] = (1, d)
+    if not dino:
+        lay["mask_token"] = (1, d)
     lay["patch_embed.proj.weight"] = (d, 3, p, p)
     lay["patch_embed.proj.bias"] = (d,)
     if spec.family == "dinov3":
@@ -51,7 +55,8 @@ def official_layout(arch: Arch) -> Layout:
         if spec.family == "dinov3" and spec.qkv_bias:
             lay[b + "attn.qkv.bias_mask"] = (3 * d,)
         lay.update(_linear(b + "attn.proj", d, d))
-        lay[b + "ls1.gamma"] = (d,)
+        if not dino:
+            lay[b + "ls1.gamma"] = (d,)
         lay.update(_ln(b + "norm2", d))
         if spec.ffn == "mlp":
             lay.update(_linear(b + "mlp.fc1", h, d))
@@ -63,7 +68,8 @@ def official_layout(arch: Arch) -> Layout:
             lay.update(_linear(b + "mlp.w1", h, d))
             lay.update(_linear(b + "mlp.w2", h, d))
             lay.update(_linear(b + "mlp.w3", d, h))
-        lay[b + "ls2.gamma"] = (d,)
+        if not dino:
+            lay[b + "ls2.gamma"] = (d,)
     lay.update(_ln("norm", d))
     if spec.untied_local_cls_norm:
         lay.update(_ln("local_cls_norm", d))
@@ -92,6 +98,37 @@ def _convnext_layout(arch: Arch) -> Layout:
             lay.update(_linear(b + "pwconv2", d, 4 * d))
     lay.update(_ln("norm", dims[-1]))
     lay.update(_ln("norms.3", dims[-1]))
+    return lay
+
+
+def _bn(prefix: str, d: int) -> Layout:
+    return {
+        f"{prefix}.weight": (d,),
+        f"{prefix}.bias": (d,),
+        f"{prefix}.running_mean": (d,),
+        f"{prefix}.running_var": (d,),
+        f"{prefix}.num_batches_tracked": (),
+    }
+
+
+def _resnet_layout(arch: Arch) -> Layout:
+    """torchvision's ResNet (bottleneck blocks, expansion 4) without ``fc``."""
+    lay: Layout = {"conv1.weight": (64, 3, 7, 7), **_bn("bn1", 64)}
+    inp = 64
+    for i, (out, n) in enumerate(zip(arch.dims, arch.stage_depths, strict=True)):
+        width = out // 4
+        for j in range(n):
+            b = f"layer{i + 1}.{j}."
+            lay[b + "conv1.weight"] = (width, inp, 1, 1)
+            lay.update(_bn(b + "bn1", width))
+            lay[b + "conv2.weight"] = (width, width, 3, 3)
+            lay.update(_bn(b + "bn2", width))
+            lay[b + "conv3.weight"] = (out, width, 1, 1)
+            lay.update(_bn(b + "bn3", out))
+            if j == 0:
+                lay[b + "downsample.0.weight"] = (out, inp, 1, 1)
+                lay.update(_bn(b + "downsample.1", out))
+            inp = out
     return lay
 
 

@@ -51,6 +51,7 @@ from densekit.backbones.registry import (
     Normalization,
     get_spec,
 )
+from densekit.backbones.resnet import DinoResNet
 from densekit.backbones.vit import DinoViT
 from densekit.errors import DensekitError, WeightsError
 
@@ -82,7 +83,8 @@ def load_backbone(
         autocast_dtype: e.g. ``torch.bfloat16`` to run the forward under autocast.
         device: where to put the module.
         **arch_overrides: ``embed_dim``, ``depth``, ``num_heads``, ``img_size`` and
-            ``mlp_ratio`` (DINOv2) / ``ffn_ratio`` (DINOv3); ``dims``/``depths`` (ConvNeXt).
+            ``mlp_ratio`` (DINO, DINOv2) / ``ffn_ratio`` (DINOv3); ``dims``/``depths``
+            (ConvNeXt); none for the ResNet-50.
 
     Raises:
         UnknownNameError: unknown backbone name (the message lists the valid ones).
@@ -107,7 +109,7 @@ def load_backbone(
         sd, hf_config, from_hf = read_weights(path)
         if hf_config is not None:
             normalization = _hf_normalization(hf_config, normalization, spec)
-        if spec.family == "dinov2" and "pos_embed" in sd:
+        if spec.has_pos_embed and "pos_embed" in sd:
             overrides.setdefault("img_size", checkpoint_img_size(sd, spec, path))
         arch = resolve_arch(spec, overrides)
         check_weights_fit(arch, sd, path, overrides, from_hf=from_hf)
@@ -149,6 +151,8 @@ def _wrap(
 ) -> Backbone:
     if arch.spec.is_vit:
         return DinoViT(arch, model, layers, info, normalization, autocast_dtype, periods)
+    if arch.spec.family == "dino_resnet":
+        return DinoResNet(arch, model, layers, info, normalization, autocast_dtype)
     return DinoConvNeXt(arch, model, layers, info, normalization, autocast_dtype)
 
 
@@ -277,10 +281,12 @@ def _hf_normalization(
 
 
 def checkpoint_img_size(sd: StateDict, spec: BackboneSpec, path: Path) -> int:
-    """DINOv2: the image size of the checkpoint's position-embedding grid."""
+    """DINO, DINOv2: the image size of the checkpoint's position-embedding grid."""
     pos = sd.get("pos_embed")
     if pos is None:
-        raise WeightsError(f"{path}: no pos_embed, so not a DINOv2 checkpoint for {spec.name}")
+        raise WeightsError(
+            f"{path}: no pos_embed, so not a {spec.family} checkpoint for {spec.name}"
+        )
     n = pos.shape[1] - 1
     grid = math.isqrt(n)
     if grid * grid != n:
@@ -338,12 +344,12 @@ def check_weights_fit(
     if from_hf:
         expected = {k: v for k, v in expected.items() if not k.startswith("local_cls_norm.")}
     diffs = layout_differences(expected, {k: tuple(v.shape) for k, v in sd.items()})
-    if diffs and not (spec.family == "dinov2" and _only_pos_embed_differs(diffs)):
+    if diffs and not (spec.has_pos_embed and _only_pos_embed_differs(diffs)):
         raise WeightsError(
             f"{path}: not the official layout of {spec.name} ({arch.describe()}): "
             + "; ".join(diffs)
         )
-    if "img_size" in overrides and spec.family == "dinov2":
+    if "img_size" in overrides and spec.has_pos_embed:
         grid_px = checkpoint_img_size(sd, spec, path)
         if int(overrides["img_size"]) != grid_px:
             raise WeightsError(
@@ -354,7 +360,7 @@ def check_weights_fit(
 
 
 def _only_pos_embed_differs(diffs: list[str]) -> bool:
-    """A DINOv2 pos_embed of another grid is reported below with the img_size it implies."""
+    """A pos_embed of another grid is reported below with the img_size it implies."""
     return len(diffs) == 1 and diffs[0].startswith("mis-shaped key(s): pos_embed ")
 
 
@@ -362,10 +368,12 @@ def _only_pos_embed_differs(diffs: list[str]) -> bool:
 def to_timm_layout(spec: BackboneSpec, sd: StateDict, model: Any) -> StateDict:
     """An official state dict in the layout of ``model``, by the timm model module's own
     ``checkpoint_filter_fn`` (the conversion loading uses; export inverts it)."""
-    if spec.family == "dinov2":
+    if spec.family in ("dino", "dinov2"):
         return timm_vit.checkpoint_filter_fn(dict(sd), model)
     if spec.family == "dinov3":
         return timm_eva.checkpoint_filter_fn(dict(sd), model)
+    if spec.family == "dino_resnet":  # timm's ResNet has torchvision's names
+        return dict(sd)
     return timm_convnext.checkpoint_filter_fn(dict(sd), model)
 
 
@@ -437,7 +445,14 @@ def _check_bias_masks(sd: StateDict, source: str) -> None:
 
 
 def _adapt_in_chans(backbone: Backbone, in_chans: int) -> None:
-    conv: Any = backbone.model.patch_embed.proj if backbone.spec.is_vit else backbone.model.stem[0]
+    family = backbone.spec.family
+    conv: Any
+    if backbone.spec.is_vit:
+        conv = backbone.model.patch_embed.proj
+    elif family == "dino_resnet":
+        conv = backbone.model.conv1
+    else:
+        conv = backbone.model.stem[0]
     new = nn.Conv2d(
         in_chans, conv.out_channels, conv.kernel_size, conv.stride, bias=conv.bias is not None
     )
@@ -448,5 +463,7 @@ def _adapt_in_chans(backbone: Backbone, in_chans: int) -> None:
     new.requires_grad_(False)
     if backbone.spec.is_vit:
         backbone.model.patch_embed.proj = new
+    elif family == "dino_resnet":
+        backbone.model.conv1 = new
     else:
         backbone.model.stem[0] = new

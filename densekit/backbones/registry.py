@@ -1,6 +1,7 @@
 """The backbone registry: every supported architecture in one literal table.
 
-Names follow the official key-layout files (``dinov2_vits14``, ``dinov3_vitl16_sat493m``, ...);
+Names follow the official key-layout files (``dino_vits8``, ``dinov2_vits14``,
+``dinov3_vitl16_sat493m``, ...);
 the official hub spellings (``dinov2_vits14_reg``) are accepted as aliases. Each entry records
 what the rest of densekit needs to know about an architecture without building it: patch size,
 widths, the layer sets heads use, which input normalisation and bands the weights expect, and the
@@ -14,11 +15,16 @@ from typing import Literal
 
 from densekit.errors import UnknownNameError
 
-Family = Literal["dinov2", "dinov3", "dinov3_convnext"]
+Family = Literal["dino", "dino_resnet", "dinov2", "dinov3", "dinov3_convnext"]
 FFN = Literal["mlp", "swiglu8", "swiglu64"]
 LayerSet = Literal["last", "last4", "dpt"]
 
 BackboneName = Literal[
+    "dino_vits16",
+    "dino_vits8",
+    "dino_vitb16",
+    "dino_vitb8",
+    "dino_resnet50",
     "dinov2_vits14",
     "dinov2_vitb14",
     "dinov2_vitl14",
@@ -66,7 +72,7 @@ NORMALIZATIONS: dict[str, Normalization] = {
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
         bands=("red", "green", "blue"),
-        source="ImageNet statistics used by the DINOv2/DINOv3 web (LVD) models",
+        source="ImageNet statistics used by the DINO, DINOv2 and DINOv3 web (LVD) models",
     ),
     "sat493m": Normalization(
         "sat493m",
@@ -119,7 +125,12 @@ class BackboneSpec:
 
     @property
     def is_vit(self) -> bool:
-        return self.family != "dinov3_convnext"
+        return self.family in ("dino", "dinov2", "dinov3")
+
+    @property
+    def has_pos_embed(self) -> bool:
+        """A learned position table of a fixed grid (DINO, DINOv2), interpolated to others."""
+        return self.family in ("dino", "dinov2")
 
     def layer_set(self, which: LayerSet, depth: int | None = None) -> tuple[int, ...]:
         """Block indices (0-based) of a named layer set, for ``depth`` blocks if overridden."""
@@ -142,10 +153,35 @@ def evenly_spaced_layers(depth: int, count: int = 4) -> tuple[int, ...]:
     return tuple(depth * (k + 1) // count - 1 for k in range(count))
 
 
+_DINO_URL = "https://dl.fbaipublicfiles.com/dino/{stem}/{stem}.pth"
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{arch}/{file}"
 _DINOV3_URL = (
     "https://dl.fbaipublicfiles.com/dinov3/{arch}/{file}"  # gated: needs Meta's signed URL
 )
+
+
+def _dino(size: str, patch: int, dim: int, heads: int, params: int) -> BackboneSpec:
+    """DINO (v1, 2021) ViT-S/B with patch 16 or 8: no registers, no LayerScale, no mask token."""
+    timm_size = {"s": "small", "b": "base"}[size]
+    stem = f"dino_{'deitsmall' if size == 's' else 'vitbase'}{patch}_pretrain"
+    return BackboneSpec(
+        name=f"dino_vit{size}{patch}",
+        family="dino",
+        timm_name=f"vit_{timm_size}_patch{patch}_224.dino",
+        patch_size=patch,
+        embed_dim=dim,
+        depth=12,
+        num_heads=heads,
+        ffn="mlp",
+        ffn_ratio=4.0,
+        num_register_tokens=0,
+        img_size=224,
+        normalization="imagenet",
+        num_params=params,
+        weight_files=(f"{stem}.pth",),
+        weight_urls=(_DINO_URL.format(stem=stem),),
+        dpt_layers=(2, 5, 8, 11),
+    )
 
 
 def _dinov2(size: str, dim: int, depth: int, heads: int, params: int, reg: bool) -> BackboneSpec:
@@ -253,6 +289,20 @@ _L3 = (4, 11, 17, 23)
 # One literal table, name -> entry (a test checks that each key is its entry's name).
 # fmt: off
 REGISTRY: dict[str, BackboneSpec] = {
+    "dino_vits16": _dino("s", 16, 384, 6, 21_665_664),
+    "dino_vits8": _dino("s", 8, 384, 6, 21_670_272),
+    "dino_vitb16": _dino("b", 16, 768, 12, 85_798_656),
+    "dino_vitb8": _dino("b", 8, 768, 12, 85_807_872),
+    # DINO's ResNet-50: torchvision's layout without fc (timm's resnet50 is the same module);
+    # "layers" are its four stages (strides 4, 8, 16, 32), as for the ConvNeXt entries.
+    "dino_resnet50": BackboneSpec(
+        name="dino_resnet50", family="dino_resnet", timm_name="resnet50", patch_size=32,
+        embed_dim=2048, depth=4, num_heads=0, ffn="mlp", ffn_ratio=4.0, num_register_tokens=0,
+        img_size=224, normalization="imagenet", num_params=23_508_032,
+        weight_files=("dino_resnet50_pretrain.pth",),
+        weight_urls=(_DINO_URL.format(stem="dino_resnet50_pretrain"),), dpt_layers=(0, 1, 2, 3),
+        dims=(256, 512, 1024, 2048), stage_depths=(3, 4, 6, 3),
+    ),
     "dinov2_vits14": _dinov2("s", 384, 12, 6, 22_056_576, reg=False),
     "dinov2_vitb14": _dinov2("b", 768, 12, 12, 86_580_480, reg=False),
     "dinov2_vitl14": _dinov2("l", 1024, 24, 16, 304_368_640, reg=False),

@@ -123,11 +123,16 @@ def _changes(seen):
         "dinov3_vits16plus",
         "dinov3_convnext_tiny",
         "densekit_vitt16",
+        "dino_vits8",
+        "dino_resnet50",
     ],
 )
 def test_export_round_trip_is_exact(tmp_path, name):
     """official layout -> file -> load_backbone gives the very same features."""
-    arch = dict(TINY) if "convnext" not in name else {"dims": [8, 16, 32, 64], "depths": [1] * 4}
+    arch = {
+        "dinov3_convnext_tiny": {"dims": [8, 16, 32, 64], "depths": [1] * 4},
+        "dino_resnet50": {},  # no overrides: the full ResNet-50
+    }.get(name, dict(TINY))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         b = load_backbone(name, "random", layers="last4", **arch)
