@@ -62,6 +62,7 @@ def _vrt(parts: list[tuple[Path, int]], template: Path, grid: Grid, dest: Path) 
         count, dtype, nodata = t.count, t.dtypes[0], t.nodata
         tags = t.tags()
         descriptions = t.descriptions
+        units = t.units
         cmap = t.colormap(1) if t.colorinterp[0].name == "palette" else None
         crs_wkt = t.crs.to_wkt() if t.crs else None
         gt = t.transform.to_gdal()
@@ -79,6 +80,8 @@ def _vrt(parts: list[tuple[Path, int]], template: Path, grid: Grid, dest: Path) 
         lines.append(f'  <VRTRasterBand dataType="{gdal_type}" band="{b}">')
         if descriptions[b - 1]:
             lines.append(f"    <Description>{escape(descriptions[b - 1])}</Description>")
+        if units[b - 1]:
+            lines.append(f"    <UnitType>{escape(units[b - 1])}</UnitType>")
         nd = "nan" if nodata is not None and math.isnan(nodata) else repr(nodata)
         lines.append(f"    <NoDataValue>{nd}</NoDataValue>")
         if cmap is not None and b == 1:
@@ -155,6 +158,8 @@ class StripWriter:
                 rasterio.open(self.folder / f"map-{s:06d}.tif", "w", **profile)
             )
             dst.set_band_description(1, spec.description)
+            if spec.unit:
+                dst.set_band_unit(1, spec.unit)
             if spec.is_map_of_classes:
                 dst.update_tags(**_class_metadata(spec.class_names))
                 dst.write_colormap(1, spec.colormap())

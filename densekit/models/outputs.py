@@ -88,8 +88,11 @@ class OutputSpec:
         activation: ``softmax`` (classes), ``sigmoid`` (one change logit) or ``none`` (values).
         class_names: one name per class; empty for values.
         head_channels: channels the head produces (``channels``, or the depth bins).
-        depth: how values are read from the head (depth/height tasks), else None.
-        description: the name of the map's band (``class``, ``depth``).
+        depth: how values are read from the head (depth/height tasks), else None (classes, or a
+            head that outputs the values itself, as Meta's released depth heads do).
+        description: the name of the map's band (``class``, ``depth``, ``canopy_height``).
+        unit: the values' unit (``m``), written with the map; empty when unknown (the
+            target's units).
 
     Class maps get the colours of :data:`PALETTE` (:meth:`colormap`).
     """
@@ -101,6 +104,7 @@ class OutputSpec:
     head_channels: int = 0
     depth: DepthBins | None = None
     description: str = "class"
+    unit: str = ""
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
@@ -119,9 +123,17 @@ class OutputSpec:
         return cls("change", num_classes, "softmax", names, num_classes)
 
     @classmethod
-    def values(cls, task: str, depth: DepthBins, description: str = "depth") -> OutputSpec:
-        """One value per pixel (depth, height) read from the head as ``depth`` says."""
-        return cls(task, 1, "none", (), depth.head_channels, depth, description)
+    def values(
+        cls,
+        task: str,
+        depth: DepthBins | None,
+        description: str = "depth",
+        unit: str = "",
+    ) -> OutputSpec:
+        """One value per pixel (depth, height): read from the head as ``depth`` says, or, with
+        ``depth`` None, the head's own single output channel."""
+        head_channels = depth.head_channels if depth is not None else 1
+        return cls(task, 1, "none", (), head_channels, depth, description, unit)
 
     # -- what the outputs are ----------------------------------------------------------------
     @property
