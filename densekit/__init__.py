@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 from densekit.backbones import Backbone, load_backbone
+from densekit.heads.official import OfficialHead, list_official_heads, load_official_head
 from densekit.version import __version__
 
-__all__ = ["Backbone", "__version__", "load_backbone"]
+__all__ = [
+    "Backbone",
+    "OfficialHead",
+    "__version__",
+    "list_official_heads",
+    "load_backbone",
+    "load_official_head",
+]
