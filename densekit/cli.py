@@ -124,6 +124,53 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_heads(args: argparse.Namespace) -> int:
+    from densekit.commands.official import list_heads
+
+    print("\n".join(list_heads()))
+    return 0
+
+
+def parse_pair(text: str | None, flag: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise DensekitError(f"{flag} {text!r}: give MIN,MAX in metres, e.g. 0.001,96") from None
+    return low, high
+
+
+def cmd_import_head(args: argparse.Namespace) -> int:
+    from densekit.commands.official import import_head
+    from densekit.data.bands import parse_bands
+
+    layers = parse_layers(args.layers) if args.layers else None
+    if isinstance(layers, str):
+        raise DensekitError(f"--layers {args.layers!r}: give block indices, e.g. 5,11,17,23")
+    record = import_head(
+        args.kind,
+        args.head,
+        args.backbone,
+        args.weights,
+        args.out,
+        layers=layers,
+        depth_range=parse_pair(args.depth_range, "--depth-range"),
+        arch=parse_arch(args.arch),
+        scale=args.scale,
+        bands=parse_bands(args.bands) or (1, 2, 3),
+        class_names=args.class_names.split(",") if args.class_names else None,
+    )
+    drange = record["depth_range"]
+    print(
+        f"wrote {args.out}: {record['kind']} head ({record['licence']}; sha256 "
+        f"{record['sha256']}) on {args.backbone}, layers {record['layers']}"
+        + (f", {drange[0]:g}-{drange[1]:g} m" if drange else "")
+    )
+    print(f"next: densekit tile --checkpoint {args.out} --input IMAGE.tif --output OUT.tif")
+    return 0
+
+
 def cmd_tile(args: argparse.Namespace) -> int:
     from densekit.inference import StoppedEarly, TileOptions, tile
 
@@ -241,6 +288,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list the registry of backbones")
     p.add_argument("--width", type=int, default=None, help="table width (default: terminal)")
     p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("heads", help="list Meta's released dense heads densekit loads")
+    p.set_defaults(func=cmd_heads)
+
+    p = sub.add_parser(
+        "import-head",
+        help="make a densekit checkpoint of one of Meta's released heads (tile/test/predict it)",
+        description=(
+            "Write a densekit checkpoint of Meta's head file on its backbone (see `densekit "
+            "heads`); tile, test and predict then use it as a trained checkpoint."
+        ),
+    )
+    p.add_argument("--kind", required=True, help="head kind or released name (`densekit heads`)")
+    p.add_argument("--head", required=True, help="Meta's head file (.pth)")
+    p.add_argument("--backbone", required=True, help="registry name (see `densekit backbones`)")
+    p.add_argument("--weights", required=True, help="the backbone's weights (as for features)")
+    p.add_argument("--out", required=True, help="the checkpoint to write (.ckpt)")
+    p.add_argument("--layers", default=None, help="block indices (default: the released ones)")
+    p.add_argument("--depth-range", default=None, help="MIN,MAX metres (default: released)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1 / 255,
+        help="multiplies raw values to reach [0, 1] (default 1/255, 8-bit RGB)",
+    )
+    p.add_argument(
+        "--bands", default=None, help="the red, green, blue bands (1-based or names; default 1,2,3)"
+    )
+    p.add_argument("--class-names", default=None, help="comma-separated class names (seg heads)")
+    p.add_argument(
+        "--arch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backbone architecture override, e.g. embed_dim=64 (tiny test models)",
+    )
+    p.set_defaults(func=cmd_import_head)
 
     p = sub.add_parser(
         "features",

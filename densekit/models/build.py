@@ -7,14 +7,17 @@ the same initial weights whatever calls the builder (a task, a checkpoint loader
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
-from densekit.backbones import Backbone, load_backbone
+from densekit.backbones import Backbone, WeightsInfo, load_backbone
 from densekit.errors import DensekitError
 from densekit.heads import ChangeFusion, DepthOutput, DPTHead, HeadGrid, LinearHead
 from densekit.heads.grid import grid_points
+from densekit.heads.official import load_head_file, official_head
 from densekit.heads.refine import DetailDecoder
 from densekit.models.config import ModelConfig
 from densekit.models.inputs import InputSpec, input_statistics
@@ -34,11 +37,21 @@ class ModelParts:
     depth_output: DepthOutput | None = None
 
 
-def build_parts(config: ModelConfig, output: OutputSpec) -> ModelParts:
+def build_parts(
+    config: ModelConfig, output: OutputSpec, state: Mapping[str, Tensor] | None = None
+) -> ModelParts:
     """The modules ``config`` describes, with outputs as ``output`` says (its head channels,
-    depth bins)."""
+    depth bins).
+
+    Args:
+        state: a checkpoint's tensors (DenseModel keys), which an official head is built from
+            (its widths read off them) instead of Meta's file; the head's tensors are loaded
+            from them afterwards in any case.
+    """
     if config.head.kind == "unet":
         parts = ModelParts(inputs=_inputs(config, None), unet=_unet(config, output))
+    elif config.head.official is not None:
+        parts = _official_parts(config, output, state)
     else:
         parts = _feature_parts(config, output)
     if output.depth is not None:
@@ -103,6 +116,45 @@ def _feature_parts(config: ModelConfig, output: OutputSpec) -> ModelParts:
         head=head,
         detail=detail,
     )
+
+
+def _official_parts(
+    config: ModelConfig, output: OutputSpec, state: Mapping[str, Tensor] | None
+) -> ModelParts:
+    """Meta's head (from its file, or from a checkpoint's ``head.decoder.*`` tensors) on the
+    backbone at the layers it takes."""
+    b, o = config.backbone, config.head.official
+    if o is None or b.weights is None:  # ModelConfig.check refuses it; for the type checker
+        raise DensekitError("model.head official needs model.official_head and model.weights")
+    if state is None:
+        head = load_head_file(o.kind, o.weights, b.name, o.layers, o.depth_range, **b.overrides)
+    else:
+        prefix = "head.decoder."
+        sd = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        info = WeightsInfo(source="official", path=o.weights)
+        head = official_head(
+            o.kind,
+            sd,
+            "the checkpoint's head",
+            b.name,
+            o.layers,
+            o.depth_range,
+            info,
+            Path(o.weights).name,
+            **b.overrides,
+        )
+    if head.num_outputs != output.head_channels:
+        what = "classes" if output.is_map_of_classes else "output channels"
+        raise DensekitError(
+            f"model.official_head {o.weights}: the head outputs {head.num_outputs} {what}, the "
+            f"task {output.task} {output.head_channels} (set the task's num_classes to "
+            f"{head.num_outputs})"
+        )
+    seen = len(b.bands) if b.bands else config.in_channels
+    backbone = load_backbone(
+        b.name, b.weights, layers=head.layers, in_chans=seen if seen != 3 else None, **b.overrides
+    )
+    return ModelParts(inputs=_inputs(config, backbone), backbone=backbone, head=head)
 
 
 def _inputs(config: ModelConfig, backbone: Backbone | None) -> InputSpec:

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from densekit.backbones.checkpoint import sha256_file
 from densekit.errors import DensekitError
+from densekit.heads.official import OfficialDecoderHead
 from densekit.models.config import ModelConfig
 from densekit.models.outputs import DepthBins, OutputSpec
 from densekit.version import __version__
@@ -71,6 +72,8 @@ class CheckpointFile:
         backbone: the backbone's recorded provenance (None for a U-Net).
         data: the data module's hyper-parameters (empty if none were saved).
         version: the densekit version that wrote it.
+        official_head: where Meta's released head came from (kind, file, sha256, licence),
+            for a model with one; else None.
     """
 
     path: str
@@ -82,6 +85,7 @@ class CheckpointFile:
     backbone: dict[str, Any] | None
     data: dict[str, Any]
     version: str
+    official_head: dict[str, Any] | None = None
 
 
 def read_checkpoint(path: str | Path) -> CheckpointFile:
@@ -108,6 +112,7 @@ def read_checkpoint(path: str | Path) -> CheckpointFile:
         backbone=meta.get("backbone"),
         data=dict(stored.get("datamodule_hyper_parameters") or {}),
         version=str(meta.get("densekit_version", "")),
+        official_head=meta.get("official_head"),
     )
 
 
@@ -208,9 +213,11 @@ def make_record(
     output: OutputSpec,
     inputs: InputSpec,
     backbone: Backbone | None,
+    head: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """The ``densekit`` record of a checkpoint of a model trained by ``task``."""
-    return {
+    """The ``densekit`` record of a checkpoint of a model trained by ``task`` (with one of
+    Meta's heads, where it came from: kind, file, sha256, licence)."""
+    record = {
         "format": FORMAT,
         "task": task,
         "model": config.to_args(),
@@ -218,6 +225,9 @@ def make_record(
         "inputs": inputs.to_dict(),
         **provenance(backbone),
     }
+    if isinstance(head, OfficialDecoderHead):
+        record["official_head"] = head.record()
+    return record
 
 
 def check_backbone(recorded: dict[str, Any], backbone: Backbone, where: str) -> None:

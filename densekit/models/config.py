@@ -16,7 +16,7 @@ from densekit.errors import DensekitError
 from densekit.heads.change import FusionMode
 from densekit.models.inputs import check_upscale
 
-HeadName = Literal["linear", "dpt", "unet"]
+HeadName = Literal["linear", "dpt", "unet", "official"]
 LayerChoice = Literal["last", "last4", "dpt"] | list[int]
 Upsampler = Literal["bilinear", "guided"]
 
@@ -38,15 +38,64 @@ class BackboneOptions:
 
 @dataclass(frozen=True)
 class HeadOptions:
-    """The head: ``linear``, ``dpt`` or ``unet`` (a U-Net from scratch on all bands, the
-    supervised baseline, instead of backbone and head), with its settings; ``grid`` trains a
-    grid of linear heads (:mod:`densekit.heads.grid`)."""
+    """The head: ``linear``, ``dpt``, ``unet`` (a U-Net from scratch on all bands, the
+    supervised baseline, instead of backbone and head) or ``official`` (one of Meta's released
+    heads, ``official`` saying which: :class:`OfficialHeadOptions`), with its settings; ``grid``
+    trains a grid of linear heads (:mod:`densekit.heads.grid`)."""
 
     kind: HeadName = "linear"
     dropout: float = 0.0
     dpt_features: int = 256
     unet_encoder: str = "resnet34"
     grid: dict[str, Any] | None = None
+    official: OfficialHeadOptions | None = None
+
+
+@dataclass(frozen=True)
+class OfficialHeadOptions:
+    """One of Meta's released heads (:func:`densekit.load_official_head`): its ``kind`` (or a
+    released name), the head file (``weights``), and the ``layers`` and ``depth_range`` that
+    override the released configuration's."""
+
+    kind: str
+    weights: str
+    layers: tuple[int, ...] | None = None
+    depth_range: tuple[float, float] | None = None
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> OfficialHeadOptions:
+        """The options of ``model.official_head`` (keys ``kind``, ``weights``, ``layers``,
+        ``depth_range``)."""
+        if not isinstance(value, Mapping):
+            raise DensekitError(
+                f"model.official_head {value!r}: give a mapping with kind and weights (and "
+                "optionally layers, depth_range)"
+            )
+        allowed = {"kind", "weights", "layers", "depth_range"}
+        unknown = sorted(set(value) - allowed)
+        missing = sorted({"kind", "weights"} - set(value))
+        if unknown or missing:
+            raise DensekitError(
+                f"model.official_head: {'unknown key(s) ' + str(unknown) if unknown else ''}"
+                f"{' and ' if unknown and missing else ''}"
+                f"{'missing key(s) ' + str(missing) if missing else ''}; valid keys: "
+                f"{sorted(allowed)} (kind and weights required)"
+            )
+        layers, drange = value.get("layers"), value.get("depth_range")
+        return cls(
+            kind=str(value["kind"]),
+            weights=absolute_weights(str(value["weights"])) or str(value["weights"]),
+            layers=None if layers is None else tuple(int(i) for i in layers),
+            depth_range=None if drange is None else (float(drange[0]), float(drange[1])),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "weights": self.weights,
+            "layers": None if self.layers is None else list(self.layers),
+            "depth_range": None if self.depth_range is None else list(self.depth_range),
+        }
 
 
 @dataclass(frozen=True)
@@ -116,6 +165,9 @@ class ModelConfig:
                 dpt_features=int(args.get("dpt_features", 256)),
                 unet_encoder=args.get("unet_encoder", "resnet34"),
                 grid=args.get("head_grid"),
+                official=None
+                if args.get("official_head") is None
+                else OfficialHeadOptions.from_dict(args["official_head"]),
             ),
             detail=DetailOptions(
                 upsampler=args.get("upsampler", "bilinear"),
@@ -146,6 +198,7 @@ class ModelConfig:
             "dpt_features": h.dpt_features,
             "unet_encoder": h.unet_encoder,
             "head_grid": h.grid,
+            "official_head": None if h.official is None else h.official.to_dict(),
             "upsampler": d.upsampler,
             "pixel_branch": d.pixel_branch,
             "detail_channels": d.detail_channels,
@@ -171,8 +224,17 @@ class ModelConfig:
     def check(self) -> None:
         """Reject values and combinations that cannot work, naming the key."""
         b, h, d = self.backbone, self.head, self.detail
-        if h.kind not in ("linear", "dpt", "unet"):
-            raise DensekitError(f"model.head {h.kind!r}: valid values are linear, dpt, unet")
+        if h.kind not in ("linear", "dpt", "unet", "official"):
+            raise DensekitError(
+                f"model.head {h.kind!r}: valid values are linear, dpt, unet, official"
+            )
+        if (h.kind == "official") != (h.official is not None):
+            raise DensekitError(
+                "model.head official takes one of Meta's released heads named by "
+                "model.official_head ({kind, weights}); model.official_head needs head: official"
+            )
+        if h.kind == "official":
+            self.check_official()
         if h.grid is not None and h.kind != "linear":
             raise DensekitError(f"model.head_grid trains linear heads; head is {h.kind!r}")
         if h.grid is not None and not h.grid.get("metric"):
@@ -223,6 +285,33 @@ class ModelConfig:
             raise DensekitError(
                 f"model.weights is required for the {h.kind} head on {b.name}: a "
                 "weights file, 'official' (online) or 'random'"
+            )
+
+    def check_official(self) -> None:
+        """Meta's heads take three bands and the layers their file and kind say: the options
+        that change a head's inputs or outputs do not apply."""
+        b, h, d = self.backbone, self.head, self.detail
+        seen = len(b.bands) if b.bands is not None else self.in_channels
+        given = [
+            name
+            for name, on in (
+                ("layers (give official_head.layers)", b.layers != "last"),
+                ("head_grid", h.grid is not None),
+                ("input_upscale", b.upscale != 1),
+                ("upsampler/pixel_branch", d.active),
+                ("two images (change detection)", self.images != 1),
+            )
+            if on
+        ]
+        if given:
+            raise DensekitError(
+                f"model.head official: {', '.join(given)} do(es) not apply to Meta's released "
+                "heads, which take the layers and outputs their file and kind define"
+            )
+        if seen != 3:
+            raise DensekitError(
+                f"model.head official: Meta's heads take 3 bands (RGB), the backbone would see "
+                f"{seen}; select red, green, blue with model.backbone_bands or data bands"
             )
 
 

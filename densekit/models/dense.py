@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from densekit.backbones import Backbone
+from densekit.backbones import Backbone, WeightsInfo
 from densekit.errors import DensekitError, InputImageError
 from densekit.heads import HeadGrid
+from densekit.heads.official import OfficialDecoderHead
 from densekit.heads.refine import resample, upsample_to
 from densekit.models.build import ModelParts, build_parts
 from densekit.models.cache import FeatureCache, model_key
@@ -123,8 +124,11 @@ class DenseModel(nn.Module):
     def from_checkpoint_file(cls, ckpt: CheckpointFile) -> DenseModel:
         """The model of a checkpoint already read
         (:func:`~densekit.models.checkpoint.read_checkpoint`), on the CPU, in eval mode."""
-        model = cls.build(ckpt.config, ckpt.output)
+        model = cls(ckpt.config, ckpt.output, build_parts(ckpt.config, ckpt.output, ckpt.state))
         model.load_checkpoint_state(ckpt.state, ckpt.backbone, f"checkpoint {ckpt.path}")
+        if isinstance(model.head, OfficialDecoderHead) and ckpt.official_head is not None:
+            rec = ckpt.official_head  # Meta's file, as recorded when the head was imported
+            model.head.head_weights = WeightsInfo("official", rec["path"], rec["sha256"])
         return model.eval()
 
     def save(
@@ -172,7 +176,7 @@ class DenseModel(nn.Module):
 
     def record(self, task: str) -> dict[str, Any]:
         """The ``densekit`` record of a checkpoint of this model trained by ``task``."""
-        return make_record(task, self.config, self.output, self.inputs, self.backbone)
+        return make_record(task, self.config, self.output, self.inputs, self.backbone, self.head)
 
     def load_checkpoint_state(
         self, state: dict[str, Tensor], recorded_backbone: dict[str, Any] | None, where: str
@@ -281,11 +285,23 @@ class DenseModel(nn.Module):
         xs = [self.normalize(x) for x in images]
         if self.unet is not None:
             return [self.finish(unet_forward(self.unet, torch.cat(xs, dim=1)))]
+        if isinstance(self.head, OfficialDecoderHead):
+            return [self.official_forward(self.head, xs[0])]
         maps, tokens = self.encode_normalized(xs, keys)
         grid = self.head_grid
         if all_heads and grid is not None:
             return [self.finish(self.upsample(y, size)) for y in grid.forward_all(maps, tokens)]
         return [self.finish(self.decode(maps, tokens, size, xs))]
+
+    def official_forward(self, head: OfficialDecoderHead, x: Tensor) -> Tensor:
+        """One of Meta's heads on the normalised ``x``: its values (metres, or class logits)
+        on the input's pixels (:meth:`OfficialDecoderHead.in_place`)."""
+        if self.backbone is None:
+            raise DensekitError("an official head needs its backbone")
+        seen = backbone_input(x, self.config.backbone.bands, 1.0)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        y = head(head.features(self.backbone, seen))
+        return head.in_place(y, size, self.backbone.patch_size)
 
     def finish(self, y: Tensor) -> Tensor:
         """Head outputs at full resolution -> the model's outputs (values read from depth

@@ -47,7 +47,8 @@ class DenseTask(L.LightningModule, abc.ABC):
             ``"official"`` (online), ``"bundled"`` or ``"random"``. Required unless ``head="unet"``.
         backbone_overrides: architecture overrides for small or custom backbones.
         layers: ``"last"``, ``"last4"``, ``"dpt"`` or block indices fed to the head.
-        head: ``"linear"``, ``"dpt"`` or ``"unet"`` (baseline from scratch, no backbone).
+        head: ``"linear"``, ``"dpt"``, ``"unet"`` (baseline from scratch, no backbone) or
+            ``"official"`` (one of Meta's released heads, ``official_head``).
         dropout: dropout of the linear head.
         dpt_features: channels of the DPT fusion blocks.
         unet_encoder: segmentation-models-pytorch encoder of the U-Net (random init).
@@ -79,6 +80,10 @@ class DenseTask(L.LightningModule, abc.ABC):
         pixel_branch: channels of a small convolutional stem on the full-resolution bands, fused
             with the upsampled head output (0: off); the head then outputs ``detail_channels``.
         detail_channels: the head's output channels when a pixel branch is fused.
+        official_head: with ``head: official``, Meta's released head to test or fine-tune
+            (initialised from Meta's weights): ``{kind, weights}`` (the head file) and
+            optionally ``layers`` and ``depth_range`` (see :func:`densekit.load_official_head`);
+            ``backbone`` and ``weights`` name the backbone it was trained on.
     """
 
     kind: ClassVar[str]  # the data a task trains on (data modules have the same attribute)
@@ -114,6 +119,7 @@ class DenseTask(L.LightningModule, abc.ABC):
         upsampler: Upsampler = "bilinear",
         pixel_branch: int = 0,
         detail_channels: int = 32,
+        official_head: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         weights = absolute_weights(weights)  # saved absolute: checkpoints work from any folder
@@ -123,6 +129,11 @@ class DenseTask(L.LightningModule, abc.ABC):
             args["head_grid"] = {**head_grid, "metric": head_grid.get("metric") or self.main_metric}
         config = ModelConfig.from_args(args, images=self.images)
         self.model = DenseModel.build(config, self.output_spec())
+        if feature_cache is not None and head == "official":
+            raise DensekitError(
+                "model.feature_cache: Meta's released heads take their own layers of the "
+                "backbone; the cache holds densekit heads' features: leave feature_cache out"
+            )
         if feature_cache is not None and self.model.backbone is not None:
             self.model.feature_cache = FeatureCache(feature_cache, feature_cache_gb)
         self.loss_fn = self.configure_loss()

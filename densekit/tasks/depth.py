@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from densekit.errors import DensekitError
 from densekit.models import OutputSpec
+from densekit.models.official import official_kind_of, official_output
 from densekit.models.outputs import DepthBins
 from densekit.tasks.base import DenseTask
 from densekit.tasks.losses import DepthLoss, DepthLossFn, align_scale_shift, valid_depth
@@ -70,6 +71,8 @@ class DepthTask(DenseTask):
 
     def output_spec(self) -> OutputSpec:
         hp = self.hp
+        if hp.head == "official":
+            return official_output(official_kind_of(hp.official_head), "depth")
         bins = DepthBins(hp.depth_mode, hp.num_bins, hp.bin_spacing, hp.min_depth, hp.max_depth)
         return OutputSpec.values("depth", bins)
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from densekit.errors import DensekitError
 from densekit.models import OutputSpec
+from densekit.models.official import official_kind_of, official_output
 from densekit.tasks.base import DenseTask
 from densekit.tasks.losses import SegLoss, SegmentationLoss
 from densekit.tasks.metrics import ConfusionMetrics
@@ -63,7 +64,11 @@ class SegmentationTask(DenseTask):
         super().__init__(**kwargs)
 
     def output_spec(self) -> OutputSpec:
-        return OutputSpec.segmentation(self.hp.num_classes, self.hp.class_names)
+        hp = self.hp
+        if hp.head == "official":
+            kind = official_kind_of(hp.official_head)
+            return official_output(kind, "segmentation", hp.num_classes, hp.class_names)
+        return OutputSpec.segmentation(hp.num_classes, hp.class_names)
 
     def configure_loss(self) -> nn.Module:
         hp = self.hp

@@ -1,0 +1,103 @@
+"""Meta's released heads on the command line: ``densekit heads`` lists them, ``densekit
+import-head`` turns one head file and its backbone into a densekit checkpoint that ``densekit
+tile``, ``test`` and ``predict`` use as they use a trained one (its arguments are parsed by
+:mod:`densekit.cli`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from densekit.errors import DensekitError
+
+TASK_CLASSES = {"depth": "DepthTask", "segmentation": "SegmentationTask"}
+
+
+def list_heads() -> list[str]:
+    """One tab-separated line per released head (greppable): name, kind, backbone, layers,
+    depth range, licence, head file; then the hub aliases."""
+    from densekit.heads.official import ALIASES, list_official_heads
+
+    lines = ["name\tkind\tbackbone\tlayers\tdepth_range_m\tlicence\thead_file"]
+    for h in list_official_heads():
+        drange = "-" if h.depth_range is None else f"{h.depth_range[0]:g}-{h.depth_range[1]:g}"
+        layers = ",".join(map(str, h.layers))
+        lines.append(
+            f"{h.name}\t{h.kind}\t{h.backbone}\t{layers}\t{drange}\t{h.licence}\t{h.head_file}"
+        )
+    lines.append("aliases: " + ", ".join(f"{a} -> {n}" for a, n in ALIASES.items()))
+    return lines
+
+
+def import_head(
+    kind: str,
+    head_weights: str,
+    backbone: str,
+    backbone_weights: str,
+    out: str,
+    *,
+    layers: Sequence[int] | None = None,
+    depth_range: tuple[float, float] | None = None,
+    arch: dict[str, Any] | None = None,
+    scale: float = 1 / 255,
+    bands: Sequence[int | str] = (1, 2, 3),
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Write a densekit checkpoint of Meta's head ``head_weights`` on ``backbone``.
+
+    The checkpoint's model takes the raw ``bands`` (red, green, blue, in that order) of a raster
+    or image, multiplies them by ``scale`` and normalises them with the backbone's statistics
+    (for the SAT-493M backbones, Meta's satellite ones); its outputs are depth or canopy height
+    in metres, or class logits, on the input's pixels. The record names the head file, its
+    sha256 and licence; the backbone's weights are named by path and sha256, not copied.
+
+    Returns:
+        The checkpoint's ``official_head`` record.
+
+    Raises:
+        DensekitError: a file or argument that does not fit (named).
+    """
+    from densekit.heads.official import load_head_file
+    from densekit.models import DenseModel, ModelConfig
+    from densekit.models.config import (
+        BackboneOptions,
+        HeadOptions,
+        OfficialHeadOptions,
+        absolute_weights,
+    )
+    from densekit.models.official import official_output, official_task
+
+    path = Path(out)
+    if not path.parent.is_dir():
+        raise DensekitError(f"--out {out}: folder {path.parent} does not exist")
+    if len(bands) != 3:
+        raise DensekitError(f"--bands {list(bands)}: Meta's heads take 3 bands (red, green, blue)")
+    if not scale > 0:
+        raise DensekitError(f"--scale {scale}: give a positive factor (1/255 for 8-bit data)")
+    overrides = dict(arch or {})
+    task = official_task(kind)
+    head = load_head_file(kind, head_weights, backbone, layers, depth_range, **overrides)
+    if class_names is not None and len(class_names) != head.num_outputs:
+        raise DensekitError(
+            f"--class-names: {len(class_names)} given, the head has {head.num_outputs} classes"
+        )
+    official = OfficialHeadOptions(
+        kind=kind,
+        weights=str(Path(head_weights).expanduser().resolve()),
+        layers=head.layers,
+        depth_range=head.depth_range,
+    )
+    config = ModelConfig(
+        backbone=BackboneOptions(
+            name=backbone, weights=absolute_weights(backbone_weights), overrides=overrides
+        ),
+        head=HeadOptions(kind="official", official=official),
+        in_channels=3,
+        bands=tuple(bands),
+        scale=scale,
+    )
+    output = official_output(kind, task, head.num_outputs, class_names)
+    model = DenseModel.build(config, output)
+    model.save(path, task=TASK_CLASSES[task])
+    return model.record(TASK_CLASSES[task])["official_head"]
