@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from densekit.errors import DensekitError
+from densekit.heads.official import OfficialDecoderHead
 from densekit.models import DenseModel, ModelConfig, OutputSpec
 from densekit.models.cache import FeatureCache
 from densekit.models.checkpoint import provenance, read_task_name
@@ -298,6 +299,8 @@ class DenseTask(L.LightningModule, abc.ABC):
             }
             if self.model.head_grid is not None:
                 record["head_grid"] = self.model.head_grid.record()
+            if isinstance(self.model.head, OfficialDecoderHead):
+                record["official_head"] = self.model.head.record()
             (folder / "test_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
 
     # -- optimisation ------------------------------------------------------------------------
