@@ -190,7 +190,7 @@ class OfficialDecoderHead(nn.Module):
 
     def record(self) -> dict[str, Any]:
         """Where the head came from, for checkpoints: kind, file, sha256, licence, released
-        name, layers and depth range."""
+        name, layers, depth range, and the input it takes."""
         return {
             "kind": self.kind,
             "path": self.head_weights.path,
@@ -199,6 +199,7 @@ class OfficialDecoderHead(nn.Module):
             "released_as": self.released_as,
             "layers": list(self.layers),
             "depth_range": None if self.depth_range is None else list(self.depth_range),
+            "input": "red, green, blue (in this order), normalised with the backbone's statistics",
         }
 
     def extra_repr(self) -> str:
