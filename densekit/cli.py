@@ -125,6 +125,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_tile(args: argparse.Namespace) -> int:
+    from densekit.data.bands import parse_bands
     from densekit.inference import StoppedEarly, TileOptions, tile
 
     inputs = args.input[0] if len(args.input) == 1 else args.input
@@ -142,6 +143,7 @@ def cmd_tile(args: argparse.Namespace) -> int:
         resume=args.resume,
         stop_after_strips=args.stop_after_strips,
         progress=not args.no_progress,
+        bands=parse_bands(args.bands),
     )
     try:
         records = tile(args.checkpoint, inputs, args.output, inputs2, options)
@@ -299,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, nargs="+", help="raster(s) or a folder of rasters")
     p.add_argument("--input2", nargs="+", help="second dates (change detection), paired by order")
     p.add_argument("--output", required=True, help="output .tif (a folder with several inputs)")
+    p.add_argument(
+        "--bands",
+        default=None,
+        help="the input's bands the model reads, 1-based indices or names in the model's order, "
+        "e.g. 4,3,2 or B4,B3,B2 (default: the training bands; then the input must have the "
+        "training rasters' band count, data type and band names)",
+    )
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of tiles (default 64)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward (default 4)")

@@ -7,7 +7,9 @@ A checkpoint (``densekit fit``'s, or :meth:`DenseModel.save`'s) is a ``torch.sav
   be recreated from a file);
 * ``densekit``: the record (:func:`make_record`): ``format`` 1, the ``task``, the ``model``
   options (:class:`~densekit.models.config.ModelConfig`), the ``output`` spec, the backbone's
-  provenance (name, weights source, path, sha256) and densekit's version;
+  provenance (name, weights source, path, sha256), densekit's version and, when known, the
+  ``rasters`` the model was trained on (:class:`~densekit.data.band_layout.BandLayout`: band
+  count, data type, band names; checkpoints of before this record have none);
 * from ``densekit fit`` also Lightning's entries (``hyper_parameters``, ``epoch``, ...) and the
   data module's hyper-parameters (``datamodule_hyper_parameters``: a slice model's plane,
   context and intensity).
@@ -71,6 +73,8 @@ class CheckpointFile:
         backbone: the backbone's recorded provenance (None for a U-Net).
         data: the data module's hyper-parameters (empty if none were saved).
         version: the densekit version that wrote it.
+        rasters: the training rasters' band layout (count, dtype, names) as recorded, or None
+            (checkpoints written before densekit recorded it, and models trained on other data).
     """
 
     path: str
@@ -82,6 +86,7 @@ class CheckpointFile:
     backbone: dict[str, Any] | None
     data: dict[str, Any]
     version: str
+    rasters: dict[str, Any] | None = None
 
 
 def read_checkpoint(path: str | Path) -> CheckpointFile:
@@ -108,6 +113,7 @@ def read_checkpoint(path: str | Path) -> CheckpointFile:
         backbone=meta.get("backbone"),
         data=dict(stored.get("datamodule_hyper_parameters") or {}),
         version=str(meta.get("densekit_version", "")),
+        rasters=meta.get("rasters"),
     )
 
 
@@ -208,9 +214,11 @@ def make_record(
     output: OutputSpec,
     inputs: InputSpec,
     backbone: Backbone | None,
+    rasters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``densekit`` record of a checkpoint of a model trained by ``task``."""
-    return {
+    """The ``densekit`` record of a checkpoint of a model trained by ``task`` (``rasters``: the
+    band layout of the training rasters, when known)."""
+    record = {
         "format": FORMAT,
         "task": task,
         "model": config.to_args(),
@@ -218,6 +226,9 @@ def make_record(
         "inputs": inputs.to_dict(),
         **provenance(backbone),
     }
+    if rasters is not None:
+        record["rasters"] = dict(rasters)
+    return record
 
 
 def check_backbone(recorded: dict[str, Any], backbone: Backbone, where: str) -> None:
