@@ -398,13 +398,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--domain",
         choices=("geo", "medical"),
         default="geo",
-        help="geo: SpaceNet buildings (GeoTIFF); medical: CT liver (DICOM + SEG)",
+        help="geo: a GeoTIFF task (--task); medical: CT liver (DICOM + SEG)",
+    )
+    p.add_argument(
+        "--task",
+        choices=("water", "buildings"),
+        default=None,
+        help="geo task: water (default; Sen1Floods11 Sentinel-2, a task the bundled backbone "
+        "does well) or buildings (SpaceNet Atlanta pan, one it does badly)",
     )
     p.add_argument("--backbone", default="densekit_vitt16", help="registry name")
     p.add_argument(
         "--weights", default="bundled", help="weights file, 'bundled', 'official' or 'random'"
     )
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 15 / 30)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (default: water 30, buildings 15, medical 30)",
+    )
     p.set_defaults(func=cmd_quickstart)
     return parser
 
@@ -414,7 +426,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise DensekitError(f"--epochs {args.epochs}: give 1 or more")
-    quickstart(args.out, args.domain, args.backbone, args.weights, args.epochs)
+    quickstart(args.out, args.domain, args.backbone, args.weights, args.epochs, args.task)
     return 0
 
 
