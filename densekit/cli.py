@@ -172,6 +172,7 @@ def cmd_import_head(args: argparse.Namespace) -> int:
 
 
 def cmd_tile(args: argparse.Namespace) -> int:
+    from densekit.data.bands import parse_bands
     from densekit.inference import StoppedEarly, TileOptions, tile
 
     inputs = args.input[0] if len(args.input) == 1 else args.input
@@ -189,6 +190,7 @@ def cmd_tile(args: argparse.Namespace) -> int:
         resume=args.resume,
         stop_after_strips=args.stop_after_strips,
         progress=not args.no_progress,
+        bands=parse_bands(args.bands),
     )
     try:
         records = tile(args.checkpoint, inputs, args.output, inputs2, options)
@@ -383,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, nargs="+", help="raster(s) or a folder of rasters")
     p.add_argument("--input2", nargs="+", help="second dates (change detection), paired by order")
     p.add_argument("--output", required=True, help="output .tif (a folder with several inputs)")
+    p.add_argument(
+        "--bands",
+        default=None,
+        help="the input's bands the model reads, 1-based indices or names in the model's order, "
+        "e.g. 4,3,2 or B4,B3,B2 (default: the training bands; then the input must have the "
+        "training rasters' band count, data type and band names)",
+    )
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of tiles (default 64)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward (default 4)")
@@ -473,13 +482,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--domain",
         choices=("geo", "medical"),
         default="geo",
-        help="geo: SpaceNet buildings (GeoTIFF); medical: CT liver (DICOM + SEG)",
+        help="geo: a GeoTIFF task (--task); medical: CT liver (DICOM + SEG)",
+    )
+    p.add_argument(
+        "--task",
+        choices=("water", "buildings"),
+        default=None,
+        help="geo task: water (default; Sen1Floods11 Sentinel-2, a task the bundled backbone "
+        "does well) or buildings (SpaceNet Atlanta pan, one it does badly)",
     )
     p.add_argument("--backbone", default="densekit_vitt16", help="registry name")
     p.add_argument(
         "--weights", default="bundled", help="weights file, 'bundled', 'official' or 'random'"
     )
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 15 / 30)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (default: water 30, buildings 15, medical 30)",
+    )
     p.set_defaults(func=cmd_quickstart)
     return parser
 
@@ -489,7 +510,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise DensekitError(f"--epochs {args.epochs}: give 1 or more")
-    quickstart(args.out, args.domain, args.backbone, args.weights, args.epochs)
+    quickstart(args.out, args.domain, args.backbone, args.weights, args.epochs, args.task)
     return 0
 
 

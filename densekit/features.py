@@ -220,6 +220,17 @@ def extract_features(backbone: Backbone, x: Tensor) -> dict[str, object]:
     }
 
 
+def pca_explained(fmap: Tensor, k: int = 3) -> list[float]:
+    """The share of the variance of ``fmap`` ``(1, C, h, w)``'s patch features that each of its
+    first ``k`` principal components explains (what :func:`pca_picture` shows)."""
+    _, c, h, w = fmap.shape
+    tokens = fmap[0].reshape(c, h * w).T.double()
+    tokens = tokens - tokens.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(tokens) ** 2
+    total = float(s.sum())
+    return [float(v) / total if total > 0 else 0.0 for v in s[:k]]
+
+
 def pca_picture(
     fmap: Tensor, image_size: Sequence[int], stride: int, invalid: np.ndarray | None = None
 ) -> np.ndarray:

@@ -189,3 +189,13 @@ def test_backbone_statistics_need_a_known_value_range():
 def test_adapted_backbone_needs_statistics():
     with pytest.raises(InputImageError, match=r"adapted.*give per-band statistics"):
         choose_normalization(13, None, None, 1e-4, "s2.tif")
+
+
+def test_pca_explained_shares_sum_to_at_most_one_and_decrease():
+    from densekit.features import pca_explained
+
+    fmap = torch.randn(1, 8, 6, 7)
+    fmap[:, 0] *= 10  # one direction dominates
+    shares = pca_explained(fmap)
+    assert len(shares) == 3 and shares[0] > 0.5 and shares[0] >= shares[1] >= shares[2]
+    assert sum(shares) <= 1 + 1e-9

@@ -12,7 +12,7 @@ the raster options; the medical modules build on this base directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -21,6 +21,9 @@ from densekit.data.augment import Augmentation
 from densekit.data.datasets import TaskKind
 from densekit.data.subsets import LabelledSubset
 from densekit.errors import DensekitError
+
+if TYPE_CHECKING:
+    from densekit.data.band_layout import BandLayout
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ class DenseDataModule(L.LightningDataModule):
         self.augment = augment
         self.train_subset: dict[str, int] | None = None  # {"labelled": n, "kept": k} once set up
         self.datasets: dict[str, Dataset] = {}
+
+    def training_rasters(self) -> BandLayout | None:
+        """The band layout of the training rasters, recorded in checkpoints so that inference
+        can refuse rasters of another kind; None where the data are not rasters."""
+        return None
 
     def _subset_indices(self, n: int, classes: list[set[int]] | None) -> list[int]:
         """Indices of the kept training items among ``n`` (all without a fraction or count);

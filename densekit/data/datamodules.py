@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from densekit.data.band_layout import BandLayout
 from densekit.data.base import DenseDataModule
 from densekit.data.datasets import Sample, WindowDataset, band_table, reference_grid
 from densekit.data.files import Files, pair_files
@@ -83,11 +84,31 @@ class RasterDataModule(DenseDataModule):
         self.split = list(split) if split is not None else None
         self.window = window
         self.bands = list(bands) if bands is not None else None
+        self._layout: BandLayout | None = None
         self.dataset_kwargs = {
             **dataset_kwargs,
             "nodata": nodata,
             "target_nodata": target_nodata,
         }
+
+    def training_rasters(self) -> BandLayout:
+        """The band layout of the first training image (the first date's, for change
+        detection): what a checkpoint records of the rasters it was trained on. Every training
+        image must share it (an error names the first that does not)."""
+        if self._layout is None:
+            images = [g[0] for g in pair_files(self.split_spec["train"] or [])]
+            if not images:
+                raise DensekitError("the training split names no images")
+            layout = BandLayout.of(images[0])
+            for other in images[1:]:
+                found = BandLayout.of(other)
+                if found != layout:
+                    raise DensekitError(
+                        f"training images differ: {images[0]} has {layout.describe()}, "
+                        f"{other} has {found.describe()}; train on rasters of one kind"
+                    )
+            self._layout = layout
+        return self._layout
 
     def _samples(self, groups: list[tuple[str, ...]], block_index: int | None) -> list[Sample]:
         samples = []

@@ -41,6 +41,9 @@ class TileOptions:
             process; a later ``resume`` continues. For time-limited jobs and tests.
         progress: show a progress bar (tiles/s and ETA) on rank 0.
         gdal_cache_mb: GDAL's block cache during the run (bounds the memory of reads and writes).
+        bands: the input's bands the model reads, 1-based indices or names, one per model input
+            band in the model's order; None: the bands it was trained on, from inputs with the
+            band count, data type and band names of the training rasters (others are refused).
     """
 
     tile: int = 512
@@ -54,6 +57,7 @@ class TileOptions:
     stop_after_strips: int | None = None
     progress: bool = True
     gdal_cache_mb: int = 32
+    bands: tuple[int | str, ...] | None = None
 
     def __post_init__(self) -> None:
         """Values that cannot work are refused before anything is read or written."""
@@ -67,6 +71,12 @@ class TileOptions:
                 raise DensekitError(f"{name} {value!r}: give a whole number >= 1")
         if not isinstance(self.overlap, int) or self.overlap < 0:
             raise DensekitError(f"overlap {self.overlap!r}: give a whole number >= 0")
+        if self.bands is not None and (
+            not self.bands or not all(isinstance(b, int | str) for b in self.bands)
+        ):
+            raise DensekitError(
+                f"bands {self.bands!r}: give 1-based band indices or band names, e.g. (4, 3, 2)"
+            )
         stop = self.stop_after_strips
         if stop is not None and (not isinstance(stop, int) or stop < 1):
             raise DensekitError(f"stop_after_strips {stop!r}: give a whole number >= 1")

@@ -4,15 +4,16 @@ tiles read strip by strip on the first date's grid, nodata as NaN."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from densekit.data.bands import resolve_band_indices
-from densekit.data.datasets import RasterReaders, band_table, read_box, reference_grid
+from densekit.data.band_layout import BandLayout
+from densekit.data.bands import BandRef, resolve_band_indices
+from densekit.data.datasets import RasterReaders, read_box, reference_grid
 from densekit.data.grids import Grid, check_alignable
 from densekit.errors import DensekitError, InputImageError
 from densekit.inference.plan import Plan
@@ -45,39 +46,103 @@ class RasterInput:
         return out
 
 
-def open_input(model: Trained, path: str, path2: str | None) -> RasterInput:
-    """Check the input against the model (bands, dates, overlap) and describe it."""
+def open_input(
+    model: Trained, path: str, path2: str | None, bands: Sequence[BandRef] | None = None
+) -> RasterInput:
+    """Check the input against the model (bands, dates, overlap) and describe it.
+
+    Without ``bands``, each input must have the band layout (count, data type, names) of the
+    rasters the model was trained on, and the model reads the bands it was trained on. With
+    ``bands`` (1-based indices or names of the input's bands, one per model input band, in the
+    model's order) the input may be of another kind: the user says which of its bands play which
+    role, and only their number is checked.
+    """
     if not Path(path).exists():
         raise InputImageError(f"input {path}: no such file")
     spec = model.inputs
-    bands = list(spec.bands) if spec.bands is not None else None
-    grid, _ = reference_grid(path)
-    table = band_table(path)
-    names = [name for _, _, name in table]
-    idx = None if bands is None else resolve_band_indices(bands, names, path)
-    count = len(table) if idx is None else len(idx)
-    if count != spec.channels:
-        raise DensekitError(
-            f"input {path}: {count} bands; the checkpoint {model.checkpoint} was trained on "
-            f"{spec.channels} (bands {bands or 'all'})"
-        )
     if (spec.images == 2) != (path2 is not None):
         need = "two dates (input and input2)" if spec.images == 2 else "one input"
         raise DensekitError(f"the checkpoint is a {model.output.task} model and takes {need}")
+    grid, _ = reference_grid(path)
+    idx = input_bands(model, path, bands)
     idx2 = None
     if path2 is not None:
         if not Path(path2).exists():
             raise InputImageError(f"input2 {path2}: no such file")
         grid2, _ = reference_grid(path2)
         check_alignable(path2, grid2, grid, path)
-        names2 = [name for _, _, name in band_table(path2)]
-        if bands is not None:  # each date's own positions of the named bands
-            idx2 = resolve_band_indices(bands, names2, path2)
-        elif len(names2) != count:
-            raise DensekitError(f"input2 {path2}: {len(names2)} bands, input has {count}")
+        idx2 = input_bands(model, path2, bands)
     raster = RasterInput(path, path2, grid, idx, idx2)
     check_statistics(model, raster)
     return raster
+
+
+def model_band_order(
+    given: list[int], trained: Sequence[BandRef] | None, channels: int
+) -> list[int] | None:
+    """The input bands for each model input band, from the bands a user gave (``--bands``):
+    one per model input band, or one per distinct band of the model's training ``bands`` (in
+    the order they first appear there), repeated as it repeats them (a model trained on
+    ``bands: [1, 1, 1]``, a grey band on three channels, takes ``--bands 2`` as ``2, 2, 2``).
+    None when the count fits neither."""
+    if len(given) == channels:
+        return given
+    if trained is not None:
+        distinct = list(dict.fromkeys(trained))
+        if len(given) == len(distinct):
+            chosen = dict(zip(distinct, given, strict=True))
+            return [chosen[b] for b in trained]
+    return None
+
+
+def input_bands(model: Trained, path: str, bands: Sequence[BandRef] | None) -> list[int] | None:
+    """The 0-based bands of ``path`` the model reads (None: all), after checking the raster
+    against the model (see :func:`open_input`)."""
+    spec = model.inputs
+    layout = BandLayout.of(path)
+    source = f"the checkpoint {model.checkpoint}" if model.checkpoint else "the model (in memory)"
+    trained = "" if spec.bands is None else f" (bands {list(spec.bands)} of its rasters)"
+    distinct = spec.channels if spec.bands is None else len(dict.fromkeys(spec.bands))
+    want = f"{spec.channels}" if distinct == spec.channels else f"{distinct} or {spec.channels}"
+    if bands is not None:
+        given = resolve_band_indices(list(bands), layout.names, path)
+        idx = model_band_order(given, spec.bands, spec.channels)
+        if idx is None:
+            raise DensekitError(
+                f"--bands {','.join(str(b) for b in bands)}: {len(given)} band(s), but the "
+                f"model of {source} takes {spec.channels}{trained}; give {want} 1-based "
+                f"indices or names of the bands of {path} ({layout.describe()}), in the "
+                "model's order"
+            )
+        return idx
+    hint = (
+        f"give --bands: {want} 1-based indices or names of this raster's bands, in "
+        f"the model's order{trained}"
+    )
+    if model.rasters is None:
+        warnings.warn(
+            f"input {path} ({layout.describe()}): {source} does not record the rasters it was "
+            "trained on (a checkpoint written before densekit recorded them), so "
+            "only the band count can be checked, not the data type (value range) or the band "
+            "names",
+            UserWarning,
+            stacklevel=4,
+        )
+    else:
+        differ = model.rasters.differences(layout)
+        if differ:
+            raise DensekitError(
+                f"input {path} has {layout.describe()}; {source} was "
+                f"trained on rasters with {model.rasters.describe()} (different "
+                f"{', '.join(differ)}); {hint}"
+            )
+    idx = None if spec.bands is None else resolve_band_indices(spec.bands, layout.names, path)
+    count = layout.count if idx is None else len(idx)
+    if count != spec.channels:
+        raise DensekitError(
+            f"input {path}: {count} bands; {source} was trained on {spec.channels}{trained}; {hint}"
+        )
+    return idx
 
 
 def check_statistics(model: Trained, raster: RasterInput, grid: int = 5, side: int = 64) -> None:

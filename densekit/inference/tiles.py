@@ -201,6 +201,7 @@ def _signature(model: Trained, raster: RasterInput, plan: Plan, opts: TileOption
         "batch_size": opts.batch_size,
         "probabilities": opts.probabilities,
         "precision": opts.precision,
+        "bands": None if opts.bands is None else list(opts.bands),
         "world_size": _rank_world()[1],
     }
 
@@ -230,7 +231,7 @@ def tile_raster(
     tic = time.perf_counter()
     output = Path(output)
     check_output_path(output)
-    raster = open_input(model, str(input), None if input2 is None else str(input2))
+    raster = open_input(model, str(input), None if input2 is None else str(input2), opts.bands)
     plan = make_plan(raster.grid, opts, model.patch, str(input))
     rank, world = _rank_world()
     if model.upscale != 1 and opts.progress and rank == 0:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from densekit.data.band_layout import BandLayout
 from densekit.errors import DensekitError
 from densekit.inference.plan import PRECISIONS
 from densekit.models import DenseModel, InputSpec, OutputSpec
@@ -35,6 +36,9 @@ class Trained:
             intensity and classes; empty when none were saved).
         backbone: the backbone's name and weights (source, path, sha256), or None.
         head: the head's kind (``linear``, ``dpt``, ``unet``), for records.
+        rasters: the band layout (count, data type, names) of the rasters it was trained on,
+            or None where unknown (checkpoints written before densekit recorded it, models in
+            memory): inputs are then checked by their band count only.
     """
 
     model: nn.Module
@@ -48,6 +52,7 @@ class Trained:
     data: dict[str, Any] = field(default_factory=dict)
     backbone: dict[str, Any] | None = None
     head: str | None = None
+    rasters: BandLayout | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
@@ -111,10 +116,14 @@ def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
     """
     ckpt = read_checkpoint(checkpoint)
     model = DenseModel.from_checkpoint_file(ckpt)
+    rasters = None
+    if ckpt.rasters is not None:
+        rasters = BandLayout.from_dict(ckpt.rasters, f"checkpoint {ckpt.path}")
     return Trained.of(
         model,
         checkpoint=ckpt.path,
         checkpoint_sha256=ckpt.sha256,
         task=ckpt.task,
         data=ckpt.data,
+        rasters=rasters,
     ).to(device)

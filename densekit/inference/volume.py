@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ from densekit.inference.trained import Trained, load_trained
 from densekit.medical.metrics import segmentation_metrics
 from densekit.medical.reference import IGNORED, file_suffix, read_reference
 from densekit.medical.seg_writer import build_seg, is_dicom_path, scrub, source_headers
+from densekit.medical.segment_codes import TISSUE, segment_codes
 from densekit.medical.slices import (
     Plane,
     SliceSettings,
@@ -340,8 +342,20 @@ def segment_volume(
     }
     writers: dict[Path, Any] = {}
     if headers is not None:
+        codes = segment_codes(
+            model.class_names, model.trained.data, model.mask_classes.get("segments")
+        )
+        record["segment_codes"] = {model.class_names[k]: c.record() for k, c in codes.items()}
+        generic = [model.class_names[k] for k, c in codes.items() if c.type == TISSUE]
+        if generic:
+            warnings.warn(
+                f"output {out}: no code known for class(es) {generic} (not in the training "
+                "SEG, no SNOMED CT concept of that name): coded as SCT 85756007 'Tissue'",
+                UserWarning,
+                stacklevel=2,
+            )
         try:
-            seg = build_seg(labels.array, headers, model.class_names, model.provenance())
+            seg = build_seg(labels.array, headers, model.class_names, model.provenance(), codes)
         except ValueError as e:
             raise DensekitError(
                 f"input {source}: highdicom cannot write a SEG of this series: "

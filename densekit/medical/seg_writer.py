@@ -7,10 +7,10 @@ What the SEG holds:
   frames, one per source slice that holds the segment (empty frames omitted), each frame
   referencing the SOPInstanceUID of its source slice, in the source series' geometry
   (highdicom takes positions, orientation and spacing from the source headers).
-* **Codes**: a class name is free text, so every segment gets the generic segmented property
-  category and type SCT 85756007 "Tissue" / SCT 85756007 "Tissue", 3D Slicer's default for a
-  segment nobody has coded. Users who need specific codes (e.g. SCT "Liver") re-code the
-  segments; nothing pretends a class is an organ it may not be.
+* **Codes**: each segment's property category and type as
+  :func:`~densekit.medical.segment_codes.segment_codes` gives them: carried from the training
+  SEG, else a SNOMED CT concept named like the class, else the generic SCT 85756007 "Tissue"
+  (the sidecar says which, for each class).
 * **Algorithm**: ``SegmentAlgorithmType`` AUTOMATIC; AlgorithmIdentification: name
   ``densekit``, version = densekit's, family DCM 123110 "Artificial Intelligence", parameters
   backbone, head, plane and context. Manufacturer ``densekit``, model name = the backbone,
@@ -45,6 +45,7 @@ from densekit.data.dicom_series import scan_series
 from densekit.data.nifti import DICOM_SUFFIXES
 from densekit.data.volume import Volume
 from densekit.errors import DensekitError
+from densekit.medical.segment_codes import TISSUE, SegmentCode
 from densekit.version import __version__
 
 SERIES_NUMBER = 1000  # SEG series number (the source's is not copied)
@@ -166,6 +167,7 @@ def build_seg(
     sources: list[Dataset],
     class_names: list[str],
     provenance: dict[str, Any],
+    segment_codes: dict[int, SegmentCode] | None = None,
 ) -> Any:
     """The ``hd.seg.Segmentation`` of ``labels`` (``(slices, rows, columns)`` class indices on
     the grid of ``sources``, one header per slice).
@@ -175,6 +177,7 @@ def build_seg(
         sources: :func:`source_headers` of the series.
         class_names: the checkpoint's class names (index = class = segment number).
         provenance: ``backbone``, ``head``, ``plane``, ``context`` and ``checkpoint_sha256``.
+        segment_codes: each class's codes (None, or a class left out: SCT "Tissue").
 
     Raises:
         DensekitError: fewer than two classes, a class name longer than 64 characters, or
@@ -203,12 +206,14 @@ def build_seg(
         version=__version__,
         parameters={key: str(provenance[key]) for key in ("backbone", "head", "plane", "context")},
     )
+    generic = SegmentCode(TISSUE, TISSUE, "generic")
+    coded = {k: (segment_codes or {}).get(k, generic) for k in range(1, len(class_names))}
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=k,
             segment_label=class_names[k],
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
+            segmented_property_category=hd.sr.CodedConcept(*coded[k].category),
+            segmented_property_type=hd.sr.CodedConcept(*coded[k].type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )

@@ -7,7 +7,9 @@ A checkpoint (``densekit fit``'s, or :meth:`DenseModel.save`'s) is a ``torch.sav
   be recreated from a file);
 * ``densekit``: the record (:func:`make_record`): ``format`` 1, the ``task``, the ``model``
   options (:class:`~densekit.models.config.ModelConfig`), the ``output`` spec, the backbone's
-  provenance (name, weights source, path, sha256) and densekit's version;
+  provenance (name, weights source, path, sha256), densekit's version and, when known, the
+  ``rasters`` the model was trained on (:class:`~densekit.data.band_layout.BandLayout`: band
+  count, data type, band names; checkpoints of before this record have none);
 * from ``densekit fit`` also Lightning's entries (``hyper_parameters``, ``epoch``, ...) and the
   data module's hyper-parameters (``datamodule_hyper_parameters``: a slice model's plane,
   context and intensity).
@@ -74,6 +76,8 @@ class CheckpointFile:
         version: the densekit version that wrote it.
         official_head: where Meta's released head came from (kind, file, sha256, licence),
             for a model with one; else None.
+        rasters: the training rasters' band layout (count, dtype, names) as recorded, or None
+            (checkpoints written before densekit recorded it, and models trained on other data).
     """
 
     path: str
@@ -86,6 +90,7 @@ class CheckpointFile:
     data: dict[str, Any]
     version: str
     official_head: dict[str, Any] | None = None
+    rasters: dict[str, Any] | None = None
 
 
 def read_checkpoint(path: str | Path) -> CheckpointFile:
@@ -113,6 +118,7 @@ def read_checkpoint(path: str | Path) -> CheckpointFile:
         data=dict(stored.get("datamodule_hyper_parameters") or {}),
         version=str(meta.get("densekit_version", "")),
         official_head=meta.get("official_head"),
+        rasters=meta.get("rasters"),
     )
 
 
@@ -214,9 +220,11 @@ def make_record(
     inputs: InputSpec,
     backbone: Backbone | None,
     head: nn.Module | None = None,
+    rasters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``densekit`` record of a checkpoint of a model trained by ``task`` (with one of
-    Meta's heads, where it came from: kind, file, sha256, licence)."""
+    Meta's heads, where it came from: kind, file, sha256, licence; ``rasters``: the band layout
+    of the training rasters, when known)."""
     record = {
         "format": FORMAT,
         "task": task,
@@ -227,6 +235,8 @@ def make_record(
     }
     if isinstance(head, OfficialDecoderHead):
         record["official_head"] = head.record()
+    if rasters is not None:
+        record["rasters"] = dict(rasters)
     return record
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ from densekit.models.checkpoint import (
 from densekit.models.config import ModelConfig
 from densekit.models.inputs import backbone_input, backbone_side, coverage
 from densekit.models.outputs import OutputSpec
+
+if TYPE_CHECKING:
+    from densekit.data.band_layout import BandLayout
 
 UNET_MULTIPLE = 32  # the U-Net's input sides are padded to a multiple of this
 
@@ -132,7 +135,11 @@ class DenseModel(nn.Module):
         return model.eval()
 
     def save(
-        self, path: str | Path, task: str = "DenseModel", data: dict[str, Any] | None = None
+        self,
+        path: str | Path,
+        task: str = "DenseModel",
+        data: dict[str, Any] | None = None,
+        rasters: BandLayout | None = None,
     ) -> Path:
         """Write the model as a densekit checkpoint that :meth:`from_checkpoint`, ``densekit
         tile`` and ``densekit volume`` read (the frozen backbone is named by its weights and
@@ -145,19 +152,26 @@ class DenseModel(nn.Module):
                 hyper-parameters; ``densekit volume`` reads a slice model's ``plane``,
                 ``context`` and ``intensity`` from them (e.g. ``{"plane": "axial", "context":
                 0, "intensity": {"ct_window": "soft_tissue"}}``), else they must be given to it.
+            rasters: the band layout of the training rasters
+                (``BandLayout.of("train.tif")``); ``densekit tile`` then refuses rasters whose
+                band count, data type or band names differ (without it, only the band count
+                can be checked).
         """
         checkpoint: dict[str, Any] = {
             "state_dict": {f"{PREFIX}{k}": v for k, v in self.state_dict().items()}
         }
         if data is not None:
             checkpoint["datamodule_hyper_parameters"] = dict(data)
-        self.into_task_checkpoint(checkpoint, task)
+        self.into_task_checkpoint(checkpoint, task, rasters)
         return write_checkpoint(checkpoint, Path(path))
 
-    def into_task_checkpoint(self, checkpoint: dict[str, Any], task: str) -> None:
+    def into_task_checkpoint(
+        self, checkpoint: dict[str, Any], task: str, rasters: BandLayout | None = None
+    ) -> None:
         """Make a Lightning checkpoint of a task holding this model (as ``task.model``) a
-        densekit one: add the record, drop the frozen backbone's weights (unless random)."""
-        checkpoint["densekit"] = self.record(task)
+        densekit one: add the record (with the training rasters' layout when known), drop the
+        frozen backbone's weights (unless random)."""
+        checkpoint["densekit"] = self.record(task, rasters)
         self.drop_frozen_weights(checkpoint["state_dict"], prefix=PREFIX)
 
     def from_task_checkpoint(self, checkpoint: dict[str, Any], task: str) -> None:
@@ -174,9 +188,12 @@ class DenseModel(nn.Module):
             checkpoint["state_dict"], meta.get("backbone"), "the checkpoint", PREFIX
         )
 
-    def record(self, task: str) -> dict[str, Any]:
+    def record(self, task: str, rasters: BandLayout | None = None) -> dict[str, Any]:
         """The ``densekit`` record of a checkpoint of this model trained by ``task``."""
-        return make_record(task, self.config, self.output, self.inputs, self.backbone, self.head)
+        layout = None if rasters is None else rasters.to_dict()
+        return make_record(
+            task, self.config, self.output, self.inputs, self.backbone, self.head, layout
+        )
 
     def load_checkpoint_state(
         self, state: dict[str, Tensor], recorded_backbone: dict[str, Any] | None, where: str

@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from densekit.data.base import DenseDataModule
 from densekit.errors import DensekitError
 from densekit.heads.official import OfficialDecoderHead
 from densekit.models import DenseModel, ModelConfig, OutputSpec
@@ -318,7 +319,9 @@ class DenseTask(L.LightningModule, abc.ABC):
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.model.into_task_checkpoint(checkpoint, type(self).__name__)
+        datamodule = getattr(self._trainer, "datamodule", None)
+        rasters = datamodule.training_rasters() if isinstance(datamodule, DenseDataModule) else None
+        self.model.into_task_checkpoint(checkpoint, type(self).__name__, rasters)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.model.from_task_checkpoint(checkpoint, type(self).__name__)

@@ -338,7 +338,9 @@ def test_bad_inputs_fail_clearly_and_write_nothing(ckpts, tmp_path):
         run_tile(ckpts["seg"], tmp_path / "corrupt.tif", out)
     four = _raster(tmp_path / "four.tif", bands=4)
     with pytest.raises(
-        DensekitError, match=r"four.tif: 4 bands; the checkpoint .*seg.ckpt was trained on 3"
+        DensekitError,
+        match=r"four.tif has 4 bands, uint8 .*seg.ckpt was trained on rasters with 3 bands, "
+        r"uint8 \(0..255\), no band names \(different band count\); give --bands: 3 ",
     ):
         run_tile(ckpts["seg"], four, out)
     with pytest.raises(DensekitError, match=r"150x130 is smaller than one tile \(504x504\)"):
@@ -406,8 +408,11 @@ def test_tiles_the_real_blue_marble(ckpts, tmp_path):
 def test_input_in_other_units_than_the_training_data_warns(ckpts, tmp_path):
     data = (np.random.default_rng(0).integers(3000, 9000, (3, 130, 150))).astype(np.uint16)
     write_raster(tmp_path / "refl.tif", data, crs="EPSG:32633")
+    refl, out = tmp_path / "refl.tif", tmp_path / "o.tif"
+    with pytest.raises(DensekitError, match=r"refl.tif has 3 bands, uint16 .*\(different data"):
+        run_tile(ckpts["seg"], refl, out, tile=56, overlap=14)
     with pytest.warns(UserWarning, match=r"refl.tif: band means far from .*band 1 at \+"):
-        run_tile(ckpts["seg"], tmp_path / "refl.tif", tmp_path / "o.tif", tile=56, overlap=14)
+        run_tile(ckpts["seg"], refl, out, tile=56, overlap=14, bands=(1, 2, 3))
     src = _raster(tmp_path / "in.tif")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
@@ -429,7 +434,10 @@ def test_date_two_bands_are_found_by_name_in_their_own_order(ckpts, tmp_path):
 
     model = load_trained(ckpts["change"])
     model.inputs = dataclasses.replace(model.inputs, bands=("R", "G", "B"))
-    raster = open_input(model, str(tmp_path / "a.tif"), str(tmp_path / "b.tif"))
+    a, b = str(tmp_path / "a.tif"), str(tmp_path / "b.tif")
+    with pytest.raises(DensekitError, match=r"a.tif has 3 bands, uint8 \(0..255\), names: R, G, B"):
+        open_input(model, a, b)  # trained on unnamed bands
+    raster = open_input(model, a, b, bands=("R", "G", "B"))
     from densekit.data.datasets import RasterReaders
 
     with RasterReaders() as readers:

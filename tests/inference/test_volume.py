@@ -547,3 +547,33 @@ def test_checkpoint_of_the_slice_data_module_runs_as_trained(tmp_path):
         "--no-progress",
     ]
     assert main(argv) == 0 and read_volume(tmp_path / "p.nii.gz").same_grid(volume, 1e-4)
+
+
+def test_seg_codes_are_carried_from_the_training_seg_or_the_class_name(
+    ct_copy, tmp_path, monkeypatch
+):
+    """The training SEG's "Liver" segment became class 1: its codes are carried; class 2's
+    name is no SNOMED CT concept: generic "Tissue", said by a warning and the sidecar."""
+    liver_seg = needs_shared_data("dicom-seg-ct-dcmqi", "liver.dcm")
+    model = threshold_model()
+    model.trained.data = {"cases": [{"image": str(ct_copy), "mask": str(liver_seg)}]}
+    model.mask_classes = {"segments": {"Liver": 1}}
+    monkeypatch.setattr(infer_module, "load_volume_model", lambda *a, **k: model)
+    out = tmp_path / "pred.dcm"
+    with pytest.warns(UserWarning, match=r"no code known for class\(es\) \['bright'\]"):
+        segment_volume("unused.ckpt", ct_copy, out, progress=False)
+    soft, bright = pydicom.dcmread(out).SegmentSequence
+    assert soft.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Liver"
+    assert bright.SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"
+    codes = json.loads((tmp_path / "pred.dcm.metrics.json").read_text())["segment_codes"]
+    assert codes["soft"]["source"].startswith("training SEG") and "Liver" in codes["soft"]["source"]
+    assert codes["bright"]["source"].startswith("generic")
+
+
+def test_a_class_named_like_an_organ_gets_its_snomed_code():
+    from densekit.medical.segment_codes import TISSUE, segment_codes
+
+    codes = segment_codes(["background", "liver", "kidney", "blob"], {}, None)
+    assert codes[1].type == ("10200004", "SCT", "Liver")
+    assert codes[1].category == ("123037004", "SCT", "Anatomical Structure")
+    assert codes[2].type[2] == "Kidney" and codes[3].type == TISSUE

@@ -1,7 +1,8 @@
-"""The remote-sensing quickstart: the SpaceNet Atlanta building tile (900 x 900 WorldView
-panchromatic at 0.5 m, CC BY-SA 4.0, see ``densekit/samples/ATTRIBUTION.md``), band statistics,
-linear heads on the left 60 % of the columns (the best on the next 20 %), a test on the right
-20 %, ``densekit tile`` over the whole tile, pictures and metrics."""
+"""The remote-sensing quickstart on a bundled task (:mod:`~densekit.commands.quickstart.geo_tasks`:
+``water``, the default, or ``buildings``): band statistics, a head trained on the left 60 % of
+the columns (validated on the next 20 %), a test on the right 20 %, ``densekit tile`` over the
+whole image, the trivial predictor and a per-pixel baseline scored on the same test columns,
+pictures and metrics."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from densekit.commands.quickstart.geo_tasks import WATER, GeoTask
 from densekit.commands.quickstart.steps import (
-    SAMPLES,
     Steps,
     copy_file,
     last_checkpoint,
@@ -25,86 +26,100 @@ from densekit.commands.quickstart.steps import (
     write_yaml,
 )
 from densekit.io import atomic_outputs
-from densekit.pictures import panels, stretch
+from densekit.pictures import ERROR_COLOURS, error_map, overlay, panels, stretch
 
-GEO_IMAGE = SAMPLES / "spacenet_atlanta" / "image.tif"
-GEO_LABELS = SAMPLES / "spacenet_atlanta" / "buildings.tif"
+GEO_IMAGE = WATER.image
+GEO_LABELS = WATER.labels
 SPLIT = [0.6, 0.2, 0.2]
 OUTPUTS = [
     "stats.yaml",
     "quickstart.yaml",
+    "benchmark_card.yaml",
     "model.ckpt",
     "test_metrics.json",
     "prediction.tif",
+    "prediction.json",
     "overview.png",
     "features_pca.png",
     "metrics.json",
 ]
-# written too (the sidecar, the benchmark card); not listed in the summary
-EXTRA_OUTPUTS = ["prediction.json", "benchmark_card.yaml"]
+# folders it writes (the training run, the feature cache)
+OUTPUT_FOLDERS = ["run", "feature_cache"]
+EXTRA_OUTPUTS: list[str] = []
 
 
-def geo_config(out: Path, stats: dict[str, Any], backbone: str, weights: str, epochs: int) -> dict:
-    bands = [1, 1, 1]  # the panchromatic band repeated for an RGB backbone
-    mean, std = stats["mean"][0], stats["std"][0]
+def distinct_bands(task: GeoTask) -> list[int | str]:
+    """The image bands the task reads, each once, in the order they first appear."""
+    return list(dict.fromkeys(task.bands))
+
+
+def geo_config(
+    out: Path, stats: dict[str, Any], backbone: str, weights: str, epochs: int, task: GeoTask
+) -> dict:
+    by_band = dict(
+        zip(distinct_bands(task), zip(stats["mean"], stats["std"], strict=True), strict=True)
+    )
     return {
         "seed_everything": 0,
         "trainer": trainer_settings(out, epochs, 5),
         "model": {
             "class_path": "densekit.tasks.SegmentationTask",
             "init_args": {
-                "num_classes": 2,
-                "class_names": ["background", "building"],
+                "num_classes": len(task.class_names),
+                "class_names": list(task.class_names),
                 "backbone": backbone,
                 "weights": weights,
-                "layers": "last4",
-                "head": "linear",
-                "loss": "ce",
-                "class_weights": [1.0, 8.0],  # buildings are about 5 % of the pixels
-                "warmup_steps": 5,
-                "bands": bands,
-                "mean": [mean] * 3,
-                "std": [std] * 3,
+                **task.model,
+                "in_channels": len(task.bands),
+                "bands": list(task.bands),
+                "mean": [round(by_band[b][0], 3) for b in task.bands],
+                "std": [round(by_band[b][1], 3) for b in task.bands],
                 "feature_cache": str(out / "feature_cache"),
-                "head_grid": {"lr": [0.001, 0.003, 0.01, 0.03], "layers": ["last4"]},
             },
         },
         "data": {
             "class_path": "densekit.data.SegmentationDataModule",
             "init_args": {
-                "images": str(GEO_IMAGE),
-                "labels": str(GEO_LABELS),
-                "bands": bands,
-                "label_map": {0: 0, 255: 1},
+                "images": str(task.image),
+                "labels": str(task.labels),
+                "bands": list(task.bands),
+                "label_map": dict(task.label_map),
                 "split": SPLIT,
-                "window": 112,
-                "batch_size": 8,
+                "window": task.window,
+                "batch_size": task.batch_size,
             },
         },
     }
 
 
-def benchmark_card(out: Path, config: dict, backbone: str, weights: str) -> Path:
-    """A ``densekit benchmark`` card on the bundled tile: the quickstart's head against a
-    U-Net from scratch at 10 % and 100 % of the labelled windows, two seeds."""
+HEAD_OPTIONS = ("head", "layers", "head_grid", "pixel_branch", "backbone_bands", "upsampler", "lr")
+
+
+def benchmark_card(out: Path, config: dict, backbone: str, weights: str, task: GeoTask) -> Path:
+    """A ``densekit benchmark`` card on the bundled image: the quickstart's head against a
+    U-Net from scratch (on every band the task reads) at 10 % and 100 % of the labelled
+    windows, two seeds."""
     from densekit.benchmark.card import load_card
 
     model = dict(config["model"]["init_args"])
     data = dict(config["data"]["init_args"])
-    stats = {k: model[k] for k in ("bands", "mean", "std")}
+    bands = distinct_bands(task)
+    by_band = dict(zip(model["bands"], zip(model["mean"], model["std"], strict=True), strict=False))
+    common = {k: model[k] for k in ("loss", "class_weights", "warmup_steps") if k in model}
     card = {
-        "name": "quickstart_buildings",
-        "description": "SpaceNet Atlanta buildings (bundled tile), label-fraction benchmark",
+        "name": f"quickstart_{task.name}",
+        "description": f"{task.what}; label-fraction benchmark (written by densekit quickstart)",
         "task": "segmentation",
-        "metric": "iou_building",
+        "metric": f"iou_{task.positive}",
         "data": {**data, "samples_per_epoch": 32},
         "model": {
-            "num_classes": 2,
-            "class_names": ["background", "building"],
-            "loss": "ce",
-            "class_weights": model["class_weights"],
-            "warmup_steps": 5,
-            **stats,
+            "num_classes": len(task.class_names),
+            "class_names": list(task.class_names),
+            **common,
+            "in_channels": model["in_channels"],
+            "bands": model["bands"],
+            "mean": model["mean"],
+            "std": model["std"],
         },
         "trainer": {"max_epochs": 10, "log_every_n_steps": 5},
         "label_fractions": [0.1, 1.0],
@@ -115,7 +130,7 @@ def benchmark_card(out: Path, config: dict, backbone: str, weights: str) -> Path
         "heads": [
             {
                 "name": "linear",
-                "model": {"head": "linear", "layers": "last4", "head_grid": model["head_grid"]},
+                "model": {k: model[k] for k in HEAD_OPTIONS if k in model},
             }
         ],
         "baselines": [
@@ -124,13 +139,13 @@ def benchmark_card(out: Path, config: dict, backbone: str, weights: str) -> Path
                 "model": {
                     "head": "unet",
                     "unet_encoder": "resnet18",
-                    "in_channels": 1,
-                    "bands": [1],
-                    "mean": stats["mean"][:1],
-                    "std": stats["std"][:1],
+                    "in_channels": len(bands),
+                    "bands": bands,
+                    "mean": [by_band[b][0] for b in bands],
+                    "std": [by_band[b][1] for b in bands],
                 },
                 "data": {
-                    "bands": [1],
+                    "bands": bands,
                     "train_windows": "random",
                     "augment": {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5},
                 },
@@ -143,88 +158,137 @@ def benchmark_card(out: Path, config: dict, backbone: str, weights: str) -> Path
     return path
 
 
-def run(out: Path, backbone: str, weights: str, epochs: int, console: Console) -> dict:
+def run(
+    out: Path, backbone: str, weights: str, epochs: int, console: Console, task: GeoTask = WATER
+) -> dict:
     import rasterio
     import torch
 
+    from densekit.benchmark.baselines import iou, pixel_logistic_regression, trivial_iou
     from densekit.data.stats import band_statistics
     from densekit.inference import TileOptions, load_trained, tile_raster
 
-    steps = Steps(console, 6)
-    steps.start(f"band statistics of {GEO_IMAGE.name} (SpaceNet Atlanta, 900 x 900, 0.5 m)")
-    stats = band_statistics([str(GEO_IMAGE)], [1])
+    steps = Steps(console, 7)
+    console.print(f"task {task.name}: {task.what}; {task.expect}")
+    bands = distinct_bands(task)
+    steps.start(f"band statistics of {task.image.name} ({len(bands)} band(s))")
+    stats = band_statistics([str(task.image)], bands)
     write_yaml(
         out / "stats.yaml",
-        {"model": {"init_args": {"bands": [1], "mean": stats["mean"], "std": stats["std"]}}},
+        {"model": {"init_args": {"bands": bands, "mean": stats["mean"], "std": stats["std"]}}},
         "# densekit stats over the quickstart image (file units, nodata excluded)\n",
     )
-    steps.done(f"mean {stats['mean'][0]:.1f}, std {stats['std'][0]:.1f} -> {out / 'stats.yaml'}")
+    steps.done(f"-> {out / 'stats.yaml'}")
 
-    steps.start(f"training linear heads on {backbone} (left 60 % of the columns; feature cache)")
+    head = "linear head" + (" + pixel branch" if task.model.get("pixel_branch") else "s")
+    steps.start(f"training a {head} on {backbone} (left 60 % of the columns; feature cache)")
     config = out / "quickstart.yaml"
-    settings = geo_config(out, stats, backbone, weights, epochs)
+    settings = geo_config(out, stats, backbone, weights, epochs, task)
     write_yaml(
         config,
         settings,
         "# The config densekit quickstart trained with; rerun: densekit fit --config THIS\n",
     )
-    benchmark_card(out, settings, backbone, weights)
+    benchmark_card(out, settings, backbone, weights, task)
     shutil.rmtree(out / "run", ignore_errors=True)
     lightning(["fit", "--config", str(config)])
     ckpt = out / "model.ckpt"
     copy_file(last_checkpoint(out / "run"), ckpt)
     steps.done(f"-> {ckpt}")
 
+    metric = f"iou_{task.positive}"
     steps.start("testing on the right 20 % of the columns (never seen in training)")
     lightning(["test", "--config", str(config), "--ckpt_path", str(ckpt)])
     test = test_metrics(out / "run")
     copy_file(sorted((out / "run").rglob("test_metrics.json"))[-1], out / "test_metrics.json")
     scores = test["metrics"]
-    steps.done(f"building IoU {scores['iou_building']:.3f}, mIoU {scores['miou']:.3f}")
+    steps.done(f"{task.positive} IoU {scores[metric]:.3f}, mIoU {scores['miou']:.3f}")
 
     steps.start("densekit tile over the whole image")
     model = load_trained(ckpt)
     prediction = out / "prediction.tif"
-    tile_raster(model, GEO_IMAGE, prediction, options=TileOptions(tile=224, overlap=32))
-    with rasterio.open(prediction) as src, rasterio.open(GEO_IMAGE) as ref:
+    tile_raster(model, task.image, prediction, options=TileOptions(tile=224, overlap=32))
+    with rasterio.open(prediction) as src, rasterio.open(task.image) as ref:
         pred = src.read(1)
+        colours = src.colormap(1)
         same = src.crs == ref.crs and src.transform == ref.transform
-        image = ref.read(1)
-    with rasterio.open(GEO_LABELS) as src:
-        label = (src.read(1) == 255).astype(np.uint8)
-    first_test = round(SPLIT[0] * 900) + round(SPLIT[1] * 900)
-    p = pred[:, first_test:] == 1
-    t = label[:, first_test:] == 1
-    tiled_iou = float((p & t).sum() / max((p | t).sum(), 1))
+        image = ref.read().astype(np.float32)
+        valid_image = ref.read_masks(1) > 0
+    with rasterio.open(task.labels) as src:
+        raw = src.read(1)
+    label = np.full(raw.shape, 255, np.uint8)
+    for value, cls in task.label_map.items():
+        label[raw == value] = cls
+    width = raw.shape[1]
+    first_test = round(SPLIT[0] * width) + round(SPLIT[1] * width)
+    positive = len(task.class_names) - 1
+    truth, valid = label == positive, label != 255
+    test_cols = np.zeros_like(valid)
+    test_cols[:, first_test:] = True
+    model_iou = iou(pred == positive, truth, valid & test_cols)
     steps.done(
         f"-> {prediction} (CRS and transform of the input: {same}); "
-        f"building IoU on the test columns {tiled_iou:.3f}"
+        f"{task.positive} IoU on the test columns {model_iou:.3f}"
     )
 
-    steps.start("pictures: image | prediction | label, and the PCA of the features")
+    steps.start("baselines on the same test columns: trivial predictor, per-pixel model")
+    trivial = trivial_iou(truth, valid & test_cols)
+    pixels = image[[b - 1 for b in band_positions(task.image, bands)]]
+    train = np.zeros_like(valid)
+    train[:, : round(SPLIT[0] * width)] = True
+    train &= valid & valid_image
+    flat = pixels.reshape(pixels.shape[0], -1).T
+    tic = time.perf_counter()
+    guess = pixel_logistic_regression(flat[train.ravel()], truth.ravel()[train.ravel()], flat)
+    baseline_seconds = time.perf_counter() - tic
+    baseline_pred = guess.reshape(truth.shape)
+    baseline_iou = iou(baseline_pred, truth, valid & test_cols)
+    steps.done(
+        f"trivial ('{task.positive}' everywhere) {trivial:.3f}, per-pixel logistic regression "
+        f"on {len(bands)} band(s) {baseline_iou:.3f}"
+    )
+
+    steps.start("pictures: image, prediction, label, errors; the PCA of the features")
+    picture = _display(image, task, valid_image)
+    shown = {k: v for k, v in colours.items() if k < len(task.class_names)}
+    legend = [(task.class_names[k], tuple(shown[k][:3])) for k in sorted(shown) if k != 0]
+    errors = [(name, colour) for name, colour in ERROR_COLOURS.items()]
     panels(
         out / "overview.png",
         [
-            ("image (panchromatic)", stretch(image, image > 0), "gray"),
-            ("prediction (densekit tile)", pred.astype(float), "gray"),
-            ("label (SpaceNet footprints)", label.astype(float), "gray"),
+            ("image", picture, None),
+            ("prediction (densekit tile)", overlay(picture, pred, shown), None),
+            ("label", overlay(picture, label, shown), None),
+            (f"errors ({task.positive})", error_map(pred == positive, truth, valid), None),
         ],
-        f"{backbone}, linear head; test columns right of the dashed line (IoU {tiled_iou:.2f})",
+        f"{task.name}: {backbone}, {head}; test columns right of the dashed line\n"
+        f"{task.positive} IoU {model_iou:.3f} | trivial ('{task.positive}' everywhere) "
+        f"{trivial:.3f} | per-pixel logistic regression {baseline_iou:.3f}",
         first_test,
+        [None, legend, legend, errors],
     )
-    pca_picture(out / "features_pca.png", model.model, image)
+    x = image[[b - 1 for b in band_positions(task.image, task.bands)]]
+    pca = pca_picture(out / "features_pca.png", model.model, x, valid_image, backbone)
     steps.done(f"-> {out / 'overview.png'}, {out / 'features_pca.png'}")
 
     steps.start("metrics")
     record = {
         "domain": "geo",
-        "data": str(GEO_IMAGE),
+        "task": task.name,
+        "data": str(task.image),
         "backbone": test.get("backbone"),
         "test_metrics": scores,
-        "tiled_iou_building_test_columns": tiled_iou,
+        "metric": metric,
+        "test_columns": {
+            "model": model_iou,
+            "trivial": trivial,
+            "per_pixel_logistic_regression": baseline_iou,
+        },
+        "per_pixel_seconds": round(baseline_seconds, 2),
+        "features_pca": pca,
         "selected_head": (test.get("head_grid") or {}).get("selected"),
         "seconds": steps.times,
-        "outputs": {k: str(out / k) for k in OUTPUTS},
+        "outputs": {k: str(out / k) for k in [*OUTPUTS, *OUTPUT_FOLDERS]},
         "torch_threads": torch.get_num_threads(),
     }
     text = json.dumps(record, indent=2) + "\n"
@@ -234,17 +298,44 @@ def run(out: Path, backbone: str, weights: str, epochs: int, console: Console) -
     return record
 
 
-def pca_picture(path: Path, model: Any, image: np.ndarray) -> None:
-    """The first three principal components of the backbone's last layer on the whole image."""
+def band_positions(path: Path, bands: list[int | str] | tuple[int | str, ...]) -> list[int]:
+    """The 1-based positions of ``bands`` (indices or names) in the raster at ``path``."""
+    from densekit.data.band_layout import BandLayout
+    from densekit.data.bands import resolve_band_indices
+
+    names = BandLayout.of(str(path)).names
+    return [i + 1 for i in resolve_band_indices(list(bands), names, str(path))]
+
+
+def _display(image: np.ndarray, task: GeoTask, valid: np.ndarray) -> np.ndarray:
+    """The task's display bands stretched to [0, 1]: ``(H, W, 3)`` colour or ``(H, W)`` grey."""
+    layers = [stretch(image[b - 1], valid) for b in task.display]
+    return np.stack(layers, axis=-1) if len(layers) == 3 else layers[0]
+
+
+def pca_picture(
+    path: Path, model: Any, x: np.ndarray, valid: np.ndarray, backbone: str
+) -> dict[str, Any]:
+    """The first three principal components of the backbone's last layer on the whole image
+    (``x``: the model's input bands, ``(C, H, W)``), titled with the backbone, the layer and the
+    variance each component explains."""
     import torch
-    import torchvision.io
 
-    from densekit.features import pca_picture
+    from densekit.features import pca_explained
+    from densekit.features import pca_picture as principal_components
 
-    x = torch.from_numpy(image.astype(np.float32))[None, None].repeat(1, 3, 1, 1)
     with torch.inference_mode():
-        maps = model.backbone(model.normalize(x))
-    stride = model.backbone.patch_size
-    rgb = pca_picture(maps[-1], image.shape, stride, image == 0)
-    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
-    atomic_outputs({path: lambda tmp: torchvision.io.write_png(tensor, str(tmp))})
+        maps, _ = model.encode([torch.from_numpy(np.ascontiguousarray(x))[None]])
+    stride = model.backbone.patch_size / model.config.backbone.upscale
+    rgb = principal_components(maps[-1], x.shape[-2:], round(stride), ~valid)
+    explained = pca_explained(maps[-1])
+    layer = model.backbone.layers[-1]
+    shares = ", ".join(f"{100 * v:.0f} %" for v in explained)
+    panels(
+        path,
+        [("principal components 1, 2, 3 as red, green, blue", rgb / 255.0, None)],
+        f"{backbone}, layer {layer} (the last of those the head reads)\n"
+        f"variance explained: {shares} ({100 * sum(explained):.0f} % together)",
+        None,
+    )
+    return {"layer": layer, "explained_variance": explained}

@@ -34,11 +34,14 @@ OUTPUTS = [
     "test_metrics.json",
     "liver.nii.gz",
     "liver_seg.dcm",
+    "liver.nii.gz.metrics.json",
+    "liver_seg.dcm.metrics.json",
     "overview.png",
     "metrics.json",
 ]
-# written too (the sidecars); not listed in the summary
-EXTRA_OUTPUTS = ["liver.nii.gz.metrics.json", "liver_seg.dcm.metrics.json"]
+# folders it writes (the training run)
+OUTPUT_FOLDERS = ["run"]
+EXTRA_OUTPUTS: list[str] = []
 
 
 def medical_config(out: Path, backbone: str, weights: str, epochs: int) -> dict:
@@ -102,7 +105,7 @@ def run(out: Path, backbone: str, weights: str, epochs: int, console: Console) -
 
     steps.start("densekit volume: NIfTI labels and a DICOM SEG, scored against the reference SEG")
     nifti = segment_volume(ckpt, CT_SERIES, out / "liver.nii.gz", reference=CT_SEG, progress=False)
-    seg = segment_volume(ckpt, CT_SERIES, out / "liver_seg.dcm", reference=CT_SEG, progress=False)
+    segment_volume(ckpt, CT_SERIES, out / "liver_seg.dcm", reference=CT_SEG, progress=False)
     dice = nifti["record"]["metrics"]
     steps.done(f"-> {out / 'liver.nii.gz'}, {out / 'liver_seg.dcm'}; metrics {dice}")
 
@@ -134,8 +137,7 @@ def run(out: Path, backbone: str, weights: str, epochs: int, console: Console) -
         "test_metrics": test["metrics"],
         "volume_metrics": dice,
         "seconds": steps.times,
-        "outputs": {k: str(out / k) for k in OUTPUTS},
-        "sidecars": [*nifti["outputs"][1:], *seg["outputs"][1:]],
+        "outputs": {k: str(out / k) for k in [*OUTPUTS, *OUTPUT_FOLDERS]},
     }
     text = json.dumps(record, indent=2) + "\n"
     atomic_outputs({out / "metrics.json": lambda tmp: tmp.write_text(text)})
