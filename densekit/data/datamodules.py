@@ -75,6 +75,8 @@ class RasterDataModule(DenseDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise DensekitError(f"data.window {window!r}: give a whole number of pixels >= 1")
         if train_windows == "random" and window is None:
             raise DensekitError("train_windows 'random' needs a window size")
         self.train_windows = train_windows
@@ -89,6 +91,16 @@ class RasterDataModule(DenseDataModule):
             "target_nodata": target_nodata,
         }
 
+    def check_settings(self) -> None:
+        """Refuse a window larger than an image, reading the images' headers only (the CLI
+        calls this before the model is built; :meth:`setup` checks it too)."""
+        if self.window is None:
+            return
+        for spec in self.split_spec.values():
+            for group in pair_files(spec) if spec else []:
+                grid, _ = reference_grid(group[0])
+                check_window(self.window, grid, group[0])
+
     def _samples(self, groups: list[tuple[str, ...]], block_index: int | None) -> list[Sample]:
         samples = []
         size0 = None
@@ -96,6 +108,8 @@ class RasterDataModule(DenseDataModule):
             images, target = group[: self.n_images], group[self.n_images]
             subtract = group[self.n_images + 1] if len(group) > self.n_images + 1 else None
             grid, ref_path = reference_grid(images[0])
+            if self.window is not None:
+                check_window(self.window, grid, images[0])
             for other in (*images, target, *([subtract] if subtract else [])):
                 if is_vector(other):
                     check_vector_overlap(other, grid, ref_path)
@@ -189,6 +203,16 @@ class RasterDataModule(DenseDataModule):
     def _subset(self, kept: list[Sample], classes: list[set[int]] | None) -> list[Sample]:
         """The labelled subset of the training windows (see :mod:`densekit.data.subsets`)."""
         return [kept[i] for i in self._subset_indices(len(kept), classes)]
+
+
+def check_window(window: int, grid: Grid, path: str) -> None:
+    """A window larger than the image on both sides would be mostly padding (and slow)."""
+    if window > grid.width and window > grid.height:
+        raise DensekitError(
+            f"data.window {window}: larger than {path} ({grid.width}x{grid.height}); a window "
+            f"is padded to its full size: give at most {max(grid.width, grid.height)}, or leave "
+            "window out to read whole files"
+        )
 
 
 def check_vector_overlap(path: str, grid: Grid, ref_path: str) -> None:

@@ -210,8 +210,7 @@ def predict_volume(
     """
     from tqdm import tqdm
 
-    if batch_size < 1:
-        raise DensekitError(f"batch size {batch_size}: must be >= 1")
+    check_batch_size(batch_size)
     settings = model.settings
     display = display_order(volume, settings.plane)
     scaled = np.ascontiguousarray(display.apply(settings.intensity.apply(volume.array)))
@@ -247,6 +246,12 @@ def input_key(volume: Volume) -> dict[str, str]:
 def sidecar_path(output: Path) -> Path:
     """``<output file name>.metrics.json``: a NIfTI and a SEG of one name keep their own."""
     return output.with_name(output.name + ".metrics.json")
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Slices per forward pass: a whole number >= 1 (checked before the model is loaded)."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise DensekitError(f"batch_size {batch_size!r}: give a whole number >= 1")
 
 
 def check_output(output: str | Path, source: str | Path) -> Path:
@@ -311,6 +316,7 @@ def segment_volume(
     from densekit.data.nifti import write_nifti
     from densekit.io import atomic_outputs
 
+    check_batch_size(batch_size)
     out = check_output(output, source)
     if not Path(source).exists():
         raise DensekitError(f"input {source}: no such file or folder")
