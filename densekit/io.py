@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,12 +47,25 @@ def temporary_path(path: Path) -> Path:
 
 
 def as_output_error(err: OSError, path: Path) -> OSError:
-    """``err`` as an ``OSError`` about the output ``path``; a full disk that GDAL reported as
-    a plain write failure gets ``ENOSPC``."""
+    """``err`` as an ``OSError`` about the output ``path``. GDAL reports a full disk as a plain
+    "Write failed": a write failure without an errno on a device with less than
+    :data:`NEARLY_FULL` bytes free is named a full disk (``ENOSPC``)."""
     code = err.errno
-    if code is None and is_full_disk(err):
-        code = errno.ENOSPC
+    text = str(err).strip().splitlines()
+    first = text[0] if text else type(err).__name__
+    if code is None and (is_full_disk(err) or _free_bytes(path) < NEARLY_FULL):
+        return OSError(errno.ENOSPC, f"No space left on device ({first})", str(path))
     if code is None:
-        text = str(err).strip().splitlines()
-        return OSError(f"{path}: writing failed ({text[0] if text else type(err).__name__})")
+        return OSError(f"{path}: writing failed ({first})")
     return OSError(code, err.strerror or os.strerror(code), str(path))
+
+
+NEARLY_FULL = 1 << 20
+
+
+def _free_bytes(path: Path) -> int:
+    """Bytes free for the user on the device of ``path``'s folder (a large number if unknown)."""
+    try:
+        return shutil.disk_usage(path.parent).free
+    except OSError:
+        return 1 << 62
