@@ -5,7 +5,8 @@ Both DICOM readers go through here: :func:`densekit.data.images.read_image` (one
 VOI window) and :func:`densekit.data.dicom_series.read_series` (a volume, no window). A file
 that is not DICOM, pixel data in a transfer syntax no installed plugin decodes, or damaged
 (truncated) pixel data is an :class:`~densekit.errors.InputImageError` naming the file (and the
-syntax and what to install, or the damage).
+syntax and what to install, or the damage). A Siemens mosaic is refused by name
+(:func:`refuse_mosaic`).
 """
 
 from __future__ import annotations
@@ -56,10 +57,45 @@ def decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
         InputImageError: the pixel data cannot be decoded; the message names the file, the
             transfer syntax (name and UID) and the package to install.
     """
+    refuse_mosaic(ds, path)
     try:
         return ds.pixel_array
     except Exception as err:  # a missing plugin, damaged data, a missing attribute, ...
         raise InputImageError(f"{path}: {why_undecodable(ds, err)}") from err
+
+
+# Siemens' private (0019,100A) NumberOfImagesInMosaic, in the "SIEMENS MR HEADER" block
+MOSAIC_COUNT = (0x0019, 0x100A)
+
+
+def refuse_mosaic(ds: Dataset, path: Path) -> None:
+    """A Siemens mosaic (ImageType MOSAIC, or NumberOfImagesInMosaic) tiles a volume's slices
+    in one image; read as one slice its geometry is wrong, so it is refused by name.
+
+    Raises:
+        InputImageError: the file is a mosaic; the message names the tags and dcm2niix.
+    """
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    count = ds.get(MOSAIC_COUNT)
+    if "MOSAIC" not in image_type and count is None:
+        return
+    marks = []
+    if "MOSAIC" in image_type:
+        marks.append("ImageType contains MOSAIC")
+    if count is not None:
+        marks.append(f"NumberOfImagesInMosaic (0019,100A) = {_private_number(count.value)}")
+    raise InputImageError(
+        f"{path}: a Siemens mosaic ({'; '.join(marks)}): its slices are tiles of one image, "
+        "which densekit does not split (read as one slice, its geometry would be wrong); "
+        "convert the series with dcm2niix and give the NIfTI"
+    )
+
+
+def _private_number(value: object) -> str:
+    """A private tag's number: read as US when the implicit VR left it as bytes."""
+    if isinstance(value, bytes) and len(value) in (2, 4):
+        return str(int.from_bytes(value, "little"))
+    return str(value)
 
 
 def why_undecodable(ds: Dataset, err: Exception) -> str:

@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,14 @@ class _SliceLabels:
 
     def aggregate(self, outputs: Tensor, batch: Batch) -> None:
         start, n = batch.where
+        finite = torch.isfinite(outputs).flatten(1).all(1)
+        if not bool(finite.all()):
+            first = start + int((~finite).nonzero()[0, 0])
+            raise DensekitError(
+                f"the model's output is NaN or infinite on slice {first} (display order of "
+                "its plane); no labels are written. Check the checkpoint and the backbone "
+                "weights (non-finite values?)"
+            )
         labels = self.output.labels(outputs).cpu().numpy()
         self.along[start : start + n] = labels.astype(self.along.dtype)
 
@@ -348,10 +357,10 @@ def segment_volume(
     if headers is not None:
         try:
             seg = build_seg(labels.array, headers, model.class_names, model.provenance())
-        except ValueError as e:
+        except (ValueError, AttributeError, KeyError, TypeError, IndexError) as e:
             raise DensekitError(
                 f"input {source}: highdicom cannot write a SEG of this series: "
-                f"{scrub(str(e), headers[0])}"
+                f"{scrub(seg_failure(e), headers[0])}"
             ) from None
         writers[out] = lambda tmp: seg.save_as(tmp, enforce_file_format=True)
     else:
@@ -367,6 +376,17 @@ def segment_volume(
     writers[sidecar_path(out)] = lambda tmp: Path(tmp).write_text(text)
     atomic_outputs(writers)
     return {"outputs": [str(p) for p in writers], "record": record}
+
+
+def seg_failure(err: Exception) -> str:
+    """highdicom's error in one line; a missing attribute named as such."""
+
+    text = str(err).strip().splitlines()
+    first = text[0] if text else type(err).__name__
+    found = re.search(r"has no attribute '(\w+)'", first)
+    if found:
+        return f"the source headers lack {found.group(1)}"
+    return first
 
 
 def _write_nifti_to(write: Any, labels: Volume, tmp: Path, suffix: str) -> None:
