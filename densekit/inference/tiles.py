@@ -312,7 +312,15 @@ def _tile_distributed(
 ) -> dict[str, Any]:
     """The run of one process; every process learns whether all others succeeded. Rank 0
     holds the output's lock for the whole run."""
-    with output_lock(output) if rank == 0 else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        refused: DensekitError | None = None
+        if rank == 0:
+            try:
+                stack.enter_context(output_lock(output))
+            except DensekitError as e:
+                refused = e
+        if _agree(0 if refused is None else 2):  # every process stops, none waits
+            raise refused or DensekitError(f"output {output}: rank 0 could not lock it")
         return _tile_locked(model, raster, plan, opts, output, rank, world, tic)
 
 
