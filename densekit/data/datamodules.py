@@ -205,16 +205,19 @@ class RasterDataModule(DenseDataModule):
         return [kept[i] for i in self._subset_indices(len(kept), classes)]
 
 
+PADDING_LIMIT = 4  # a window at most this many times an image's longer side
+
+
 def check_window(window: int, grid: Grid, path: str) -> None:
-    """A window more than twice the image's longer side is at least three quarters padding on
-    each axis (a 5000-pixel window on a 900-pixel image: 13 minutes of padding per step):
+    """A window more than :data:`PADDING_LIMIT` times the image's longer side is over 15/16
+    padding (a 5000-pixel window on a 900-pixel image: 13 minutes of padding per step):
     refused. Windows somewhat larger than small chips are padded as before."""
-    longest = max(grid.width, grid.height)
-    if window > 2 * longest:
+    most = PADDING_LIMIT * max(grid.width, grid.height)
+    if window > most:
         raise DensekitError(
-            f"data.window {window}: larger than twice {path} ({grid.width}x{grid.height}); a "
-            f"window is padded to its full size: give at most {2 * longest}, or leave window "
-            "out to read whole files"
+            f"data.window {window}: more than {PADDING_LIMIT} times the longer side of {path} "
+            f"({grid.width}x{grid.height}); a window is padded to its full size: give at most "
+            f"{most}, or leave window out to read whole files"
         )
 
 

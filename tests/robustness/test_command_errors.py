@@ -154,7 +154,7 @@ NO_WEIGHTS = {"backbone": "dinov2_vits14", "weights": "/nonexistent/w.pth"}
         ({}, {"batch_size": 0}, r"data.batch_size 0: give a whole number >= 1"),
         ({}, {"batch_size": -2}, r"data.batch_size -2: give a whole number >= 1"),
         ({}, {"num_workers": -1}, r"data.num_workers -1: give a whole number >= 0"),
-        ({}, {"window": 5000}, r"data.window 5000: larger than .*give at most"),
+        ({}, {"window": 5000}, r"data.window 5000: more than 4 times the longer side of .*give at most"),
     ],
     ids=["lr nan", "lr negative", "lr zero", "weight decay", "dropout", "batch 0", "batch -2",
          "workers", "window"],
