@@ -8,13 +8,17 @@ gave print one message naming the file, key or value and exit with status 2, wri
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from densekit.commands.lightning import LIGHTNING_COMMANDS, lightning_command
-from densekit.errors import DensekitError
+from densekit.commands.lightning import LIGHTNING_COMMANDS, run_lightning
+from densekit.errors import DensekitError, Terminated, describe_os_error
 from densekit.version import __version__
 
 
@@ -285,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"densekit {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (also DENSEKIT_DEBUG=1); any command",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("backbones", help="list the registry of backbones")
@@ -515,19 +524,91 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``densekit`` command; errors the user can fix print one line (see
+    :func:`report_error`), a traceback only with ``--debug`` or ``DENSEKIT_DEBUG=1``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DENSEKIT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
+    with terminate_on_sigterm():
+        try:
+            return run_command(argv)
+        except (Exception, KeyboardInterrupt, Terminated) as e:
+            if debug:
+                raise
+            return report_error(e, command)
+
+
+def run_command(argv: list[str]) -> int:
+    """Parse ``argv`` and run its command (errors are raised)."""
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        return lightning_command(argv)
+        return run_lightning(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    return int(args.func(args))
+
+
+def report_error(err: BaseException, command: str) -> int:
+    """Print ``err`` as one line on stderr and return the exit status: 2 for what the user gave
+    (:class:`~densekit.errors.DensekitError`), 1 for reading or writing files (an ``OSError``:
+    no space left, permission denied, ...) and for errors densekit did not foresee, 130 after
+    Ctrl-C, 143 after SIGTERM."""
+    prefix = f"densekit {command}: " if command else "densekit: "
+    cause = user_error(err)
+    if isinstance(cause, DensekitError):
+        message, status = f"error: {cause}", cause.exit_status
+    elif isinstance(cause, OSError):
+        message, status = f"error: {describe_os_error(cause)}", 1
+    elif isinstance(err, Terminated):
+        message, status = "stopped by SIGTERM", 143
+    elif isinstance(err, KeyboardInterrupt):
+        message, status = "interrupted", 130
+    elif isinstance(err, MemoryError):
+        message, status = "error: out of memory (lower --batch-size or the tile/window size)", 1
+    else:
+        text = str(err).strip().splitlines()
+        message = (
+            f"internal error: {type(err).__name__}: {text[0] if text else ''} (run again with "
+            "--debug for the traceback and please report it)"
+        )
+        status = 1
+    print(prefix + " ".join(message.split("\n")), file=sys.stderr)
+    return status
+
+
+def user_error(err: BaseException) -> BaseException:
+    """The densekit or OS error behind ``err`` (jsonargparse and Lightning wrap the errors
+    raised while they build the model and data classes), else ``err`` itself."""
+    seen = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (DensekitError, OSError)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return err
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises :class:`~densekit.errors.Terminated` in the main thread (Lightning's own
+    handler only sets a flag checked between steps), so every command ends promptly and its
+    clean-ups run (temporary files removed; ``tile`` keeps its resumable partial run)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        return int(args.func(args))
-    except DensekitError as e:
-        print(f"densekit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -225,15 +225,18 @@ def test_bad_input_through_the_console_script(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_second_write_leaves_nothing(tmp_path, monkeypatch):
-    """Outputs are all-or-nothing: if writing the PNG fails, the .pt is not left behind."""
+def test_failed_second_write_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """Outputs are all-or-nothing: if writing the PNG fails, the .pt is not left behind, and
+    the failure is one line with exit status 1."""
+    import errno
+
     import torchvision.io
 
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
+    def boom(tensor, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(torchvision.io, "write_png", boom)
-    with pytest.raises(OSError, match="disk full"):
+    assert (
         main(
             [
                 "features",
@@ -249,4 +252,8 @@ def test_failed_second_write_leaves_nothing(tmp_path, monkeypatch):
                 str(tmp_path / "p.png"),
             ]
         )
+        == 1
+    )
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"densekit features: error: {tmp_path / 'p.png'}: no space left on device"
     assert list(tmp_path.iterdir()) == []

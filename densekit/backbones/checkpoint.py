@@ -8,6 +8,7 @@ layout Meta publishes); anything else is refused with a message that says what w
 from __future__ import annotations
 
 import hashlib
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,25 +51,47 @@ def _check_flat(obj: object, path: Path) -> StateDict:
     return obj
 
 
+def why_unreadable(err: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused or failed to read a file, in words:
+    executable objects refused, a damaged (truncated) file, or not a PyTorch file at all."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            return (
+                f"refused: it contains executable objects ({found.group(0)}); densekit reads "
+                "files with weights_only=True and runs no code from them"
+            )
+        operand = re.search(r"Unsupported operand (\d+)", text)
+        what = f"unsupported pickle opcode {operand.group(1)}" if operand else "refused"
+        return (
+            f"not a readable PyTorch checkpoint (the safe reader stopped: {what}; a file of "
+            "another kind, or a pickle densekit does not read)"
+        )
+    damaged = (
+        "failed finding central directory",
+        "PytorchStreamReader failed",
+        "unexpected EOF",
+        "Ran out of input",
+        "file is truncated",
+        "invalid header or archive is corrupted",
+    )
+    if isinstance(err, EOFError) or any(d in text for d in damaged):
+        return "damaged: the file is truncated or corrupted (an incomplete download or copy?)"
+    first = text.split("Please file an issue")[0].split("In PyTorch 2.6")[0].strip()
+    first = first.splitlines()[0] if first else type(err).__name__
+    return f"not a readable PyTorch checkpoint ({type(err).__name__}: {first})"
+
+
 def load_torch_file(path: Path) -> StateDict:
     """``torch.load`` a ``.pth`` with ``weights_only=True`` and check that it is a state dict."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise WeightsError(f"{path}: the file is empty (an incomplete download or copy?)")
     try:
         # zip-format files (torch.save's default) are memory-mapped: large files load lazily
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:
-        text = str(e)
-        if "Weights only load failed" in text and "Unsupported global" in text:
-            reason = text.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
-            raise WeightsError(
-                f"{path}: refused to unpickle: the file holds Python objects other than tensors "
-                "and plain containers, and densekit loads with weights_only=True so no code "
-                f"from the file runs ({' '.join(reason.split())})"
-            ) from None
-        first = text.split("Please file an issue")[0].split("In PyTorch 2.6")[0].strip()
-        detail = text.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
-        raise WeightsError(
-            f"{path}: not a readable PyTorch checkpoint ({first} {' '.join(detail.split())})"
-        ) from None
+        raise WeightsError(f"{path}: {why_unreadable(e)}") from None
     return _check_flat(obj, path)
 
 

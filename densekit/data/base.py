@@ -73,6 +73,7 @@ class DenseDataModule(L.LightningDataModule):
         subset_seed: int = 0,
         stratify: bool = False,
     ) -> None:
+        check_loader_options(batch_size, num_workers, samples_per_epoch)
         super().__init__()
         self.subset = LabelledSubset(label_fraction, label_count, subset_seed, stratify)
         if stratify and self.kind == "depth":
@@ -142,6 +143,16 @@ class DenseDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test" if "test" in self.datasets else "val", shuffle=False)
+
+
+def check_loader_options(batch_size: int, num_workers: int, samples_per_epoch: int | None) -> None:
+    """Refuse loader settings that cannot work (``data.<name>`` keys), before anything is read."""
+    for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise DensekitError(f"data.{name} {value!r}: give a whole number >= {least}")
+    n = samples_per_epoch
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise DensekitError(f"data.samples_per_epoch {n!r}: give a whole number >= 1 (or null)")
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -76,6 +76,8 @@ class RasterDataModule(DenseDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise DensekitError(f"data.window {window!r}: give a whole number of pixels >= 1")
         if train_windows == "random" and window is None:
             raise DensekitError("train_windows 'random' needs a window size")
         self.train_windows = train_windows
@@ -110,6 +112,16 @@ class RasterDataModule(DenseDataModule):
             self._layout = layout
         return self._layout
 
+    def check_settings(self) -> None:
+        """Refuse a window larger than an image, reading the images' headers only (the CLI
+        calls this before the model is built; :meth:`setup` checks it too)."""
+        if self.window is None:
+            return
+        for spec in self.split_spec.values():
+            for group in pair_files(spec) if spec else []:
+                grid, _ = reference_grid(group[0])
+                check_window(self.window, grid, group[0])
+
     def _samples(self, groups: list[tuple[str, ...]], block_index: int | None) -> list[Sample]:
         samples = []
         size0 = None
@@ -117,6 +129,8 @@ class RasterDataModule(DenseDataModule):
             images, target = group[: self.n_images], group[self.n_images]
             subtract = group[self.n_images + 1] if len(group) > self.n_images + 1 else None
             grid, ref_path = reference_grid(images[0])
+            if self.window is not None:
+                check_window(self.window, grid, images[0])
             for other in (*images, target, *([subtract] if subtract else [])):
                 if is_vector(other):
                     check_vector_overlap(other, grid, ref_path)
@@ -210,6 +224,22 @@ class RasterDataModule(DenseDataModule):
     def _subset(self, kept: list[Sample], classes: list[set[int]] | None) -> list[Sample]:
         """The labelled subset of the training windows (see :mod:`densekit.data.subsets`)."""
         return [kept[i] for i in self._subset_indices(len(kept), classes)]
+
+
+PADDING_LIMIT = 4  # a window at most this many times an image's longer side
+
+
+def check_window(window: int, grid: Grid, path: str) -> None:
+    """A window more than :data:`PADDING_LIMIT` times the image's longer side is over 15/16
+    padding (a 5000-pixel window on a 900-pixel image: 13 minutes of padding per step):
+    refused. Windows somewhat larger than small chips are padded as before."""
+    most = PADDING_LIMIT * max(grid.width, grid.height)
+    if window > most:
+        raise DensekitError(
+            f"data.window {window}: more than {PADDING_LIMIT} times the longer side of {path} "
+            f"({grid.width}x{grid.height}); a window is padded to its full size: give at most "
+            f"{most}, or leave window out to read whole files"
+        )
 
 
 def check_vector_overlap(path: str, grid: Grid, ref_path: str) -> None:

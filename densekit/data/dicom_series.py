@@ -95,7 +95,7 @@ class SeriesInfo:
     files: tuple[Path, ...]
 
     def __str__(self) -> str:
-        text = f"{self.uid} ({self.modality or '?'}, '{self.description}', "
+        text = f"{self.uid} ({self.modality or '?'}, "  # no SeriesDescription: free text
         text += f"{self.n_instances} instances"
         if self.n_frames != self.n_instances:
             text += f", {self.n_frames} frames"
@@ -288,13 +288,14 @@ def _select(
     chosen = infos if series_uid is None else [i for i in infos if i.uid == series_uid]
     if not chosen:
         raise InputImageError(f"series {series_uid} is not in {where}; it holds:\n{listing}")
-    if len(chosen) > 1 and series_uid is None:
+    uids = sorted({i.uid for i in chosen})
+    if len(uids) > 1:
         raise InputImageError(
-            f"{where} holds {len(infos)} image series; choose one with series_uid=...:\n{listing}"
+            f"{where} holds {len(uids)} image series; choose one with series_uid=...:\n{listing}"
         )
-    if len(chosen) > 1:
+    if len(chosen) > 1:  # one series whose images lie in several orientations
         raise InputImageError(
-            f"series {series_uid} has images in {len(chosen)} orientations; pass the files of"
+            f"series {uids[0]} has images in {len(chosen)} orientations; pass the files of"
             f" one (SeriesInfo.files from scan_series) instead:\n{listing}"
         )
     return chosen[0]

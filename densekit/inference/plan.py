@@ -117,18 +117,23 @@ class Plan:
 
 
 def make_plan(grid: Grid, opts: TileOptions, patch: int, path: str) -> Plan:
-    """The plan of tiling ``grid`` (the raster at ``path``) with a model of patch ``patch``."""
+    """The plan of tiling ``grid`` (the raster at ``path``) with a model of patch ``patch``.
+
+    A raster that fits in one tile on both sides is one tile of the smallest multiple of the
+    patch that covers it (a 1 x 1 raster: one patch, padded); a raster narrower than the tile
+    on one side only is padded on that side.
+    """
     tile = opts.tile - opts.tile % patch
     if tile < patch:
         raise DensekitError(f"tile {opts.tile}: smaller than the model's patch {patch}")
     if not 0 <= opts.overlap < tile / 2:
         raise DensekitError(f"overlap {opts.overlap}: must be >= 0 and less than half of {tile}")
-    if grid.width < tile or grid.height < tile:
-        raise DensekitError(
-            f"input {path}: {grid.width}x{grid.height} is smaller than one tile ({tile}x{tile}); "
-            f"use a tile of {max(patch, min(grid.width, grid.height) // patch * patch)} or less"
-        )
+    if grid.width < 1 or grid.height < 1:
+        raise DensekitError(f"input {path}: {grid.width}x{grid.height} pixels, nothing to tile")
     step = tile - opts.overlap
+    if grid.width <= tile and grid.height <= tile:  # one tile: no overlap to blend
+        tile = math.ceil(max(grid.width, grid.height) / patch) * patch
+        step = tile
     return Plan(
         tile,
         step,

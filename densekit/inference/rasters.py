@@ -32,7 +32,8 @@ class RasterInput:
     band_idx2: list[int] | None = None
 
     def read(self, readers: RasterReaders, col: int, row: int, size: int) -> list[np.ndarray]:
-        """The tile at ``(col, row)`` of each date as ``(C, size, size)`` with NaN for nodata."""
+        """The tile at ``(col, row)`` of each date as ``(C, size, size)`` with NaN for nodata
+        (and for pixels with a NaN or infinite value in any band)."""
         region = (0, 0, self.grid.width, self.grid.height)
         window = (col, row, size, size)
         out = []
@@ -41,7 +42,9 @@ class RasterInput:
                 continue
             bands = None if idx is None else [i + 1 for i in idx]
             x, inside, invalid = read_box(path, window, region, bands, self.grid, readers=readers)
-            x[:, ~inside | invalid] = np.nan
+            # nodata, outside the raster, or NaN/inf in any band (a raster without a nodata
+            # value): NaN in every band, which the model reads as nodata
+            x[:, ~inside | invalid | ~np.isfinite(x).all(axis=0)] = np.nan
             out.append(x)
         return out
 
@@ -186,9 +189,24 @@ def strip_batches(
             row = plan.rows[s]
             for i in range(0, len(plan.cols), batch_size):
                 cols = plan.cols[i : i + batch_size]
-                dates = [raster.read(readers, c, row, plan.tile) for c in cols]
+                dates = [_read_tile(raster, readers, c, row, plan.tile) for c in cols]
                 valid = np.stack([np.isfinite(np.stack(d)).all(axis=(0, 1)) for d in dates])
                 inputs = [
                     torch.from_numpy(np.stack([d[k] for d in dates])) for k in range(len(dates[0]))
                 ]
                 yield Batch((s, cols), inputs, valid, 0 if s == seed else len(cols))
+
+
+def _read_tile(
+    raster: RasterInput, readers: RasterReaders, col: int, row: int, size: int
+) -> list[np.ndarray]:
+    """:meth:`RasterInput.read`, a failed read (a damaged block) named as the input's."""
+    try:
+        return raster.read(readers, col, row, size)
+    except OSError as e:
+        names = raster.path if raster.path2 is None else f"{raster.path} / {raster.path2}"
+        first = str(e).strip().splitlines()
+        raise InputImageError(
+            f"input {names}: reading the tile at column {col}, row {row} failed "
+            f"({first[0] if first else type(e).__name__}); a damaged or truncated file?"
+        ) from None

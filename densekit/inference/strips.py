@@ -27,6 +27,7 @@ from affine import Affine
 from densekit.data.grids import Grid
 from densekit.errors import DensekitError
 from densekit.inference.plan import BLOCK, Plan
+from densekit.io import as_output_error
 from densekit.models import OutputSpec
 
 
@@ -45,8 +46,10 @@ def _profile(grid: Grid, count: int, dtype: str, nodata: float) -> dict[str, Any
         "zlevel": 1,  # intermediate files: the COG recompresses them at the default level
         "BIGTIFF": "IF_SAFER",
     }
-    if grid.georeferenced:
-        profile.update(crs=grid.crs, transform=grid.transform)
+    if grid.crs is not None:
+        profile["crs"] = grid.crs
+    if not grid.transform.is_identity:  # a geotransform without a CRS is kept too
+        profile["transform"] = grid.transform
     return profile
 
 
@@ -65,11 +68,12 @@ def _vrt(parts: list[tuple[Path, int]], template: Path, grid: Grid, dest: Path) 
         units = t.units
         cmap = t.colormap(1) if t.colorinterp[0].name == "palette" else None
         crs_wkt = t.crs.to_wkt() if t.crs else None
-        gt = t.transform.to_gdal()
+        gt = None if t.transform.is_identity else t.transform.to_gdal()
     gdal_type = {"uint8": "Byte", "float32": "Float32"}[dtype]
     lines = [f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">']
     if crs_wkt:
         lines.append(f"  <SRS>{escape(crs_wkt)}</SRS>")
+    if gt is not None:
         lines.append("  <GeoTransform>" + ", ".join(repr(v) for v in gt) + "</GeoTransform>")
     if tags:
         lines.append("  <Metadata>")
@@ -139,6 +143,15 @@ class StripWriter:
                 changed = sorted(
                     k for k in signature if state["signature"].get(k) != signature.get(k)
                 )
+                inputs = [k for k in changed if k in ("input_file", "input2_file")]
+                if inputs:
+                    what = {k: _changes(state["signature"].get(k), signature[k]) for k in inputs}
+                    raise DensekitError(
+                        f"resume: the input changed since the unfinished run in {folder} "
+                        f"({'; '.join(f'{k[:-5]}: {v}' for k, v in what.items())}); its "
+                        "finished strips would not match the rest: run without resume to "
+                        "start again"
+                    )
                 raise DensekitError(
                     f"resume: the unfinished run in {folder} used other settings ({changed}); "
                     "run without resume to start again"
@@ -182,6 +195,12 @@ class StripWriter:
         os.replace(tmp, self.progress_file)
 
 
+def _changes(before: Any, now: dict[str, Any]) -> str:
+    """Which of an input's fingerprint entries differ, e.g. ``size, mtime_ns``."""
+    before = before if isinstance(before, dict) else {}
+    return ", ".join(k for k in now if before.get(k) != now[k]) or "recorded differently"
+
+
 def assemble(
     output_spec: OutputSpec,
     grid: Grid,
@@ -204,18 +223,21 @@ def assemble(
             vrt = folder / f"{name}.vrt"
             _vrt(parts, parts[0][0], grid, vrt)
             tmp = dest.with_name(f".{dest.stem}.partial-{os.getpid()}.tif")
+            tmps[dest] = tmp  # removed below if the copy fails half-way (a full disk)
             resampling = output_spec.overview_resampling if name == "map" else "AVERAGE"
-            rasterio.shutil.copy(
-                vrt,
-                tmp,
-                driver="COG",
-                COMPRESS="DEFLATE",
-                BLOCKSIZE=512,
-                OVERVIEW_RESAMPLING=resampling,
-                BIGTIFF="IF_SAFER",
-                NUM_THREADS="ALL_CPUS",
-            )
-            tmps[dest] = tmp
+            try:
+                rasterio.shutil.copy(
+                    vrt,
+                    tmp,
+                    driver="COG",
+                    COMPRESS="DEFLATE",
+                    BLOCKSIZE=512,
+                    OVERVIEW_RESAMPLING=resampling,
+                    BIGTIFF="IF_SAFER",
+                    NUM_THREADS="ALL_CPUS",
+                )
+            except OSError as e:  # named while the half-written copy still fills the disk
+                raise as_output_error(e, dest) from e
         for dest, tmp in tmps.items():
             os.replace(tmp, dest)
     finally:

@@ -51,8 +51,10 @@ from densekit.inference.blend import StripSums, weight_tables
 from densekit.inference.plan import Plan, TileOptions, make_plan
 from densekit.inference.rasters import RasterInput, open_input, strip_batches
 from densekit.inference.runner import Batch, read_ahead, run
+from densekit.inference.safety import check_not_an_input, input_fingerprint, output_lock
 from densekit.inference.strips import StripWriter, assemble
 from densekit.inference.trained import Trained, load_trained
+from densekit.io import as_output_error
 from densekit.version import __version__
 
 
@@ -76,8 +78,10 @@ class StripMerger:
         first: int,
         seed: int | None,
         stop_after: int | None,
+        source: str = "the input",
     ) -> None:
         self.output = model.output
+        self.source = source
         self.plan = plan
         self.writer = writer
         self.first = first
@@ -110,8 +114,22 @@ class StripMerger:
         valid = (
             batch.valid if batch.valid is not None else np.ones(out.shape[:1] + out.shape[2:], bool)
         )
+        self._check_finite(out, valid, s, cols)
         for k, c in enumerate(cols):
             self.sums.add(c, out[k], valid[k])
+
+    def _check_finite(self, out: np.ndarray, valid: np.ndarray, s: int, cols: list[int]) -> None:
+        """A NaN or infinite output on a valid pixel is an error naming the first such tile
+        (NaN weights would otherwise give an all-background map without a word)."""
+        bad = ~np.isfinite(out).all(axis=1) & valid
+        if not bad.any():
+            return
+        k = int(np.flatnonzero(bad.any(axis=(1, 2)))[0])
+        raise DensekitError(
+            f"input {self.source}: the model's output is NaN or infinite on {int(bad[k].sum())} "
+            f"valid pixel(s) of the tile at column {cols[k]}, row {self.plan.rows[s]}; no map is "
+            "written. Check the checkpoint and the backbone weights (non-finite values?)"
+        )
 
     def finalize(self) -> None:
         if self.current >= 0:
@@ -190,8 +208,16 @@ def _agree(status: int) -> int:
 
 
 def _signature(model: Trained, raster: RasterInput, plan: Plan, opts: TileOptions) -> dict:
-    """What must not change between a run and its resumption."""
+    """What must not change between a run and its resumption: the settings, and each input's
+    size, modification time and first strip (:func:`input_fingerprint`)."""
+    rows = plan.tile
     return {
+        "input_file": input_fingerprint(raster.path, rows, raster.band_idx),
+        "input2_file": (
+            None
+            if raster.path2 is None
+            else input_fingerprint(raster.path2, rows, raster.band_idx2)
+        ),
         "checkpoint": model.checkpoint,
         "checkpoint_sha256": model.checkpoint_sha256,
         "input": str(Path(raster.path).resolve()),
@@ -231,6 +257,12 @@ def tile_raster(
     tic = time.perf_counter()
     output = Path(output)
     check_output_path(output)
+    outputs = {"output": output}
+    if opts.probabilities and model.output.probability_names:
+        outputs["probabilities output"] = output.with_name(output.stem + "_probs.tif")
+    check_not_an_input(
+        outputs, {"input": str(input), "input2": None if input2 is None else str(input2)}
+    )
     raster = open_input(model, str(input), None if input2 is None else str(input2), opts.bands)
     plan = make_plan(raster.grid, opts, model.patch, str(input))
     rank, world = _rank_world()
@@ -260,7 +292,7 @@ def _run_part(
     start = first + writer.done
     seed = start - 1 if start > 0 else None  # its tiles overlap the first rows of ``start``
     strips = range(seed if seed is not None else start, last)
-    merger = StripMerger(model, plan, writer, first, seed, opts.stop_after_strips)
+    merger = StripMerger(model, plan, writer, first, seed, opts.stop_after_strips, raster.path)
     batches = read_ahead(
         lambda: strip_batches(raster, plan, strips, opts.batch_size, seed), opts.prefetch
     )
@@ -279,7 +311,30 @@ def _tile_distributed(
     world: int,
     tic: float,
 ) -> dict[str, Any]:
-    """The run of one process; every process learns whether all others succeeded."""
+    """The run of one process; every process learns whether all others succeeded. Rank 0
+    holds the output's lock for the whole run."""
+    with contextlib.ExitStack() as stack:
+        refused: DensekitError | None = None
+        if rank == 0:
+            try:
+                stack.enter_context(output_lock(output))
+            except DensekitError as e:
+                refused = e
+        if _agree(0 if refused is None else 2):  # every process stops, none waits
+            raise refused or DensekitError(f"output {output}: rank 0 could not lock it")
+        return _tile_locked(model, raster, plan, opts, output, rank, world, tic)
+
+
+def _tile_locked(
+    model: Trained,
+    raster: RasterInput,
+    plan: Plan,
+    opts: TileOptions,
+    output: Path,
+    rank: int,
+    world: int,
+    tic: float,
+) -> dict[str, Any]:
     folder = output.with_name(output.name + ".partial")
     signature = _signature(model, raster, plan, opts)
     if rank == 0 and folder.exists() and not opts.resume:
@@ -316,6 +371,8 @@ def _tile_distributed(
             if bar is not None:
                 bar.close()
         status = _agree(0 if error is None else 1 if isinstance(error, StoppedEarly) else 2)
+        if isinstance(error, OSError):  # reads raise InputImageError: this is a write
+            raise as_output_error(error, _written(error, output, folder)) from error
         if error is not None:
             raise error
         if status == 1:
@@ -344,9 +401,20 @@ def _tile_distributed(
                 error = e
         if _agree(0 if error is None else 2) and error is None:
             raise DensekitError("rank 0 failed to assemble the output; see its error")
+        if isinstance(error, OSError):
+            raise as_output_error(error, _written(error, output, folder)) from error
         if error is not None:
             raise error
     return record
+
+
+def _written(error: OSError, output: Path, folder: Path) -> Path:
+    """The output a failed write concerns: the file the error names, unless it is one of the
+    partial run's files (then the output they are for)."""
+    named = Path(error.filename) if isinstance(error.filename, str) else None
+    if named is None or named.parent == folder:
+        return output
+    return named
 
 
 def _sidecar(

@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -186,6 +187,14 @@ class _SliceLabels:
 
     def aggregate(self, outputs: Tensor, batch: Batch) -> None:
         start, n = batch.where
+        finite = torch.isfinite(outputs).flatten(1).all(1)
+        if not bool(finite.all()):
+            first = start + int((~finite).nonzero()[0, 0])
+            raise DensekitError(
+                f"the model's output is NaN or infinite on slice {first} (display order of "
+                "its plane); no labels are written. Check the checkpoint and the backbone "
+                "weights (non-finite values?)"
+            )
         labels = self.output.labels(outputs).cpu().numpy()
         self.along[start : start + n] = labels.astype(self.along.dtype)
 
@@ -212,8 +221,7 @@ def predict_volume(
     """
     from tqdm import tqdm
 
-    if batch_size < 1:
-        raise DensekitError(f"batch size {batch_size}: must be >= 1")
+    check_batch_size(batch_size)
     settings = model.settings
     display = display_order(volume, settings.plane)
     scaled = np.ascontiguousarray(display.apply(settings.intensity.apply(volume.array)))
@@ -249,6 +257,12 @@ def input_key(volume: Volume) -> dict[str, str]:
 def sidecar_path(output: Path) -> Path:
     """``<output file name>.metrics.json``: a NIfTI and a SEG of one name keep their own."""
     return output.with_name(output.name + ".metrics.json")
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Slices per forward pass: a whole number >= 1 (checked before the model is loaded)."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise DensekitError(f"batch_size {batch_size!r}: give a whole number >= 1")
 
 
 def check_output(output: str | Path, source: str | Path) -> Path:
@@ -313,6 +327,7 @@ def segment_volume(
     from densekit.data.nifti import write_nifti
     from densekit.io import atomic_outputs
 
+    check_batch_size(batch_size)
     out = check_output(output, source)
     if not Path(source).exists():
         raise DensekitError(f"input {source}: no such file or folder")
@@ -356,10 +371,10 @@ def segment_volume(
             )
         try:
             seg = build_seg(labels.array, headers, model.class_names, model.provenance(), codes)
-        except ValueError as e:
+        except (ValueError, AttributeError, KeyError, TypeError, IndexError) as e:
             raise DensekitError(
                 f"input {source}: highdicom cannot write a SEG of this series: "
-                f"{scrub(str(e), headers[0])}"
+                f"{scrub(seg_failure(e), headers[0])}"
             ) from None
         writers[out] = lambda tmp: seg.save_as(tmp, enforce_file_format=True)
     else:
@@ -375,6 +390,17 @@ def segment_volume(
     writers[sidecar_path(out)] = lambda tmp: Path(tmp).write_text(text)
     atomic_outputs(writers)
     return {"outputs": [str(p) for p in writers], "record": record}
+
+
+def seg_failure(err: Exception) -> str:
+    """highdicom's error in one line; a missing attribute named as such."""
+
+    text = str(err).strip().splitlines()
+    first = text[0] if text else type(err).__name__
+    found = re.search(r"has no attribute '(\w+)'", first)
+    if found:
+        return f"the source headers lack {found.group(1)}"
+    return first
 
 
 def _write_nifti_to(write: Any, labels: Volume, tmp: Path, suffix: str) -> None:

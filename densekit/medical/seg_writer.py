@@ -26,7 +26,10 @@ What the SEG holds:
   highdicom is handed **copies of the source headers cut down to** :data:`SOURCE_KEYWORDS`:
   those, plus the identifiers and geometry it references. Type 3 and user-optional patient and
   study attributes (age, weight, comments, other IDs, clinical trial IDs, institution) never
-  reach the SEG.
+  reach the SEG. Type 2 attributes an anonymiser removed are written empty, as the standard
+  allows (never invented); StudyID, AccessionNumber and ReferringPhysicianName are always
+  empty; a missing SliceThickness is the series' slice spacing. A source missing a type 1
+  attribute the SEG needs (UIDs, geometry) is refused by naming it.
 """
 
 from __future__ import annotations
@@ -97,15 +100,60 @@ REFERENCE_AND_GEOMETRY = (
     "PixelRepresentation",
 )
 SOURCE_KEYWORDS = REQUIRED_PATIENT_STUDY + REFERENCE_AND_GEOMETRY
+# Type 2 attributes of the Patient and General Study modules: present, and empty when the
+# source lacks them (anonymisers remove them); never filled with invented values.
+TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+# Type 2 values the SEG leaves empty even when the source has them: they identify the study's
+# people and order, and the standard allows them empty.
+EMPTIED = ("StudyID", "AccessionNumber", "ReferringPhysicianName")
+# Type 1 attributes without which no SEG can be written (highdicom reads them).
+NEEDED = (
+    "StudyInstanceUID",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+)
 
 
-def _trimmed(ds: Dataset) -> Dataset:
-    """A copy of the header holding only :data:`SOURCE_KEYWORDS` (no pixels)."""
+def _trimmed(ds: Dataset, slice_spacing: float) -> Dataset:
+    """A copy of the header holding only :data:`SOURCE_KEYWORDS` (no pixels); absent or
+    :data:`EMPTIED` type 2 attributes empty, an absent SliceThickness the slice spacing."""
     out = Dataset()
     for keyword in SOURCE_KEYWORDS:
         if keyword in ds and (keyword != "SpecificCharacterSet" or ds[keyword].value):
             out[keyword] = ds[keyword]
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in out or keyword in EMPTIED:
+            setattr(out, keyword, "")
+    if not out.get("SliceThickness"):
+        out.SliceThickness = round(slice_spacing, 6)
     return out
+
+
+def check_needed(ds: Dataset, path: Path) -> None:
+    """The attributes without which no SEG can reference and place the slice."""
+    missing = [k for k in NEEDED if k not in ds or ds[k].value in (None, "", [])]
+    if missing:
+        raise DensekitError(
+            f"{path}: the source instance lacks {', '.join(missing)}, which a DICOM SEG needs "
+            "to reference and place its frames; write .nii.gz instead"
+        )
 
 
 def source_headers(source: str | Path, image: Volume) -> list[Dataset]:
@@ -126,11 +174,17 @@ def source_headers(source: str | Path, image: Volume) -> list[Dataset]:
             f"{source}: a DICOM SEG references the source series' instances, so it needs a "
             "DICOM input; write .nii.gz for a NIfTI or NRRD input"
         )
+    if all(not uid for uid in uids):
+        raise DensekitError(
+            f"{source}: the instances have empty SOPInstanceUIDs, so a DICOM SEG cannot "
+            "reference them; write .nii.gz instead"
+        )
     if "" in uids:
         missing = [k for k, uid in enumerate(uids) if not uid]
         raise DensekitError(
-            f"{source}: slices {missing} were interpolated (missing from the series), so a "
-            "DICOM SEG cannot reference them; write .nii.gz instead"
+            f"{source}: slices {missing} have no source instance (interpolated where the "
+            "series misses slices, or an empty SOPInstanceUID), so a DICOM SEG cannot "
+            "reference them; write .nii.gz instead"
         )
     if len(set(uids)) != len(uids):
         raise DensekitError(
@@ -146,8 +200,9 @@ def source_headers(source: str | Path, image: Volume) -> list[Dataset]:
     headers: dict[str, Dataset] = {}
     for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        if str(ds.SOPInstanceUID) in uids:
-            headers[str(ds.SOPInstanceUID)] = _trimmed(ds)
+        if str(ds.get("SOPInstanceUID", "")) in uids:
+            check_needed(ds, path)
+            headers[str(ds.SOPInstanceUID)] = _trimmed(ds, image.spacing[0])
     lost = [uid for uid in uids if uid not in headers]
     if lost:
         raise DensekitError(f"{source}: instances {lost[:3]} of series {image.series_uid} vanished")

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from densekit.backbones.checkpoint import sha256_file
+from densekit.backbones.checkpoint import sha256_file, why_unreadable
 from densekit.errors import DensekitError
 from densekit.heads.official import OfficialDecoderHead
 from densekit.models.config import ModelConfig
@@ -127,20 +127,41 @@ def read_task_name(path: str | Path) -> str:
     return str(_load(Path(path))[1]["task"])
 
 
+def load_file(path: str | Path) -> Any:
+    """The contents of a checkpoint file, read with ``torch.load(weights_only=True)``.
+
+    Raises:
+        DensekitError: a missing or empty file, a file refused for holding executable objects,
+            a damaged (truncated) file, or not a PyTorch file; each message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise DensekitError(f"checkpoint {path}: {what}")
+    if path.stat().st_size == 0:
+        raise DensekitError(f"checkpoint {path}: the file is empty (an incomplete copy?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # permission denied, I/O error: the CLI names the file
+    except Exception as e:
+        reason = why_unreadable(e)
+        if reason.startswith("refused"):
+            raise DensekitError(f"checkpoint {path}: not a densekit checkpoint, {reason}") from None
+        raise DensekitError(
+            f"checkpoint {path}: {reason}; give a .ckpt written by densekit fit"
+        ) from None
+
+
 def _load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The checkpoint's contents and its ``densekit`` record, or an error naming the file."""
-    if not path.is_file():
-        raise DensekitError(f"checkpoint {path}: no such file")
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DensekitError(
-            f"checkpoint {path}: not a readable PyTorch checkpoint ({type(e).__name__}); "
-            "give a .ckpt written by densekit fit"
-        ) from None
+    stored = load_file(path)
     meta = stored.get("densekit") if isinstance(stored, dict) else None
     if not isinstance(meta, dict) or "task" not in meta:
-        raise DensekitError(f"checkpoint {path}: not a checkpoint of densekit fit")
+        raise DensekitError(
+            f"checkpoint {path}: not a checkpoint of densekit fit (no densekit record); give a "
+            ".ckpt written by densekit fit or DenseModel.save"
+        )
     return stored, meta
 
 

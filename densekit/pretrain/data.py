@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from densekit.data.bands import BandRef, resolve_band_indices
+from densekit.data.base import check_loader_options
 from densekit.data.datasets import band_table, read_box, reference_grid
 from densekit.data.files import RASTER_SUFFIXES, Files, list_rasters
 from densekit.data.images import is_dicom, read_image
@@ -348,6 +349,12 @@ class PretrainDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
     ) -> None:
+        check_loader_options(batch_size, num_workers, samples_per_epoch)
+        if samples_per_epoch < batch_size:
+            raise DensekitError(
+                f"data.samples_per_epoch {samples_per_epoch} is smaller than data.batch_size "
+                f"{batch_size}: an epoch would have no full batch"
+            )
         super().__init__()
         if not images:
             raise DensekitError("data.images is empty: give files, folders or patterns")
@@ -392,6 +399,11 @@ class PretrainDataModule(L.LightningDataModule):
                 found, _ = list_rasters(spec, "data.images")
             files += found
         return files
+
+    def check_settings(self) -> None:
+        """Read the sources' headers and refuse any smaller than a global crop (the CLI calls
+        this before the model is built)."""
+        self.setup()
 
     def setup(self, stage: str | None = None) -> None:
         if self.sources:

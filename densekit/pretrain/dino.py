@@ -146,6 +146,16 @@ class DinoPretrainTask(L.LightningModule):
         probe_every_n_epochs: int = 1,
         export_path: str | None = None,
     ) -> None:
+        for name, value, least in (
+            ("lr", lr, None),
+            ("min_lr", min_lr, 0.0),
+            ("weight_decay", weight_decay, 0.0),
+            ("weight_decay_end", weight_decay_end, 0.0),
+        ):
+            ok = isinstance(value, (int, float)) and math.isfinite(value)
+            if not ok or (value < least if least is not None else value <= 0):
+                valid = "> 0" if least is None else f">= {least:g}"
+                raise DensekitError(f"model.{name} {value!r}: give a finite number {valid}")
         super().__init__()
         self.save_hyperparameters()
         student = load_backbone(backbone, weights, layers="last", **(arch or {}))

@@ -123,6 +123,7 @@ class DenseTask(L.LightningModule, abc.ABC):
         detail_channels: int = 32,
         official_head: dict[str, Any] | None = None,
     ) -> None:
+        check_training_options(lr, weight_decay, warmup_steps, dropout, head_grid)
         super().__init__()
         weights = absolute_weights(weights)  # saved absolute: checkpoints work from any folder
         self.save_hyperparameters()
@@ -325,3 +326,51 @@ class DenseTask(L.LightningModule, abc.ABC):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.model.from_task_checkpoint(checkpoint, type(self).__name__)
+        trainer = self._trainer
+        path = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        where = f"checkpoint {path}" if path else "the checkpoint"
+        check_tensor_names(checkpoint.get("state_dict") or {}, self.state_dict(), where)
+
+
+def check_tensor_names(stored: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    """The checkpoint holds exactly the task's tensors (Lightning then loads them strictly);
+    the error names the missing and unexpected ones on one line."""
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s) {missing[:4]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s) {unexpected[:4]}")
+        raise DensekitError(
+            f"{where}: its tensors do not fit the model ({'; '.join(parts)}): a damaged "
+            "checkpoint, or one of other model settings"
+        )
+
+
+def check_training_options(
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    dropout: float,
+    head_grid: dict[str, Any] | None = None,
+) -> None:
+    """Refuse values that cannot train, before the model is built (``model.<name>`` keys)."""
+    rates = [("lr", lr)]
+    if head_grid is not None and head_grid.get("lr") is not None:
+        grid = head_grid["lr"]
+        rates += [("head_grid.lr", v) for v in (grid if isinstance(grid, list) else [grid])]
+    for name, value in rates:
+        if not _real(value) or not math.isfinite(value) or value <= 0:
+            raise DensekitError(f"model.{name} {value!r}: give a finite learning rate > 0")
+    if not _real(weight_decay) or not math.isfinite(weight_decay) or weight_decay < 0:
+        raise DensekitError(f"model.weight_decay {weight_decay!r}: give a finite number >= 0")
+    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+        raise DensekitError(f"model.warmup_steps {warmup_steps!r}: give a whole number >= 0")
+    if not _real(dropout) or not 0 <= dropout < 1:
+        raise DensekitError(f"model.dropout {dropout!r}: give a number in [0, 1)")
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

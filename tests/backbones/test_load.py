@@ -106,7 +106,9 @@ def test_pickle_with_code_is_refused_and_nothing_runs(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"cls_token": exploit}, f, protocol=2)
-    with pytest.raises(WeightsError, match=r"evil.pth: refused to unpickle.*weights_only=True"):
+    with pytest.raises(
+        WeightsError, match=r"evil.pth: refused: it contains executable objects.*weights_only=True"
+    ):
         load_backbone("dinov2_vits14", path)
     assert not marker.exists()
     with open(path, "wb") as f:  # protocol 4: the safe unpickler stops even earlier
@@ -118,7 +120,7 @@ def test_pickle_with_code_is_refused_and_nothing_runs(tmp_path):
         load_backbone("dinov2_vits14", path)
     assert not marker.exists()
     torch.save({"model": exploit}, tmp_path / "evil2.pth")
-    with pytest.raises(WeightsError, match="refused to unpickle"):
+    with pytest.raises(WeightsError, match="refused: it contains executable objects"):
         load_backbone("dinov2_vits14", tmp_path / "evil2.pth")
     assert not marker.exists()
 

@@ -42,13 +42,12 @@ class Steps:
 
 
 def lightning(argv: list[str]) -> None:
-    from densekit.commands.lightning import lightning_command
+    """Run a Lightning command; its errors reach the user as they are."""
+    from densekit.commands.lightning import run_lightning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = lightning_command(argv)
-    if code != 0:
-        raise DensekitError(f"densekit {argv[0]} failed (exit status {code})")
+        run_lightning(argv)
 
 
 def write_yaml(path: Path, doc: dict[str, Any], header: str) -> None:
