@@ -46,6 +46,8 @@ def test_config_runs_its_command(config, tmp_path):
     argv += [m + "backbone_overrides", json.dumps(t.overrides)]
     argv += [m + "official_head", json.dumps(official)]
     argv += [d + "images", str(CHIPS / "images"), d + "depths", str(CHIPS / "depths")]
+    if "window" in yaml.safe_load(text)["data"]["init_args"]:
+        argv += [d + "window", "64"]  # the chips are 60 pixels wide
     if command.group(1) == "test":
         argv += [d + "test_images", str(CHIPS / "images_val")]
         argv += [d + "test_depths", str(CHIPS / "depths_val")]
