@@ -162,6 +162,7 @@ def cmd_import_head(args: argparse.Namespace) -> int:
         depth_range=parse_pair(args.depth_range, "--depth-range"),
         arch=parse_arch(args.arch),
         scale=args.scale,
+        dtype=args.dtype,
         bands=parse_bands(args.bands) or (1, 2, 3),
         class_names=args.class_names.split(",") if args.class_names else None,
     )
@@ -321,8 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scale",
         type=float,
-        default=1 / 255,
-        help="multiplies raw values to reach [0, 1] (default 1/255, 8-bit RGB)",
+        default=None,
+        help="multiplies raw values to reach [0, 1] (default 1/255 for uint8 imagery)",
+    )
+    p.add_argument(
+        "--dtype", default="uint8", help="data type of the imagery it reads (default uint8)"
     )
     p.add_argument(
         "--bands", default=None, help="the red, green, blue bands (1-based or names; default 1,2,3)"

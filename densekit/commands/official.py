@@ -40,7 +40,8 @@ def import_head(
     layers: Sequence[int] | None = None,
     depth_range: tuple[float, float] | None = None,
     arch: dict[str, Any] | None = None,
-    scale: float = 1 / 255,
+    scale: float | None = None,
+    dtype: str = "uint8",
     bands: Sequence[int | str] = (1, 2, 3),
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -52,12 +53,24 @@ def import_head(
     in metres, or class logits, on the input's pixels. The record names the head file, its
     sha256 and licence; the backbone's weights are named by path and sha256, not copied.
 
+    It also records the rasters the model reads as three unnamed bands of ``dtype``, so
+    ``densekit tile`` refuses a raster of another band count, data type or with band names
+    unless ``--bands`` says which bands are red, green and blue.
+
+    Args:
+        scale: multiplies raw values to reach [0, 1]; default 1/255 for ``uint8``, required
+            for other data types.
+        dtype: the data type of the imagery (``uint8``, ``uint16``, ...).
+
     Returns:
         The checkpoint's ``official_head`` record.
 
     Raises:
         DensekitError: a file or argument that does not fit (named).
     """
+    import numpy as np
+
+    from densekit.data.band_layout import BandLayout
     from densekit.heads.official import load_head_file
     from densekit.models import DenseModel, ModelConfig
     from densekit.models.config import (
@@ -73,6 +86,18 @@ def import_head(
         raise DensekitError(f"--out {out}: folder {path.parent} does not exist")
     if len(bands) != 3:
         raise DensekitError(f"--bands {list(bands)}: Meta's heads take 3 bands (red, green, blue)")
+    try:
+        np.dtype(dtype)
+    except TypeError:
+        raise DensekitError(
+            f"--dtype {dtype!r}: not a data type (uint8, uint16, float32, ...)"
+        ) from None
+    if scale is None and dtype != "uint8":
+        raise DensekitError(
+            f"--scale: give the factor that takes {dtype} values to [0, 1] (1/255 is only the "
+            "default for uint8 imagery)"
+        )
+    scale = 1 / 255 if scale is None else scale
     if not scale > 0:
         raise DensekitError(f"--scale {scale}: give a positive factor (1/255 for 8-bit data)")
     overrides = dict(arch or {})
@@ -99,5 +124,6 @@ def import_head(
     )
     output = official_output(kind, task, head.num_outputs, class_names)
     model = DenseModel.build(config, output)
-    model.save(path, task=TASK_CLASSES[task])
+    rasters = BandLayout(3, str(np.dtype(dtype)), (None, None, None))
+    model.save(path, task=TASK_CLASSES[task], rasters=rasters)
     return model.record(TASK_CLASSES[task])["official_head"]

@@ -134,3 +134,20 @@ def test_the_whole_scene_gives_a_cog_with_overviews(chm_checkpoint, tmp_path):
         height = d.read(1)
     values = height[np.isfinite(height)]
     assert values.size > 0.6 * height.size and 0.001 <= values.min() <= values.max() <= 96
+
+
+def test_the_rasters_it_reads_are_checked(chm_checkpoint, tmp_path, capsys):
+    """The imported head reads three unnamed uint8 bands: a real RGBA raster is refused naming
+    both layouts, and read with --bands 1,2,3."""
+    rgba = needs_shared_data("rasterio-test-rasters", "RGBA.byte.tif")
+    src = crop(rgba, tmp_path / "rgba.tif", slice(200, 328), slice(250, 378))
+    out = tmp_path / "chm.tif"
+    argv = ["tile", "--checkpoint", str(chm_checkpoint), "--input", str(src)]
+    argv += ["--output", str(out), "--tile", str(TILE), "--overlap", "0", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "4 bands, uint8" in err and "3 bands, uint8 (0..255), no band names" in err
+    assert not out.exists()
+    assert main([*argv, "--bands", "1,2,3"]) == 0
+    with rasterio.open(out) as d:
+        assert d.count == 1 and d.units == ("m",)
