@@ -54,3 +54,30 @@ def test_config_runs_its_command(config, tmp_path):
     argv += [d + "depth_scale", "1.0", "--trainer.default_root_dir", str(tmp_path)]
     argv += ["--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"]
     assert main(argv) == 0
+
+
+def test_predict_writes_depth_windows_of_a_released_head(tmp_path):
+    """`densekit predict` with Meta's DINOv2 NYU head (tiny): one float32 depth GeoTIFF per
+    test window, within the head's 0.001-10 m."""
+    import numpy as np
+    import rasterio
+
+    needs_head_fixtures()
+    t = tiny_head(FIXTURES["dinov2_dpt_depth"])
+    official = {"kind": t.kind, "weights": str(t.path), "layers": t.layers}
+    m, d = "--model.init_args.", "--data.init_args."
+    argv = ["predict", "--config", str(REPO / "configs/official/dinov2_nyu_depth.yaml")]
+    argv += [m + "weights", str(t.backbone_weights), m + "official_head", json.dumps(official)]
+    argv += [m + "backbone_overrides", json.dumps(t.overrides)]
+    argv += [d + "images", str(CHIPS / "images"), d + "depths", str(CHIPS / "depths")]
+    argv += [d + "test_images", str(CHIPS / "images_val")]
+    argv += [d + "test_depths", str(CHIPS / "depths_val"), d + "depth_scale", "1.0"]
+    argv += ["--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    assert main(argv) == 0
+    written = sorted(tmp_path.rglob("predictions/*.tif"))
+    assert len(written) == len(list((CHIPS / "images_val").glob("*.tif")))
+    for path in written:
+        with rasterio.open(path) as src:
+            depth = src.read(1)
+            assert src.dtypes[0] == "float32"
+        assert np.isfinite(depth).all() and 0.001 <= depth.min() <= depth.max() <= 10.0
