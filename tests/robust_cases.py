@@ -8,6 +8,7 @@ import importlib.util
 import warnings
 from types import ModuleType
 
+import lightning as L
 from helpers import TEST_DATA
 
 LEGACY = TEST_DATA / "checkpoints_v0"
@@ -73,3 +74,15 @@ def threshold_model():
         "checkpoint_sha256": "0" * 64,
     }
     return model
+
+
+class StopAfterEpoch(L.Callback):
+    """Ends a fit after epoch ``epoch`` (0-based) as an interruption would: the run's schedule
+    and settings are those of the full run, and that epoch's checkpoint is written."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.epoch:
+            trainer.should_stop = True

@@ -182,9 +182,7 @@ class RasterDataModule(DenseDataModule):
             kept, classes = [], []
             found: set[int] = set()
             for sample in samples:
-                item = dataset.read(sample)
-                if name == "train" and "mask" in item:
-                    found.update(torch.unique(item["mask"]).tolist())
+                item = dataset.read(sample, found if name == "train" else None)
                 if dataset.has_data(item):
                     kept.append(sample)
                     if subset and self.subset.stratify and "mask" in item:
