@@ -83,18 +83,20 @@ def check_same_task(model: Any, data: Any) -> None:
 def check_ckpt_path(path: str, model: Any) -> None:
     """A ``--ckpt_path`` is a readable checkpoint of the configured task (or, for
     ``pretrain``, a readable PyTorch file), read without running code from it."""
-    from densekit.models.checkpoint import load_file, read_task_name
+    from densekit.models.checkpoint import check_backbone_file, load_file, read_checkpoint
 
     class_path = model.get("class_path") if hasattr(model, "get") else None
     if class_path is None:  # pretrain: a Lightning checkpoint of the DINO module
         load_file(path)
         return
-    task = read_task_name(path)
+    ckpt = read_checkpoint(path)
+    task = ckpt.task
     name = str(class_path).rsplit(".", 1)[-1]
     if name != "DenseTask" and task != name:
         raise DensekitError(
             f"--ckpt_path {path}: a checkpoint of a {task}, but the config's model is a {name}"
         )
+    check_backbone_file(ckpt)  # Lightning builds the model with the checkpoint's weights
 
 
 def config_error(text: str) -> str:

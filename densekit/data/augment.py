@@ -43,11 +43,7 @@ class Augmentation:
         square = A.Compose([*flips, A.RandomRotate90(p=self.rotate90)], additional_targets=targets)
         # a 90-degree turn would change the shape of a non-square item: flips only
         other = A.Compose(flips, additional_targets=targets)
-        transforms = Transforms(square, other, self.gain)
-        # albumentations keeps its own generator, which seed_everything does not reach: seed it
-        # from torch's seed, so a run without DataLoader workers repeats (workers reseed it)
-        transforms.reseed(torch.initial_seed() % 2**31)
-        return transforms
+        return Transforms(square, other, self.gain)
 
 
 @dataclass
@@ -57,11 +53,6 @@ class Transforms:
     square: A.Compose
     non_square: A.Compose
     gain: float
-
-    def reseed(self, seed: int) -> None:
-        """Give each DataLoader worker its own random stream (see the data modules)."""
-        self.square.set_random_seed(seed)
-        self.non_square.set_random_seed(seed + 1)
 
 
 def apply(item: dict[str, Any], transforms: Transforms) -> dict[str, Any]:
@@ -78,6 +69,10 @@ def apply(item: dict[str, Any], transforms: Transforms) -> dict[str, Any]:
         arrays["mask"] = item["mask"].numpy()
     if "depth" in item:
         arrays["depth"] = item["depth"][0].numpy()
+    # albumentations keeps generators of its own, which seed_everything does not reach and no
+    # checkpoint keeps: seed them from torch's for each item, so augmentations follow torch's
+    # generator (seeded, its state kept in checkpoints; PyTorch seeds each worker's apart)
+    geometric.set_random_seed(int(torch.randint(0, 2**31, ())))
     out = geometric(**arrays)
     for k in keys:
         img = np.ascontiguousarray(out["image" if k in ("image", "image1") else "image2"])

@@ -110,7 +110,6 @@ class DenseDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.loaders.num_workers,
             persistent_workers=self.loaders.num_workers > 0,
-            worker_init_fn=_seed_worker,
             collate_fn=self.collate_fn,
         )
 
@@ -153,14 +152,3 @@ def check_loader_options(batch_size: int, num_workers: int, samples_per_epoch: i
     n = samples_per_epoch
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise DensekitError(f"data.samples_per_epoch {n!r}: give a whole number >= 1 (or null)")
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Each worker draws its own augmentations (forked workers share the parent's RNG state)."""
-    import torch
-    from torch.utils.data import get_worker_info
-
-    info = get_worker_info()
-    transforms = getattr(info.dataset, "transforms", None) if info is not None else None
-    if transforms is not None:
-        transforms.reseed(torch.initial_seed() % 2**31)

@@ -37,6 +37,7 @@ from densekit.data.base import DenseDataModule
 from densekit.data.datasets import Sample, WindowDataset, band_table, reference_grid
 from densekit.data.files import Files, pair_files
 from densekit.data.grids import Grid, check_alignable, grid_of
+from densekit.data.label_values import check_label_values
 from densekit.data.vectors import is_vector, vector_bounds
 from densekit.data.windows import check_split, grid_windows, split_columns
 from densekit.errors import DensekitError
@@ -179,13 +180,18 @@ class RasterDataModule(DenseDataModule):
             dataset = WindowDataset(samples, self.kind, self.bands, **self.dataset_kwargs)
             subset = name == "train" and self.subset.selects
             kept, classes = [], []
+            found: set[int] = set()
             for sample in samples:
-                item = dataset.read(sample)
+                item = dataset.read(sample, found if name == "train" else None)
                 if dataset.has_data(item):
                     kept.append(sample)
                     if subset and self.subset.stratify and "mask" in item:
                         held = set(torch.unique(item["mask"]).tolist())
                         classes.append(held - {dataset.ignore_index})
+            if found:
+                check_label_values(
+                    found, dataset.ignore_index, dataset.label_map, f"data: the {name} split"
+                )
             if not kept:
                 raise DensekitError(f"every window of the {name} split is nodata or unlabelled")
             if subset:

@@ -327,8 +327,9 @@ class WindowDataset(Dataset):
         classes = np.array([self.label_map[k] for k in keys], np.int64)
         return classes[np.searchsorted(keys, raw.astype(np.int64))]
 
-    def read(self, s: Sample) -> dict[str, Any]:
-        """Read one sample's images and target."""
+    def read(self, s: Sample, label_values: set[int] | None = None) -> dict[str, Any]:
+        """Read one sample's images and target; the raw label values of its labelled pixels
+        (not its nodata, outside or padding) are added to ``label_values`` when given."""
         item: dict[str, Any] = {
             "path": s.target or s.images[0],
             "image_path": s.images[0],
@@ -401,5 +402,7 @@ class WindowDataset(Dataset):
                 raise DensekitError(f"{s.target}: label raster holds NaN/inf values")
             labels = np.full(raw[0].shape, self.ignore_index, np.int64)
             labels[valid] = self._map_labels(raw[0][valid], s.target)
+            if label_values is not None:
+                label_values.update(int(v) for v in np.unique(raw[0][valid]))
             item["mask"] = torch.from_numpy(labels)
         return item

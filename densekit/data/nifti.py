@@ -16,6 +16,7 @@ the same voxels stored in another axis order are put on an image's grid by
   left-anterior-superior (LAS); other spaces (``scanner-xyz``, ``3D-right-handed``, time
   spaces, no space at all) are an error naming the file and the value.
 * Integer voxels keep their stored type (labels, CT in HU); floating point becomes float32.
+  NaN or infinite voxels are refused (:func:`check_finite`), naming the file and their count.
 """
 
 from __future__ import annotations
@@ -75,8 +76,26 @@ def _from_file_axes(
         )
     if not np.issubdtype(data.dtype, np.integer) and data.dtype != np.bool_:
         data = data.astype(np.float32)
+        check_finite(data, path)
     array = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
     return Volume(array=array, affine=affine_ijk_lps @ _SWAP, source=str(path), extra=extra)
+
+
+def check_finite(data: np.ndarray, path: Path) -> None:
+    """Refuse voxels that are NaN or infinite. A volume has no nodata value: a raster's NaN
+    pixels become nodata in its map, but a NaN voxel would be windowed, fed to the model and
+    labelled like tissue (or, in a label map, cast to an arbitrary class)."""
+    bad = ~np.isfinite(data)
+    count = int(bad.sum())
+    if count:
+        nan = int(np.isnan(data).sum())
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputImageError(
+            f"{path}: {count} of {data.size} voxels are not finite ({nan} NaN, {count - nan} "
+            f"infinite; the first at voxel (i, j, k) = {first}); a volume has no nodata value, "
+            "so densekit does not label them: replace them with a real value first (e.g. the "
+            "background intensity, or 0 in a label map)"
+        )
 
 
 def read_nifti(path: str | Path) -> Volume:
@@ -84,7 +103,7 @@ def read_nifti(path: str | Path) -> Volume:
 
     Raises:
         InputImageError: missing or unreadable file, more than 3 axes (other than a single
-            time point), or a singular affine.
+            time point), a singular affine, or NaN or infinite voxels.
     """
     import nibabel as nib
 

@@ -61,6 +61,7 @@ from densekit.data.augment import apply as apply_augmentation
 from densekit.data.dicom_series import OnMissing
 from densekit.data.files import Files, pair_files
 from densekit.data.keys import item_key
+from densekit.data.label_values import check_label_values
 from densekit.data.masks import read_label_map, read_rtstruct, read_seg
 from densekit.data.nifti import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
 from densekit.data.volume import Volume, pseudonym
@@ -335,6 +336,7 @@ class MedicalSegmentationDataModule(InMemoryDataModule):
             ("segments", self.segments, names),
             ("label_map", self.label_map, values),
         ]
+        check_label_values(values, self.ignore_index, self.label_map, "the label maps")
         for what, given, seen in checks:
             if given is not None and not seen:
                 raise DensekitError(f"{what} {given} is given, but no mask is a {kinds[what]}")

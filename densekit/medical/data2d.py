@@ -30,6 +30,7 @@ from densekit.data.augment import apply as apply_augmentation
 from densekit.data.base import DenseDataModule
 from densekit.data.files import Files, pair_files
 from densekit.data.keys import item_key
+from densekit.data.label_values import check_label_values
 from densekit.data.masks import read_png_mask
 from densekit.data.rgb import read_rgb
 from densekit.data.subsets import nested_order
@@ -192,6 +193,9 @@ class Medical2DDataModule(InMemoryDataModule):
                 plan[name] = pair_files(spec)
         for name, members in plan.items():
             items = [self._read(image, mask) for image, mask in members]
+            if name == "train":
+                found = set().union(*(torch.unique(it["mask"]).tolist() for it in items))
+                check_label_values(found, self.ignore_index, self.label_map, "the train masks")
             items = [it for it in items if (it["mask"] != self.ignore_index).any()]
             if not items:
                 raise DensekitError(f"the {name} split has no pair with a labelled pixel")

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from densekit.backbones.checkpoint import sha256_file, why_unreadable
-from densekit.errors import DensekitError
+from densekit.errors import DensekitError, WeightsError
 from densekit.heads.official import OfficialDecoderHead
 from densekit.models.config import ModelConfig
 from densekit.models.outputs import DepthBins, OutputSpec
@@ -276,6 +276,32 @@ def check_backbone(recorded: dict[str, Any], backbone: Backbone, where: str) -> 
             f"(sha256 {recorded['sha256']}), but {backbone.weights.path} has sha256 "
             f"{backbone.weights.sha256}: the file changed or is another one"
         )
+
+
+# weights values that name no local file
+WEIGHT_WORDS = ("random", "bundled", "official")
+
+
+def check_backbone_file(ckpt: CheckpointFile) -> None:
+    """The backbone weights file a checkpoint was trained on is still there: the checkpoint
+    names it (and its sha256) but does not hold it.
+
+    Raises:
+        WeightsError: naming the checkpoint, the file and its recorded sha256.
+    """
+    if not ckpt.config.uses_backbone:
+        return
+    weights = ckpt.config.backbone.weights
+    if weights is None or weights in WEIGHT_WORDS or weights.startswith(("http:", "https:", "hf:")):
+        return
+    if Path(weights).expanduser().exists():
+        return
+    sha = (ckpt.backbone or {}).get("sha256") or "not recorded"
+    raise WeightsError(
+        f"checkpoint {ckpt.path}: its backbone {ckpt.config.backbone.name} was trained on the "
+        f"weights file {weights} (sha256 {sha}), which does not exist here; the checkpoint names "
+        "that file but does not hold it: put the file back at that path"
+    )
 
 
 def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> Path:

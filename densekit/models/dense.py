@@ -49,6 +49,7 @@ from densekit.models.checkpoint import (
     PREFIX,
     CheckpointFile,
     check_backbone,
+    check_backbone_file,
     make_record,
     read_checkpoint,
     task_state,
@@ -127,6 +128,7 @@ class DenseModel(nn.Module):
     def from_checkpoint_file(cls, ckpt: CheckpointFile) -> DenseModel:
         """The model of a checkpoint already read
         (:func:`~densekit.models.checkpoint.read_checkpoint`), on the CPU, in eval mode."""
+        check_backbone_file(ckpt)
         model = cls(ckpt.config, ckpt.output, build_parts(ckpt.config, ckpt.output, ckpt.state))
         model.load_checkpoint_state(ckpt.state, ckpt.backbone, f"checkpoint {ckpt.path}")
         if isinstance(model.head, OfficialDecoderHead) and ckpt.official_head is not None:

@@ -64,9 +64,10 @@ from torch import Tensor, nn
 
 from densekit.backbones import load_backbone
 from densekit.backbones.checkpoint import sha256_file
-from densekit.backbones.export import official_state_dict, save_official
+from densekit.backbones.export import official_state_dict
 from densekit.backbones.vit import DinoViT
 from densekit.errors import DensekitError
+from densekit.io import atomic_outputs, temporary_path
 from densekit.pretrain.objective import DINOHead, dino_loss, ibot_loss, koleo_loss
 from densekit.pretrain.probe import Probe
 from densekit.schedules import cosine
@@ -455,11 +456,10 @@ class DinoPretrainTask(L.LightningModule):
             mask_token=self.mask_token,
             rope_periods=getattr(teacher, "_rope_periods", None),
         )
-        save_official(sd, path)
         card = {
             "backbone": teacher.spec.name,
             "weights": str(path),
-            "sha256": sha256_file(path),
+            "sha256": "",  # of the weights file, once written
             "started_from": self.hp.weights,
             "started_from_sha256": self.weights_sha256,
             "steps": int(self.global_step),
@@ -474,8 +474,16 @@ class DinoPretrainTask(L.LightningModule):
             from densekit.pretrain.data import describe_sources
 
             card["data"] = describe_sources(dm.sources)
-        card_path = path.with_name("card.json")
-        card_path.write_text(json.dumps(card, indent=1, default=str))
+        weights_tmp = temporary_path(path)
+
+        def write_card(tmp: Path) -> None:
+            card["sha256"] = sha256_file(weights_tmp)
+            tmp.write_text(json.dumps(card, indent=1, default=str))
+
+        # the weights and their card all or nothing (a full disk leaves the previous pair)
+        atomic_outputs(
+            {path: lambda tmp: torch.save(sd, tmp), path.with_name("card.json"): write_card}
+        )
         return path
 
     def on_train_end(self) -> None:

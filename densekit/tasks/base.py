@@ -37,6 +37,7 @@ from densekit.models.cache import FeatureCache
 from densekit.models.checkpoint import provenance, read_task_name
 from densekit.models.config import HeadName, LayerChoice, Upsampler, absolute_weights
 from densekit.schedules import Decay, step_schedule
+from densekit.tasks.random_state import RANDOM_STATE, capture_random_state, restore_random_state
 
 
 class DenseTask(L.LightningModule, abc.ABC):
@@ -323,6 +324,7 @@ class DenseTask(L.LightningModule, abc.ABC):
         datamodule = getattr(self._trainer, "datamodule", None)
         rasters = datamodule.training_rasters() if isinstance(datamodule, DenseDataModule) else None
         self.model.into_task_checkpoint(checkpoint, type(self).__name__, rasters)
+        checkpoint[RANDOM_STATE] = capture_random_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.model.from_task_checkpoint(checkpoint, type(self).__name__)
@@ -330,6 +332,8 @@ class DenseTask(L.LightningModule, abc.ABC):
         path = getattr(trainer, "ckpt_path", None) if trainer is not None else None
         where = f"checkpoint {path}" if path else "the checkpoint"
         check_tensor_names(checkpoint.get("state_dict") or {}, self.state_dict(), where)
+        if RANDOM_STATE in checkpoint:  # before Lightning makes the resumed fit's 1st batch
+            restore_random_state(checkpoint[RANDOM_STATE], where)
 
 
 def check_tensor_names(stored: dict[str, Any], expected: dict[str, Any], where: str) -> None:

@@ -8,12 +8,13 @@ transform of the window; files appear complete or not at all.
 
 from __future__ import annotations
 
-import os
+import functools
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import rasterio
 from lightning.pytorch.callbacks import BasePredictionWriter
 from rasterio.errors import NotGeoreferencedWarning
@@ -21,6 +22,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from densekit.errors import DensekitError
+from densekit.io import atomic_outputs
 from densekit.tasks.base import DenseTask
 
 
@@ -72,7 +74,6 @@ class PredictionWriter(BasePredictionWriter):
                         window_transform(Window(col, row, w, h), src.transform),
                     )
             out = folder / f"{Path(image).stem}_c{col}_r{row}.tif"
-            tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}.tif")
             profile = {
                 "driver": "GTiff",
                 "height": data.shape[0],
@@ -83,8 +84,11 @@ class PredictionWriter(BasePredictionWriter):
                 "transform": transform,
                 "compress": "deflate",
             }
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(tmp, "w", **profile) as dst:
-                    dst.write(data, 1)
-            os.replace(tmp, out)
+            atomic_outputs({out: functools.partial(_write_tile, data, profile)})
+
+
+def _write_tile(data: np.ndarray, profile: dict[str, Any], path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data, 1)

@@ -241,33 +241,22 @@ def test_pairing_keys_drop_a_suffix_only_when_the_wildcard_matched_it():
     assert _glob_key("d/*.v2/img.tif", "d/tile.v2/img.tif") == "tile"
 
 
-def test_dataloader_workers_draw_different_augmentations(tmp_path, monkeypatch):
-    """Forked workers start from the parent's augmentation state: without the per-worker reseed
-    (``_seed_worker``) both workers draw the same transforms, so their batches of one repeated
-    item are equal. The test checks that control first, then that reseeding tells them apart."""
-    import densekit.data.base as datamodules
-
+def test_dataloader_workers_draw_different_augmentations(tmp_path):
+    """Forked workers start from the parent's albumentations state; augmentations are seeded
+    per item from torch's generator, which PyTorch seeds apart in each worker, so the two
+    workers' batches of one repeated item differ."""
     img = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16)
     write(tmp_path / "i.tif", img)
     write(tmp_path / "l.tif", np.ones((1, 16, 16), np.uint8))
-
-    def batches() -> list[torch.Tensor]:
-        dm = SegmentationDataModule(
-            images=[str(tmp_path / "i.tif")] * 16,
-            labels=[str(tmp_path / "l.tif")] * 16,
-            batch_size=8,
-            num_workers=2,
-            augment=Augmentation(0.5, 0.5, 1.0),
-        )
-        dm.setup("fit")
-        return [b["image"] for b in dm.train_dataloader()]
-
-    seed_worker = datamodules._seed_worker
-    monkeypatch.setattr(datamodules, "_seed_worker", lambda worker_id: None)
-    same = batches()
-    assert len(same) == 2 and torch.equal(same[0], same[1])  # the control: no reseed
-    monkeypatch.setattr(datamodules, "_seed_worker", seed_worker)
-    apart = batches()
+    dm = SegmentationDataModule(
+        images=[str(tmp_path / "i.tif")] * 16,
+        labels=[str(tmp_path / "l.tif")] * 16,
+        batch_size=8,
+        num_workers=2,
+        augment=Augmentation(0.5, 0.5, 1.0),
+    )
+    dm.setup("fit")
+    apart = [b["image"] for b in dm.train_dataloader()]
     assert len(apart) == 2 and not torch.equal(apart[0], apart[1])
     # each worker's 8 items vary too (not one transform repeated)
     assert len({tuple(x.flatten()[:3].tolist()) for x in apart[0]}) > 1

@@ -4,23 +4,19 @@ before any model is built), and ``--debug`` / ``DENSEKIT_DEBUG=1`` for the trace
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import subprocess
-import warnings
 
 import pytest
 import torch
 import yaml
 from helpers import REPO, TEST_DATA
+from robust_cases import generate, one_line
 
 from densekit.cli import main
 
 LEGACY = TEST_DATA / "checkpoints_v0"
-_spec = importlib.util.spec_from_file_location("legacy_generate", LEGACY / "generate.py")
-generate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(generate)
 
 
 class Exploit:
@@ -31,21 +27,6 @@ class Exploit:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-def one_line(capsys, argv: list[str]) -> tuple[int, str]:
-    """``densekit ARGV`` in this process: the exit status and its one stderr line."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = int(e.code or 0)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and len(lines) == 1, err[-3000:]
-    assert "Traceback" not in err
-    return code, lines[0]
 
 
 def seg_config(tmp_path, **model_args) -> str:

@@ -11,54 +11,18 @@ import numpy as np
 import pydicom
 import pytest
 from helpers import needs_shared_data
+from robust_cases import threshold_model
 
 import densekit.inference.volume as infer_module
 from densekit.cli import main
 from densekit.data.dicom_series import read_series
 from densekit.errors import DensekitError, InputImageError
 from densekit.inference import segment_volume
-from densekit.inference.trained import Trained
-from densekit.inference.volume import VolumeModel
-from densekit.medical.slices import Intensity, SliceSettings
-from densekit.models import InputSpec, OutputSpec
 
-NAMES = ["background", "soft", "bright"]
 # what anonymisers remove (type 2 and 3 attributes highdicom reads)
 REMOVED = ("AccessionNumber", "SliceThickness", "ReferringPhysicianName", "StudyID",
            "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "Manufacturer",
            "SpacingBetweenSlices", "PositionReferenceIndicator")  # fmt: skip
-
-
-def threshold_model() -> VolumeModel:
-    """A 3-class model thresholding the windowed centre channel (no checkpoint needed)."""
-    import torch
-
-    class Threshold(torch.nn.Module):
-        def forward(self, x):
-            c = x[:, 1]
-            return torch.stack([0.5 - c, c - 0.5, 2 * (c - 0.9) + c - 0.5], dim=1)
-
-    settings = SliceSettings("axial", 0, Intensity(ct_window="soft_tissue"))
-    trained = Trained(
-        model=Threshold(),
-        output=OutputSpec.segmentation(3, NAMES),
-        inputs=InputSpec(3, 1, None, (0.0,) * 3, (1.0,) * 3, 1.0),
-        checkpoint_sha256="0" * 64,
-    )
-    model = VolumeModel(trained, settings)
-    model.provenance = lambda: {  # type: ignore[method-assign]
-        "backbone": "threshold",
-        "head": "none",
-        "plane": "axial",
-        "context": 0,
-        "checkpoint_sha256": "0" * 64,
-    }
-    return model
-
-
-@pytest.fixture
-def threshold(monkeypatch):
-    monkeypatch.setattr(infer_module, "load_volume_model", lambda *a, **k: threshold_model())
 
 
 def copy_series(tmp_path, edit, name="ct"):

@@ -1,0 +1,57 @@
+"""A fit resumed from a checkpoint written part-way ends with the weights of an uninterrupted
+fit: the random generators' state is kept in the checkpoint (shuffling, augmentation and
+dropout draw on), and the interrupted run has the full run's schedule."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from robust_cases import generate
+
+from densekit.cli import main
+
+
+def config(root: Path, name: str, stop_after: int | None = None) -> str:
+    """4 epochs of the legacy segmentation run with dropout and every augmentation;
+    ``stop_after``: the run is interrupted after that epoch (its checkpoint written)."""
+    doc = generate.config("seg_linear", root / name)
+    trainer = doc["trainer"]
+    trainer.pop("max_steps")
+    trainer["max_epochs"] = 4
+    if stop_after is not None:
+        trainer["callbacks"] = [
+            {"class_path": "robust_cases.StopAfterEpoch", "init_args": {"epoch": stop_after}}
+        ]
+    doc["model"]["init_args"]["dropout"] = 0.2
+    data = doc["data"]["init_args"]
+    data.update(batch_size=2, augment={"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "gain": 0.1})
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
+def head_weights(folder: Path) -> dict[str, torch.Tensor]:
+    (last,) = sorted(folder.rglob("*.ckpt"))
+    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if ".head." in k or k.startswith("head.")}
+
+
+@pytest.mark.slow
+def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["fit", "--config", config(tmp_path, "full")]) == 0
+        assert main(["fit", "--config", config(tmp_path, "cut", stop_after=1)]) == 0
+        (cut,) = sorted((tmp_path / "cut").rglob("*.ckpt"))
+        assert "epoch=1" in cut.name
+        assert main(["fit", "--config", config(tmp_path, "resumed"), "--ckpt_path", str(cut)]) == 0
+    full, resumed, interrupted = (head_weights(tmp_path / n) for n in ("full", "resumed", "cut"))
+    assert full.keys() == resumed.keys() and full
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=1e-5, atol=1e-6, msg=key)
+    # the control: the interrupted run's weights are not the end result
+    assert any(not torch.allclose(interrupted[k], full[k]) for k in full)
