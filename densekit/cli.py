@@ -17,9 +17,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from densekit.commands.lightning import LIGHTNING_COMMANDS, run_lightning
 from densekit.errors import DensekitError, Terminated, describe_os_error
 from densekit.version import __version__
+
+# run by LightningCLI (densekit.commands.lightning), which parses their arguments
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "pretrain")
 
 
 # -- parsing the arguments of the tool commands --------------------------------------------
@@ -102,29 +104,30 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+    """The registry as a table: rich in a terminal (or with ``--width``), else one plain line per
+    backbone (``densekit backbones | grep vitl16``)."""
     from densekit.backbones.registry import ALIASES, NORMALIZATIONS, REGISTRY
+    from densekit.tables import print_table
 
-    table = Table(title="densekit backbones (load with densekit.load_backbone(name, weights=...))")
-    for col in ("name", "family", "patch", "dim", "depth", "params", "normalisation", "weights"):
-        table.add_column(col, overflow="fold")
+    columns = ("name", "family", "patch", "dim", "depth", "params", "normalisation", "weights")
+    rows = []
     for spec in REGISTRY.values():
         norm = NORMALIZATIONS[spec.normalization]
-        table.add_row(
-            spec.name,
-            spec.family,
-            str(spec.patch_size),
-            str(spec.embed_dim) if spec.is_vit else "/".join(map(str, spec.dims)),
-            str(spec.depth) if spec.is_vit else "/".join(map(str, spec.stage_depths)),
-            f"{spec.num_params / 1e6:.1f}M",
-            f"{norm.name}: mean {norm.mean}, std {norm.std}",
-            "\n".join(spec.weight_files),
+        rows.append(
+            [
+                spec.name,
+                spec.family,
+                str(spec.patch_size),
+                str(spec.embed_dim) if spec.is_vit else "/".join(map(str, spec.dims)),
+                str(spec.depth) if spec.is_vit else "/".join(map(str, spec.stage_depths)),
+                f"{spec.num_params / 1e6:.1f}M",
+                f"{norm.name}: mean {norm.mean}, std {norm.std}",
+                "\n".join(spec.weight_files),
+            ]
         )
-    console = Console(width=args.width)
-    console.print(table)
-    console.print("aliases: " + ", ".join(f"{a} -> {n}" for a, n in sorted(ALIASES.items())))
+    title = "densekit backbones (load with densekit.load_backbone(name, weights=...))"
+    print_table(columns, rows, title=title, width=args.width)
+    print("aliases: " + ", ".join(f"{a} -> {n}" for a, n in sorted(ALIASES.items())))
     return 0
 
 
@@ -533,6 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with terminate_on_sigterm():
         try:
             return run_command(argv)
+        except BrokenPipeError:
+            return reader_went_away()
         except (Exception, KeyboardInterrupt, Terminated) as e:
             if debug:
                 raise
@@ -542,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command(argv: list[str]) -> int:
     """Parse ``argv`` and run its command (errors are raised)."""
     if argv and argv[0] in LIGHTNING_COMMANDS:
+        from densekit.commands.lightning import run_lightning
+
         return run_lightning(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -549,6 +556,14 @@ def run_command(argv: list[str]) -> int:
         parser.print_help()
         return 0
     return int(args.func(args))
+
+
+def reader_went_away() -> int:
+    """The reader of stdout closed it (``densekit backbones | head``): stop quietly with the
+    status of a process ended by SIGPIPE, 141 (later writes and the final flush go nowhere)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 def report_error(err: BaseException, command: str) -> int:
@@ -565,7 +580,7 @@ def report_error(err: BaseException, command: str) -> int:
     elif isinstance(err, Terminated):
         message, status = "stopped by SIGTERM", 143
     elif isinstance(err, KeyboardInterrupt):
-        message, status = "interrupted", 130
+        message, status = f"interrupted{'; ' + str(err) if str(err) else ''}", 130
     elif isinstance(err, MemoryError):
         message, status = "error: out of memory (lower --batch-size or the tile/window size)", 1
     else:

@@ -14,7 +14,6 @@ import contextlib
 import copy
 import gc
 import json
-import logging
 import os
 import shutil
 import time
@@ -115,22 +114,13 @@ def _write_atomic(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Lightning's per-run banners and hints off; densekit prints one line per run."""
-    names = ("lightning.pytorch", "lightning.fabric", "lightning")
-    levels = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*number of training batches.*")
-            warnings.filterwarnings("ignore", message=r".*args parameter is intended to run.*")
-            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen
-            warnings.filterwarnings("ignore", message=r".*treespec.*")  # Lightning on torch 2.14
-            yield
-    finally:
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
+    """Lightning's per-run banners, hints and information lines off (densekit prints its own
+    lines per run); the data loader's worker hint too: the card sets the workers."""
+    from densekit.tasks.quiet import quiet_lightning
+
+    with quiet_lightning(info=False), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        yield
 
 
 def execute(run: Run, folder: Path, card: Card) -> dict[str, Any]:
