@@ -16,6 +16,7 @@ import ast
 import os
 import re
 import signal
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -256,7 +257,9 @@ def run_lightning(argv: Sequence[str]) -> int:
     command = argv[0] if argv else "fit"
     parser_kwargs = {"prog": "densekit", "exit_on_error": False}
     try:
-        with quiet_lightning():
+        with quiet_lightning(), warnings.catch_warnings():
+            if command in ("validate", "test", "predict"):  # the training callbacks' states
+                warnings.filterwarnings("ignore", message=r".*callbacks used to create the chec")
             if command == "pretrain":  # LightningCLI's fit on the DINO module
                 from densekit.pretrain import DinoPretrainTask, PretrainDataModule
 

@@ -6,6 +6,7 @@ progress as plain lines outside a terminal, and says how to resume after Ctrl-C.
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import warnings
 from pathlib import Path
@@ -157,3 +158,28 @@ def test_ctrl_c_during_fit_says_what_was_kept_and_how_to_resume(tmp_path, capfd)
         f"--ckpt_path {last}"
     ), err[-2000:]
     assert last.is_file()
+
+
+def test_the_head_grids_scores_reach_the_logs_and_test_metrics_json(tmp_path, capfd):
+    """Fit a grid, then test its best checkpoint in another command (as the quickstart does):
+    every candidate's validation score is in metrics.csv and in test_metrics.json."""
+    config = Path(fit_config(tmp_path, epochs=1))
+    doc = yaml.safe_load(config.read_text())
+    doc["model"]["init_args"].update({"layers": "last4", "head_grid": {"lr": [1e-4, 0.03]}})
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert main(["fit", "--config", str(config)]) == 0, capfd.readouterr().err
+    version = tmp_path / "run" / "lightning_logs" / "version_0"
+    header = (version / "metrics.csv").read_text().splitlines()[0].split(",")
+    names = ["last_lr0.0001", "last_lr0.03"]
+    assert {f"val_grid/{n}/miou" for n in names} <= set(header), header
+    best = next((version / "checkpoints").glob("best-*.ckpt"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["test", "--config", str(config), "--ckpt_path", str(best)])
+    assert code == 0, capfd.readouterr().err
+    assert not [w for w in caught if "callbacks used to create" in str(w.message)]
+    record = json.loads(next((tmp_path / "run").rglob("test_metrics.json")).read_text())
+    grid = record["head_grid"]
+    assert sorted(grid["val"]) == names and grid["metric"] == "miou", grid
+    assert all(0 <= v <= 1 for v in grid["val"].values())
+    assert grid["val"][grid["selected"]] == max(grid["val"].values())
