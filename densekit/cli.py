@@ -256,20 +256,43 @@ def _numbers(parts: list[str], flag: str) -> list[float]:
         raise DensekitError(f"{flag} {','.join(parts)!r}: expected numbers like 40,400") from None
 
 
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    from densekit.benchmark import load_card, run_benchmark
+def _listed(text: str | None, flag: str, kind: type) -> list[Any] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (``kind`` int, float or str); None stays None."""
+    if text is None:
+        return None
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DensekitError(
+            f"{flag} {text!r}: give comma-separated {kind.__name__} values, e.g. "
+            + {"int": "0,1,2", "float": "0.1,1.0"}.get(kind.__name__, "linear,unet")
+        ) from None
+    if not values:
+        raise DensekitError(f"{flag} {text!r}: give at least one value")
+    return values
 
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from densekit.benchmark import Overrides, load_card, run_benchmark
+
+    overrides = Overrides(
+        budget=args.budget,
+        seeds=_listed(args.seeds, "--seeds", int),
+        fractions=_listed(args.fractions, "--fractions", float),
+        heads=_listed(args.heads, "--heads", str),
+    )
     if args.list:
-        card = load_card(args.card)
+        card = load_card(args.card, overrides)
         for run in card.runs(Path(args.out).resolve()):
             print(run.run_id)
         return 0
     try:
-        rows = run_benchmark(args.card, args.out)
+        rows = run_benchmark(args.card, args.out, overrides=overrides)
     except KeyboardInterrupt:
+        options = " ".join(a for a in args.argv if a != "--debug")
         print(
-            f"densekit benchmark: interrupted; finished rows are in {args.out}/results.jsonl: "
-            "run the same command again to resume",
+            f"densekit benchmark: interrupted; the finished runs are kept in "
+            f"{args.out}/results.jsonl; resume with: densekit {options}",
             file=sys.stderr,
         )
         return 130
@@ -459,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("card", help="task card YAML, e.g. tasks/spacenet_buildings.yaml")
     p.add_argument("--out", required=True, help="output folder (results, runs, feature cache)")
     p.add_argument("--list", action="store_true", help="print the run ids and stop")
+    g = p.add_argument_group("overrides of the card (the runs' configs change: they run again)")
+    g.add_argument("--budget", type=int, default=None, help="training epochs of every run")
+    g.add_argument("--seeds", default=None, help="seeds, e.g. 0 or 0,1,2")
+    g.add_argument("--fractions", default=None, help="label fractions, e.g. 0.1,1.0")
+    g.add_argument("--heads", default=None, help="heads and baselines to run, e.g. linear,unet")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser(
@@ -552,6 +580,7 @@ def run_command(argv: list[str]) -> int:
         return run_lightning(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # what the user typed (a resume hint repeats it)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from helpers import FIXTURES, REPO, TEST_DATA, TINY_DIMS, needs_shared_data
 
-from densekit.benchmark import load_card, run_benchmark
+from densekit.benchmark import Overrides, load_card, run_benchmark
+from densekit.benchmark.run import read_results
 from densekit.cli import main
 from densekit.data.files import pair_files
 from densekit.errors import DensekitError
@@ -219,3 +220,43 @@ def test_the_real_cards_load_and_their_files_pair(path, monkeypatch):
             assert pair_files(pairs), (path, prefix)
     for case in data.get("cases", []):  # the medical data module lists its cases
         assert Path(case["image"]).exists() and Path(case["mask"]).exists(), case
+
+
+def test_command_line_overrides_change_the_runs(tmp_path, capsys):
+    path = card(tmp_path)
+    argv = ["benchmark", str(path), "--out", str(tmp_path / "o"), "--list"]
+    assert main([*argv, "--seeds", "3", "--fractions", "0.5", "--heads", "unet"]) == 0
+    assert capsys.readouterr().out.split() == ["none__unet__f0.5__seed3"]
+    runs = load_card(path, Overrides(budget=2, heads=["linear"])).runs(tmp_path)
+    assert {r.config["trainer"]["max_epochs"] for r in runs} == {2} and len(runs) == 4
+    assert main([*argv, "--heads", "linear,dpt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--heads dpt: not in the card; valid: ['linear', 'unet']"), err
+    assert main([*argv, "--seeds", "a"]) == 2
+    assert "--seeds 'a': give comma-separated int values" in capsys.readouterr().err
+
+
+def test_progress_per_run_and_ctrl_c_says_how_to_resume(tmp_path, capfd, monkeypatch):
+    """Ctrl-C during the second run: exit 130, one line naming what was kept and the command
+    that resumes; the first run's row is kept; a line per run and lines within a run."""
+    monkeypatch.setenv("DENSEKIT_PROGRESS_SECONDS", "0.000001")
+    interrupt = {
+        "callbacks": [{"class_path": "helpers.InterruptAtEpoch", "init_args": {"epoch": 0}}]
+    }
+    heads = [
+        {"name": "linear", "model": {"head": "linear"}},
+        {"name": "stopped", "model": {"head": "linear"}, "trainer": interrupt},
+    ]
+    path = card(tmp_path, seeds=[0], label_fractions=[1.0], baselines=[], heads=heads)
+    out = tmp_path / "out"
+    argv = ["benchmark", str(path), "--out", str(out), "--budget", "1"]
+    assert main(argv) == 130
+    stdout, err = capfd.readouterr()
+    assert err.strip().splitlines()[-1] == (
+        f"densekit benchmark: interrupted; the finished runs are kept in {out}/results.jsonl; "
+        f"resume with: densekit {' '.join(argv)}"
+    )
+    assert "[1/2] tiny__linear__f1__seed0: training" in stdout
+    assert "[2/2] tiny__stopped__f1__seed0: training" in stdout
+    assert "[1/2] tiny__linear__f1__seed0: epoch 1/1, step 1/" in err  # within the run
+    assert list(read_results(out / "results.jsonl")) == ["tiny__linear__f1__seed0"]
