@@ -204,6 +204,12 @@ def cmd_tile(args: argparse.Namespace) -> int:
     except StoppedEarly as e:
         print(f"densekit tile: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        given = [a for a in args.argv if a != "--debug"]
+        resume = " ".join(["densekit", *given, *([] if args.resume else ["--resume"])])
+        raise KeyboardInterrupt(
+            "the finished strips are kept in the output's .partial folder; go on with: " + resume
+        ) from None
     for r in records:
         if r:  # rank 0
             print(f"wrote {', '.join(r['outputs'])} ({r['megapixels_per_s']} Mpx/s)")
@@ -608,8 +614,9 @@ def report_error(err: BaseException, command: str) -> int:
         message, status = f"error: {describe_os_error(cause)}", 1
     elif isinstance(err, Terminated):
         message, status = "stopped by SIGTERM", 143
-    elif isinstance(err, KeyboardInterrupt):
-        message, status = f"interrupted{'; ' + str(err) if str(err) else ''}", 130
+    elif isinstance(err, KeyboardInterrupt):  # what was kept, or that nothing was
+        kept = str(err) or "run the same command again to start over"
+        message, status = f"interrupted; {kept}", 130
     elif isinstance(err, MemoryError):
         message, status = "error: out of memory (lower --batch-size or the tile/window size)", 1
     else:
