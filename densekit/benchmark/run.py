@@ -205,6 +205,7 @@ def execute(run: Run, folder: Path, card: Card, prefix: str = "") -> dict[str, A
         "train_windows": subset.get("kept"),
         "selected_head": (record.get("head_grid") or {}).get("selected"),
         "metrics": record["metrics"],
+        "trivial": (record.get("trivial") or {}).get(card.metric),
         "fit_s": round(fit_s, 2),
         "test_s": round(test_s, 2),
         "config_sha": run.config_sha,

@@ -293,6 +293,8 @@ class DenseTask(L.LightningModule, abc.ABC):
         self.log_dict({k: v for k, v in each.items() if math.isfinite(v)})
 
     def on_test_epoch_end(self) -> None:
+        trivial = getattr(self.metric("test"), "trivial", None)
+        floor = trivial() if callable(trivial) else None  # before the metric is reset
         scores = self._epoch_end("test")
         if self.trainer.is_global_zero:
             folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
@@ -302,6 +304,8 @@ class DenseTask(L.LightningModule, abc.ABC):
                 "metrics": scores,
                 **provenance(self.model.backbone),
             }
+            if floor is not None:  # one class everywhere, scored on the same test pixels
+                record["trivial"] = floor
             if self.model.head_grid is not None:
                 record["head_grid"] = self.model.head_grid.record()
             if isinstance(self.model.head, OfficialDecoderHead):

@@ -78,7 +78,8 @@ def test_a_card_runs_end_to_end_and_is_reproducible(tmp_path):
     out = tmp_path / "out"
     lines = []
     rows = run_benchmark(path, out, log=lines.append)
-    assert len(rows) == 8 and len(lines) == 8  # 2 fractions x 2 seeds x (1 head + 1 baseline)
+    assert len(rows) == 8  # 2 fractions x 2 seeds x (1 head + 1 baseline)
+    assert len(lines) == 16 and sum(line.endswith(": training") for line in lines) == 8
     assert {(r["backbone"], r["head"]) for r in rows} == {("tiny", "linear"), ("none", "unet")}
     assert {r["train_windows"] for r in rows if r["amount"] == 0.1} == {7}  # of 72
     assert {r["labelled_windows"] for r in rows} == {72}
@@ -92,6 +93,11 @@ def test_a_card_runs_end_to_end_and_is_reproducible(tmp_path):
     md = (out / "results.md").read_text()
     assert "| tiny | linear |" in md and "| none | unet |" in md and "(n=2)" in md
     assert (out / "results.png").read_bytes()[:8] == PNG
+    assert len({r["trivial"] for r in rows}) == 1 and 0 < rows[0]["trivial"] < 1  # same pixels
+    assert (
+        f"Trivial predictor (one class everywhere, the best one) on the same test pixels: miou {rows[0]['trivial']:.4f}"
+        in md
+    )
     # each run's config is a plain `densekit fit` config that records its subset and seed
     config = yaml.safe_load(Path(rows[-1]["config"]).read_text())
     assert config["seed_everything"] == rows[-1]["seed"]
@@ -121,13 +127,14 @@ def test_an_interrupted_benchmark_resumes_without_rerunning_finished_rows(tmp_pa
     lines = []
     rows = run_benchmark(path, out, log=lines.append)
     assert len(rows) == 2 and rows[0] == first[0]  # same row, same timings: not rerun
-    assert "done before, skipped" in lines[0] and "miou" in lines[1]
+    assert "done before, skipped" in lines[0] and lines[1].endswith(": training")
+    assert "miou" in lines[2]
     assert (out / "runs" / "tiny__linear__f1__seed0" / "config.yaml").exists()
     # a changed card: new rows run, finished ones are skipped, the report is rewritten
     path = card(tmp_path, seeds=[0], baselines=[], label_fractions=[0.1, 1.0, 0.5])
     lines = []
     run_benchmark(path, out, log=lines.append)
-    assert sum("skipped" in line for line in lines) == 2 and len(lines) == 3
+    assert sum("skipped" in line for line in lines) == 2 and len(lines) == 4
     path = card(tmp_path, seeds=[0], baselines=[], metric="acc_micro")
     run_benchmark(path, out, log=lines.append)
     assert (out / "results.md").read_text().startswith("# chips: test acc_micro")
@@ -260,3 +267,26 @@ def test_progress_per_run_and_ctrl_c_says_how_to_resume(tmp_path, capfd, monkeyp
     assert "[2/2] tiny__stopped__f1__seed0: training" in stdout
     assert "[1/2] tiny__linear__f1__seed0: epoch 1/1, step 1/" in err  # within the run
     assert list(read_results(out / "results.jsonl")) == ["tiny__linear__f1__seed0"]
+
+
+def test_the_plot_draws_the_trivial_predictor(tmp_path, monkeypatch):
+    from densekit.benchmark.report import plot
+
+    path = card(tmp_path)
+    rows = [
+        {"backbone": "tiny", "head": "linear", "amount": a, "seed": 0, "trivial": 0.25,
+         "metrics": {"miou": 0.5 + a / 4}}
+        for a in (0.1, 1.0)
+    ]  # fmt: skip
+    import matplotlib.axes
+
+    drawn = []
+    real = matplotlib.axes.Axes.axhline
+
+    def spy(self, y=0, *args, **kwargs):
+        drawn.append((y, kwargs.get("label")))
+        return real(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", spy)
+    assert plot(load_card(path), rows)[:8] == PNG
+    assert drawn == [(0.25, "trivial predictor (0.250)")]
