@@ -109,7 +109,8 @@ class PlainProgressBar(ProgressBar):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
         batches = self.total_train_batches
-        shown = f"/{batches:.0f} ({100 * (i + 1) / batches:.0f}%)" if math.isfinite(batches) else ""
+        known = math.isfinite(batches) and batches > 0  # 0 after the last step of max_steps
+        shown = f"/{batches:.0f} ({100 * (i + 1) / batches:.0f}%)" if known else ""
         metrics = self._metrics(("train/",))
         self._state = ", ".join(
             p for p in (f"{self._epoch(trainer)}, step {i + 1}{shown}", metrics) if p
@@ -120,7 +121,8 @@ class PlainProgressBar(ProgressBar):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         batches = self.total_train_batches
-        eta = clock(self._eta(trainer, int(batches), batches)) if math.isfinite(batches) else "?"
+        known = math.isfinite(batches) and batches > 0
+        eta = clock(self._eta(trainer, int(batches), batches)) if known else "?"
         metrics = self._metrics(("val/", "train/loss"))
         self.say(
             ", ".join(p for p in (f"{self._epoch(trainer)} done", metrics) if p)
@@ -130,7 +132,7 @@ class PlainProgressBar(ProgressBar):
 
     # -- validation, test and predict -------------------------------------------------------
     def _evaluation(self, stage: str, i: int, total: float) -> None:
-        shown = f"/{total:.0f}" if math.isfinite(total) else ""
+        shown = f"/{total:.0f}" if math.isfinite(total) and total > 0 else ""
         self._state = f"{stage} batch {i + 1}{shown}"
         if self.heartbeat.due():
             self.say(f"{self._state}, elapsed {clock(time.monotonic() - self._start)}")

@@ -146,6 +146,15 @@ def test_a_fit_run_keeps_checkpoints_and_logs_shows_progress_and_no_lightning_wa
     assert f"last checkpoint: {version / 'checkpoints' / 'last.ckpt'}" in out
 
 
+def test_progress_of_a_run_bounded_by_steps(tmp_path, capfd, monkeypatch):
+    """``max_steps`` without epochs: Lightning counts 0 batches left after the last step."""
+    monkeypatch.setenv("DENSEKIT_PROGRESS_SECONDS", "0.000001")
+    code = main(["fit", "--config", fit_config(tmp_path, epochs=-1, max_steps=1)])
+    err = capfd.readouterr().err
+    assert code == 0, err
+    assert "densekit fit: epoch 1/?, step 1" in err, err
+
+
 def test_ctrl_c_during_fit_says_what_was_kept_and_how_to_resume(tmp_path, capfd):
     config = fit_config(tmp_path, epochs=3, callbacks=[{"class_path": "helpers.InterruptAtEpoch"}])
     code = main(["fit", "--config", config])
