@@ -42,6 +42,8 @@ def test_a_heartbeat_when_the_work_is_slower_than_the_interval(monkeypatch):
 def test_bad_interval_and_clock():
     assert clock(3725.2) == "1:02:05" and clock(float("inf")) == "?"
     with pytest.MonkeyPatch.context() as m:
+        m.delenv("DENSEKIT_PROGRESS_SECONDS", raising=False)
+        assert interval_seconds() == 20  # a log under nohup gets a line at least every 30 s
         m.setenv("DENSEKIT_PROGRESS_SECONDS", "soon")
         with pytest.raises(DensekitError, match="DENSEKIT_PROGRESS_SECONDS='soon': give a numb"):
             interval_seconds()

@@ -2,7 +2,8 @@
 
 Outside a terminal (``nohup``, a job system, a pipe) :class:`PlainProgressBar` writes one line
 at most every ``DENSEKIT_PROGRESS_SECONDS`` seconds (default 20; repeated by a heartbeat when a
-step is slower) and one at the end of every epoch and test, e.g.::
+step is slower), at the end of an epoch with its validation metrics when one is due, and at the
+end of the last epoch and of a test, e.g.::
 
     densekit fit: epoch 3/30, step 40/120 (33%), train/loss_step 0.412, elapsed 0:01:10, ETA 0:18:30
     densekit fit: epoch 3/30 done, val/miou 0.4312, val/loss 0.38, elapsed 0:01:32, ETA 0:17:56
@@ -120,6 +121,10 @@ class PlainProgressBar(ProgressBar):
             self.say(f"{self._state}, elapsed {clock(time.monotonic() - self._start)}, ETA {eta}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._state = f"after {self._epoch(trainer)}"
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if not (self.heartbeat.due() or last):  # short epochs: a line per interval, not each
+            return
         batches = self.total_train_batches
         known = math.isfinite(batches) and batches > 0
         eta = clock(self._eta(trainer, int(batches), batches)) if known else "?"
@@ -128,7 +133,6 @@ class PlainProgressBar(ProgressBar):
             ", ".join(p for p in (f"{self._epoch(trainer)} done", metrics) if p)
             + f", elapsed {clock(time.monotonic() - self._start)}, ETA {eta}"
         )
-        self._state = f"after {self._epoch(trainer)}"
 
     # -- validation, test and predict -------------------------------------------------------
     def _evaluation(self, stage: str, i: int, total: float) -> None:
