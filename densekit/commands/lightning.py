@@ -102,12 +102,11 @@ class DensekitCLI(LightningCLI):
             if self.subcommand == "fit":
                 return "no epoch had finished, no checkpoint kept: run the same command again"
             return "run the same command again"
-        given = list(self.args_given)
-        for flag in ("--ckpt_path",):  # a resumed run resumed again: the newer checkpoint
-            while flag in given:
-                i = given.index(flag)
-                del given[i : i + 2]
-            given = [a for a in given if not a.startswith(flag + "=")]
+        given = list(self.args_given)  # a resumed run resumed again: the newer checkpoint
+        while "--ckpt_path" in given:
+            i = given.index("--ckpt_path")
+            del given[i : i + 2]
+        given = [a for a in given if not a.startswith("--ckpt_path=")]
         resume = " ".join(["densekit", self.command, *given, "--ckpt_path", last])
         return f"kept {last}; resume with: {resume}"
 
