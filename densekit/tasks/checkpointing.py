@@ -38,6 +38,23 @@ class BestAndLast(ModelCheckpoint):
             save_top_k=1 if metric else 0,
         )
 
+    # Lightning writes last.ckpt only when a best checkpoint was written at the same step; it
+    # is written here after every epoch (and every validation), whatever the score
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_unless_saved(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_unless_saved(trainer)
+
+    def _save_last_unless_saved(self, trainer: L.Trainer) -> None:
+        # skipped while sanity checking, in fast_dev_run, and when this step was saved already
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datasets = getattr(getattr(trainer, "datamodule", None), "datasets", None)
         if stage == "fit" and isinstance(datasets, dict) and "val" not in datasets:

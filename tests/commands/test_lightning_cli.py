@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers import TEST_DATA
 
@@ -138,6 +139,9 @@ def test_a_fit_run_keeps_checkpoints_and_logs_shows_progress_and_no_lightning_wa
     assert "last.ckpt" in names
     best = [n for n in names if n.startswith("best-epoch=")]
     assert len(best) == 1 and "-miou=0." in best[0], names
+    # last.ckpt is the last epoch's, also when the best epoch was an earlier one (here epoch 0)
+    last = torch.load(version / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert best[0].startswith("best-epoch=0-") and last["epoch"] == 1
     assert list(version.glob("events.out.tfevents.*")) and (version / "metrics.csv").is_file()
     # the summary: the validation metrics as a table (plain lines: stdout is not a terminal)
     assert any(line.split() == ["metric", "value"] for line in out.splitlines()), out
