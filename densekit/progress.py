@@ -113,9 +113,9 @@ class PlainProgress:
         self.n = self.initial = initial
         self.stream = stream
         self.start = time.monotonic()
+        self._lock = threading.Lock()
         self.heartbeat = Heartbeat(self._say, interval_seconds())
         self.heartbeat.start()
-        self._lock = threading.Lock()
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
@@ -133,8 +133,10 @@ class PlainProgress:
         return self.prefix + ", ".join(parts)
 
     def _say(self) -> None:
-        with self._lock:
-            print(self.line(), file=self.stream or sys.stderr, flush=True)
+        with self._lock:  # the heartbeat's thread and the counting one: whole lines only
+            stream = self.stream or sys.stderr
+            stream.write(self.line() + "\n")
+            stream.flush()
 
     def update(self, n: int = 1) -> None:
         self.n += n

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from typing import Any
 
@@ -46,6 +47,7 @@ class PlainProgressBar(ProgressBar):
         self._start = time.monotonic()
         self._stage_start = self._start
         self.heartbeat = Heartbeat(self._repeat, self.interval)
+        self._lock = threading.Lock()
 
     # Lightning asks every progress bar for these
     def disable(self) -> None:
@@ -56,8 +58,10 @@ class PlainProgressBar(ProgressBar):
 
     def say(self, text: str) -> None:
         if self._enabled and self.trainer.is_global_zero:
-            self.heartbeat.beat()
-            print(f"{self.prefix}{text}", file=sys.stderr, flush=True)
+            with self._lock:  # the heartbeat's thread says things too: whole lines only
+                self.heartbeat.beat()
+                sys.stderr.write(f"{self.prefix}{text}\n")
+                sys.stderr.flush()
 
     def _repeat(self) -> None:
         if self._state:

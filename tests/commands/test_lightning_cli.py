@@ -132,7 +132,9 @@ def test_a_fit_run_keeps_checkpoints_and_logs_shows_progress_and_no_lightning_wa
     # progress outside a terminal: plain lines with the step, epoch, metric and ETA
     lines = [line for line in err.splitlines() if line.startswith("densekit fit: epoch")]
     assert any("step 1/2" in line and "train/loss" in line for line in lines), err
-    assert any("epoch 2/2 done" in line and "val/miou" in line and "ETA" in line for line in lines)
+    assert any(
+        "epoch 2/2 done" in line and "val/miou" in line and "ETA" in line for line in lines
+    ), err
     # checkpoints and logs
     version = tmp_path / "run" / "lightning_logs" / "version_0"
     names = sorted(p.name for p in (version / "checkpoints").iterdir())
