@@ -17,9 +17,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from densekit.commands.lightning import LIGHTNING_COMMANDS, run_lightning
 from densekit.errors import DensekitError, Terminated, describe_os_error
 from densekit.version import __version__
+
+# run by LightningCLI (densekit.commands.lightning), which parses their arguments
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "pretrain")
 
 
 # -- parsing the arguments of the tool commands --------------------------------------------
@@ -102,29 +104,30 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+    """The registry as a table: rich in a terminal (or with ``--width``), else one plain line per
+    backbone (``densekit backbones | grep vitl16``)."""
     from densekit.backbones.registry import ALIASES, NORMALIZATIONS, REGISTRY
+    from densekit.tables import print_table
 
-    table = Table(title="densekit backbones (load with densekit.load_backbone(name, weights=...))")
-    for col in ("name", "family", "patch", "dim", "depth", "params", "normalisation", "weights"):
-        table.add_column(col, overflow="fold")
+    columns = ("name", "family", "patch", "dim", "depth", "params", "normalisation", "weights")
+    rows = []
     for spec in REGISTRY.values():
         norm = NORMALIZATIONS[spec.normalization]
-        table.add_row(
-            spec.name,
-            spec.family,
-            str(spec.patch_size),
-            str(spec.embed_dim) if spec.is_vit else "/".join(map(str, spec.dims)),
-            str(spec.depth) if spec.is_vit else "/".join(map(str, spec.stage_depths)),
-            f"{spec.num_params / 1e6:.1f}M",
-            f"{norm.name}: mean {norm.mean}, std {norm.std}",
-            "\n".join(spec.weight_files),
+        rows.append(
+            [
+                spec.name,
+                spec.family,
+                str(spec.patch_size),
+                str(spec.embed_dim) if spec.is_vit else "/".join(map(str, spec.dims)),
+                str(spec.depth) if spec.is_vit else "/".join(map(str, spec.stage_depths)),
+                f"{spec.num_params / 1e6:.1f}M",
+                f"{norm.name}: mean {norm.mean}, std {norm.std}",
+                "\n".join(spec.weight_files),
+            ]
         )
-    console = Console(width=args.width)
-    console.print(table)
-    console.print("aliases: " + ", ".join(f"{a} -> {n}" for a, n in sorted(ALIASES.items())))
+    title = "densekit backbones (load with densekit.load_backbone(name, weights=...))"
+    print_table(columns, rows, title=title, width=args.width)
+    print("aliases: " + ", ".join(f"{a} -> {n}" for a, n in sorted(ALIASES.items())))
     return 0
 
 
@@ -202,6 +205,12 @@ def cmd_tile(args: argparse.Namespace) -> int:
     except StoppedEarly as e:
         print(f"densekit tile: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        given = [a for a in args.argv if a != "--debug"]
+        resume = " ".join(["densekit", *given, *([] if args.resume else ["--resume"])])
+        raise KeyboardInterrupt(
+            "the finished strips are kept in the output's .partial folder; go on with: " + resume
+        ) from None
     for r in records:
         if r:  # rank 0
             print(f"wrote {', '.join(r['outputs'])} ({r['megapixels_per_s']} Mpx/s)")
@@ -254,20 +263,43 @@ def _numbers(parts: list[str], flag: str) -> list[float]:
         raise DensekitError(f"{flag} {','.join(parts)!r}: expected numbers like 40,400") from None
 
 
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    from densekit.benchmark import load_card, run_benchmark
+def _listed(text: str | None, flag: str, kind: type) -> list[Any] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (``kind`` int, float or str); None stays None."""
+    if text is None:
+        return None
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DensekitError(
+            f"{flag} {text!r}: give comma-separated {kind.__name__} values, e.g. "
+            + {"int": "0,1,2", "float": "0.1,1.0"}.get(kind.__name__, "linear,unet")
+        ) from None
+    if not values:
+        raise DensekitError(f"{flag} {text!r}: give at least one value")
+    return values
 
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from densekit.benchmark import Overrides, load_card, run_benchmark
+
+    overrides = Overrides(
+        budget=args.budget,
+        seeds=_listed(args.seeds, "--seeds", int),
+        fractions=_listed(args.fractions, "--fractions", float),
+        heads=_listed(args.heads, "--heads", str),
+    )
     if args.list:
-        card = load_card(args.card)
+        card = load_card(args.card, overrides)
         for run in card.runs(Path(args.out).resolve()):
             print(run.run_id)
         return 0
     try:
-        rows = run_benchmark(args.card, args.out)
+        rows = run_benchmark(args.card, args.out, overrides=overrides)
     except KeyboardInterrupt:
+        options = " ".join(a for a in args.argv if a != "--debug")
         print(
-            f"densekit benchmark: interrupted; finished rows are in {args.out}/results.jsonl: "
-            "run the same command again to resume",
+            f"densekit benchmark: interrupted; the finished runs are kept in "
+            f"{args.out}/results.jsonl; resume with: densekit {options}",
             file=sys.stderr,
         )
         return 130
@@ -460,6 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("card", help="task card YAML, e.g. tasks/spacenet_buildings.yaml")
     p.add_argument("--out", required=True, help="output folder (results, runs, feature cache)")
     p.add_argument("--list", action="store_true", help="print the run ids and stop")
+    g = p.add_argument_group("overrides of the card (the runs' configs change: they run again)")
+    g.add_argument("--budget", type=int, default=None, help="training epochs of every run")
+    g.add_argument("--seeds", default=None, help="seeds, e.g. 0 or 0,1,2")
+    g.add_argument("--fractions", default=None, help="label fractions, e.g. 0.1,1.0")
+    g.add_argument("--heads", default=None, help="heads and baselines to run, e.g. linear,unet")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser(
@@ -537,6 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with terminate_on_sigterm():
         try:
             return run_command(argv)
+        except BrokenPipeError:
+            return reader_went_away()
         except (Exception, KeyboardInterrupt, Terminated) as e:
             if debug:
                 raise
@@ -546,13 +585,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command(argv: list[str]) -> int:
     """Parse ``argv`` and run its command (errors are raised)."""
     if argv and argv[0] in LIGHTNING_COMMANDS:
+        from densekit.commands.lightning import run_lightning
+
         return run_lightning(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # what the user typed (a resume hint repeats it)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     return int(args.func(args))
+
+
+def reader_went_away() -> int:
+    """The reader of stdout closed it (``densekit backbones | head``): stop quietly with the
+    status of a process ended by SIGPIPE, 141 (later writes and the final flush go nowhere)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 def report_error(err: BaseException, command: str) -> int:
@@ -568,8 +618,9 @@ def report_error(err: BaseException, command: str) -> int:
         message, status = f"error: {describe_os_error(cause)}", 1
     elif isinstance(err, Terminated):
         message, status = "stopped by SIGTERM", 143
-    elif isinstance(err, KeyboardInterrupt):
-        message, status = "interrupted", 130
+    elif isinstance(err, KeyboardInterrupt):  # what was kept, or that nothing was
+        kept = str(err) or "run the same command again to start over"
+        message, status = f"interrupted; {kept}", 130
     elif isinstance(err, MemoryError):
         message, status = "error: out of memory (lower --batch-size or the tile/window size)", 1
     else:

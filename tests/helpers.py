@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
@@ -144,3 +145,15 @@ def random_tiny_weights(path, **overrides) -> str:
         warnings.simplefilter("ignore")
         b = load_backbone("dinov2_vits14", "random", **overrides)
     return str(save_official(official_state_dict(b.arch, b.model), path))
+
+
+class InterruptAtEpoch(Callback):
+    """A Lightning callback that raises KeyboardInterrupt (as Ctrl-C does) when epoch
+    ``epoch`` (0-based) starts; a config names it ``helpers.InterruptAtEpoch``."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models", "features"),
     ("heads", "backbones"),
     ("data",),
-    ("errors", "io", "version", "schedules", "pictures"),
+    ("errors", "io", "version", "schedules", "pictures", "progress", "tables"),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -2,6 +2,8 @@
 
 import re
 import subprocess
+import sys
+import time
 
 import pytest
 import rasterio
@@ -9,6 +11,7 @@ import torch
 from helpers import FIXTURES, REPO, TEST_DATA, TINY_DIMS
 
 import densekit
+from densekit.backbones.registry import REGISTRY
 from densekit.cli import main
 
 SAMPLE = REPO / "densekit" / "samples" / "landsat7_rgb.tif"
@@ -25,6 +28,45 @@ def test_help_and_version():
     assert res.returncode == 0 and "backbones" in res.stdout and "features" in res.stdout
     res = run("--version")
     assert res.returncode == 0 and res.stdout.strip() == f"densekit {densekit.__version__}"
+
+
+def test_help_and_backbones_answer_quickly_without_torch():
+    """``densekit --help`` and ``densekit backbones`` import what they use: not torch (the
+    issue's measure: under 2 s, from ~9 s)."""
+    code = (
+        "import sys; from densekit.cli import main; main(['backbones']); "
+        "print(sorted(m for m in ('torch', 'lightning', 'timm', 'rasterio') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+    for args in (["--help"], ["backbones"]):
+        start = time.perf_counter()
+        res = run(*args)
+        assert res.returncode == 0 and time.perf_counter() - start < 2.0, args
+
+
+def test_backbones_piped_is_one_line_per_entry():
+    res = run("backbones")
+    lines = res.stdout.splitlines()
+    vitl16 = [line.split()[0] for line in lines if line.startswith("dinov3_vitl16")]
+    assert vitl16 == ["dinov3_vitl16", "dinov3_vitl16_sat493m", "dinov3_vitl16plus"]
+    firsts = [line.split()[0] for line in lines if line.strip()]
+    assert [n for n in firsts if n in REGISTRY] == list(REGISTRY)  # one line each
+    assert "dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth" in next(
+        line for line in lines if line.startswith("dinov3_vitl16_sat493m ")
+    )
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``densekit backbones | head -1``: no BrokenPipeError traceback."""
+    proc = subprocess.Popen(
+        ["densekit", "backbones"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before densekit writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
 
 
 def test_backbones_table(capsys):

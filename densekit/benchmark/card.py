@@ -105,6 +105,7 @@ class Card:
 
     path: Path
     spec: dict[str, Any]
+    overridden: bool = False  # by the command line: the spec differs from the file
 
     @property
     def name(self) -> str:
@@ -177,8 +178,54 @@ class Card:
         }
 
 
-def load_card(path: str | Path) -> Card:
-    """Read and check a task card; errors name the card and the key."""
+@dataclass(frozen=True)
+class Overrides:
+    """What ``densekit benchmark`` options change in a card (None: the card's own).
+
+    Attributes:
+        budget: training epochs of every run (``trainer.max_epochs``, also over a head's own).
+        seeds: the seeds.
+        fractions: label fractions (replacing the card's label_fractions or label_counts).
+        heads: the heads and baselines to run, by name (the others are left out).
+    """
+
+    budget: int | None = None
+    seeds: list[int] | None = None
+    fractions: list[float] | None = None
+    heads: list[str] | None = None
+
+    def apply(self, spec: dict[str, Any], fail: Any) -> dict[str, Any]:
+        """``spec`` with these overrides (a copy); unknown head names are refused."""
+        spec = copy.deepcopy(spec)
+        if self.budget is not None:
+            if self.budget < 1:
+                raise fail(f"--budget {self.budget}: give 1 or more epochs")
+            spec["trainer"] = {**(spec.get("trainer") or {}), "max_epochs": self.budget}
+            for group in ("heads", "baselines"):
+                for entry in spec.get(group) or []:
+                    if isinstance(entry, dict) and "max_epochs" in (entry.get("trainer") or {}):
+                        entry["trainer"]["max_epochs"] = self.budget
+        if self.seeds is not None:
+            spec["seeds"] = list(self.seeds)
+        if self.fractions is not None:
+            spec.pop("label_counts", None)
+            spec["label_fractions"] = list(self.fractions)
+        if self.heads is not None:
+            names = [e.get("name") for g in ("heads", "baselines") for e in spec.get(g) or []]
+            unknown = [h for h in self.heads if h not in names]
+            if unknown:
+                raise fail(f"--heads {','.join(unknown)}: not in the card; valid: {names}")
+            for group in ("heads", "baselines"):
+                spec[group] = [e for e in spec.get(group) or [] if e.get("name") in self.heads]
+        return spec
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.budget, self.seeds, self.fractions, self.heads))
+
+
+def load_card(path: str | Path, overrides: Overrides | None = None) -> Card:
+    """Read and check a task card (with the command line's ``overrides``); errors name the
+    card and the key."""
     path = Path(path)
     if not path.is_file():
         raise DensekitError(f"{path}: no such task card (see tasks/README.md)")
@@ -188,6 +235,8 @@ def load_card(path: str | Path) -> Card:
         raise DensekitError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(spec, dict):
         raise DensekitError(f"{path}: a task card is a YAML mapping of {sorted(CARD_KEYS)}")
+    if overrides:
+        spec = overrides.apply(spec, lambda message: DensekitError(message))
 
     def fail(message: str) -> DensekitError:
         return DensekitError(f"{path}: {message}")
@@ -246,7 +295,7 @@ def load_card(path: str | Path) -> Card:
     for entry in spec.get("baselines", []):
         if entry.get("model", {}).get("head") != "unet":
             raise fail(f"baselines {entry['name']!r}: set model.head: unet (no backbone)")
-    return Card(path, spec)
+    return Card(path, spec, bool(overrides))
 
 
 def _check_entries(

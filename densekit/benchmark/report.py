@@ -1,6 +1,7 @@
 """The benchmark's results: ``results.csv`` (one row per run), ``results.md`` (mean +- std over
 seeds per backbone, head and label amount) and ``results.png`` (the card's metric against the
-label fraction, log x, one line per backbone and head)."""
+label fraction, log x, one line per backbone and head, and a dashed line for the trivial
+predictor)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ LEADING = [
     "selected_head",
     "fit_s",
     "test_s",
+    "trivial",
 ]
 
 
@@ -54,6 +56,14 @@ def summary(card: Card, rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str],
         value = row["metrics"].get(card.metric, math.nan)
         table.setdefault(key, {}).setdefault(row["amount"], []).append(float(value))
     return table
+
+
+def trivial_score(rows: Sequence[dict[str, Any]]) -> float | None:
+    """The trivial predictor's score on the card's metric (one class everywhere, the best
+    class; every run is tested on the same pixels, so the rows agree), None when unknown
+    (depth metrics, rows written before densekit recorded it)."""
+    values = [float(r["trivial"]) for r in rows if r.get("trivial") is not None]
+    return statistics.fmean(values) if values else None
 
 
 def write_report(card: Card, out: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -104,6 +114,13 @@ def markdown(card: Card, rows: Sequence[dict[str, Any]]) -> str:
             f"one with the best validation {card.metric} (column `selected_head` of results.csv);"
             " the other heads and the baselines train once with the card's settings.",
         ]
+    trivial = trivial_score(rows)
+    if trivial is not None:
+        lines += [
+            "",
+            f"Trivial predictor (one class everywhere, the best one) on the same test pixels: "
+            f"{card.metric} {trivial:.4f}; a row below it has learnt nothing usable.",
+        ]
     fit = [r["fit_s"] for r in rows]
     lines += ["", f"{len(rows)} runs, training time {sum(fit):.0f} s in all.", ""]
     return "\n".join(lines)
@@ -142,6 +159,9 @@ def plot(card: Card, rows: Sequence[dict[str, Any]]) -> bytes:
             color=line.get_color(),
             alpha=0.15,
         )
+    trivial = trivial_score(rows)
+    if trivial is not None:
+        ax.axhline(trivial, color="0.4", linestyle="--", label=f"trivial predictor ({trivial:.3f})")
     ax.set_xscale("log")
     ticks = [float(a) * (1 if card.by_count else 100) for a in card.amounts]
     ax.set_xticks(ticks, [_amount_label(card, a) for a in card.amounts])

@@ -14,9 +14,9 @@ import contextlib
 import copy
 import gc
 import json
-import logging
 import os
 import shutil
+import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from densekit.benchmark.card import Card, Run, load_card
+from densekit.benchmark.card import Card, Overrides, Run, load_card
 from densekit.benchmark.report import write_report
 from densekit.errors import DensekitError
 
@@ -115,36 +115,45 @@ def _write_atomic(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Lightning's per-run banners and hints off; densekit prints one line per run."""
-    names = ("lightning.pytorch", "lightning.fabric", "lightning")
-    levels = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.WARNING)
+    """Lightning's per-run banners, hints and information lines off (densekit prints its own
+    lines per run); the data loader's worker hint too (the card sets the workers), and the
+    note on ``args`` given beside a command line (they are the run's own config)."""
+    from densekit.tasks.quiet import quiet_lightning
+
+    with quiet_lightning(info=False), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*args parameter is intended to run.*")
+        yield
+
+
+@contextlib.contextmanager
+def _interruptible(trainer: Any) -> Iterator[None]:
+    """Lightning ends a run stopped by Ctrl-C with ``sys.exit(1)`` (and ignores SIGINT from
+    then on): raise KeyboardInterrupt instead, so the benchmark says how to resume."""
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*number of training batches.*")
-            warnings.filterwarnings("ignore", message=r".*args parameter is intended to run.*")
-            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen
-            warnings.filterwarnings("ignore", message=r".*treespec.*")  # Lightning on torch 2.14
-            yield
-    finally:
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
+        yield
+    except SystemExit:
+        if trainer.interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
+        raise
 
 
-def execute(run: Run, folder: Path, card: Card) -> dict[str, Any]:
-    """Train and test one run in ``folder``; returns its result row."""
+def execute(run: Run, folder: Path, card: Card, prefix: str = "") -> dict[str, Any]:
+    """Train and test one run in ``folder``; returns its result row. Progress lines (outside
+    and inside a terminal) start with ``prefix``; Ctrl-C raises KeyboardInterrupt."""
     from lightning.pytorch.cli import LightningCLI
 
     from densekit.data.base import DenseDataModule
     from densekit.tasks import DenseTask
+    from densekit.tasks.progress import PlainProgressBar
 
     if folder.exists():
         shutil.rmtree(folder)  # an interrupted or changed run starts over
     folder.mkdir(parents=True)
     config = copy.deepcopy(run.config)
     config["trainer"]["default_root_dir"] = str(folder)
+    config["trainer"]["enable_progress_bar"] = True  # plain lines, each run's own prefix
     config["trainer"]["logger"] = {
         "class_path": "lightning.pytorch.loggers.CSVLogger",
         "init_args": {"save_dir": str(folder), "name": "logs"},
@@ -165,6 +174,7 @@ def execute(run: Run, folder: Path, card: Card) -> dict[str, Any]:
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 args=["--config", str(config_path)],
+                trainer_defaults={"callbacks": [PlainProgressBar(prefix)]},
                 run=False,
                 auto_configure_optimizers=False,
                 save_config_callback=None,
@@ -172,12 +182,13 @@ def execute(run: Run, folder: Path, card: Card) -> dict[str, Any]:
             )
         except (Exception, SystemExit) as e:  # a value jsonargparse could not build
             raise DensekitError(f"building the model and data: {_cause(e)}") from None
-        start = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        fit_s = time.perf_counter() - start
-        start = time.perf_counter()
-        cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-        test_s = time.perf_counter() - start
+        with _interruptible(cli.trainer):
+            start = time.perf_counter()
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            fit_s = time.perf_counter() - start
+            start = time.perf_counter()
+            cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+            test_s = time.perf_counter() - start
     gc.collect()  # the run's objects finalised now, not inside a later run's rasterio calls
     record = json.loads((Path(cli.trainer.log_dir or folder) / "test_metrics.json").read_text())
     subset = cli.datamodule.train_subset or {}
@@ -194,6 +205,7 @@ def execute(run: Run, folder: Path, card: Card) -> dict[str, Any]:
         "train_windows": subset.get("kept"),
         "selected_head": (record.get("head_grid") or {}).get("selected"),
         "metrics": record["metrics"],
+        "trivial": (record.get("trivial") or {}).get(card.metric),
         "fit_s": round(fit_s, 2),
         "test_s": round(test_s, 2),
         "config_sha": run.config_sha,
@@ -206,11 +218,13 @@ def run_benchmark(
     out: str | Path,
     log: Callable[[str], None] = print,
     stop_after: int | None = None,
+    overrides: Overrides | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) every run of a card into ``out``; returns the rows in card order.
 
-    ``stop_after``: stop after this many new runs (tests of resuming)."""
-    card = load_card(card_path)
+    ``stop_after``: stop after this many new runs (tests of resuming); ``overrides``: the
+    command line's changes to the card (budget, seeds, fractions, heads)."""
+    card = load_card(card_path, overrides)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DensekitError(f"--out {out}: is a file, a folder is needed")
@@ -225,7 +239,11 @@ def run_benchmark(
             )
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
-        shutil.copyfile(card.path, out / "card.yaml")
+        if card.overridden:  # what ran: the card with the command line's changes
+            header = f"# {card.path} with the overrides of the densekit benchmark command line\n"
+            _write_atomic(out / "card.yaml", header + yaml.safe_dump(card.spec, sort_keys=False))
+        else:
+            shutil.copyfile(card.path, out / "card.yaml")
         _run_all(card, runs, rows, out, log, stop_after)
         done = [rows[r.run_id] for r in runs if r.run_id in rows]
         if done:
@@ -270,8 +288,10 @@ def _run_all(
             break
         if previous is not None:
             log(f"{tag}: its config changed since the last run, running it again")
+        else:
+            log(f"{tag}: training")
         try:
-            row = execute(run, out / "runs" / run.run_id, card)
+            row = execute(run, out / "runs" / run.run_id, card, prefix=f"{tag}: ")
         except DensekitError as e:
             raise DensekitError(f"run {run.run_id} ({out / 'runs' / run.run_id}): {e}") from e
         if card.metric not in row["metrics"]:

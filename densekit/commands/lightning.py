@@ -12,7 +12,11 @@ A configuration error (an unknown key, a value of the wrong type) is one line na
 from __future__ import annotations
 
 import argparse
+import ast
+import os
 import re
+import signal
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,15 +24,96 @@ from lightning.pytorch.cli import LightningCLI
 
 from densekit.errors import DensekitError
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "pretrain")
 # ckpt_path values Lightning resolves itself (not files)
 CKPT_KEYWORDS = ("best", "last", "hpc")
 
 
 class DensekitCLI(LightningCLI):
-    """LightningCLI with densekit's checks made before any class is instantiated."""
+    """LightningCLI as part of the ``densekit`` command.
+
+    * usage and help name the command the user typed (``densekit fit``, ``densekit pretrain``);
+    * checkpoints are always read without running code from them (``weights_only=True`` is
+      passed to every Trainer method, not an option);
+    * the run keeps ``last.ckpt``, the best checkpoint on the task's main validation metric,
+      TensorBoard and CSV logs (:mod:`densekit.tasks.checkpointing`) and shows progress as a
+      bar in a terminal, else as plain lines (:mod:`densekit.tasks.progress`), unless the config
+      names its own;
+    * densekit's checks are made before any class is instantiated, and ``fit`` ends with a
+      table of the validation metrics and where the checkpoints and logs are.
+    """
 
     _ckpt_checked = False
+
+    def __init__(self, *args: Any, command: str, **kwargs: Any) -> None:
+        self.command = command
+        given = list(kwargs.get("args") or [])
+        self.args_given = given[1:]  # after the subcommand
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: {*skip, "weights_only"} for name, skip in LightningCLI.subcommands().items()}
+
+    def _add_subcommands(self, parser: Any, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        for name, subparser in self._subcommand_parsers.items():
+            subparser.prog = f"densekit {'pretrain' if self.command == 'pretrain' else name}"
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        # LightningCLI warns when it is given ``args`` and sys.argv has arguments too: here
+        # ``args`` are sys.argv's own, so there is nothing to warn about
+        self.config = parser.parse_args(args)
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        return {**super()._prepare_subcommand_kwargs(subcommand), "weights_only": True}
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        from densekit.tasks.checkpointing import BestAndLast, default_loggers, has_checkpoint
+        from densekit.tasks.progress import has_progress_bar, progress_callback
+
+        root = str(config.get("default_root_dir") or os.getcwd())
+        if config.get("logger") in (None, True) and self.subcommand != "predict":
+            config["logger"] = default_loggers(root)
+        given = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not has_progress_bar(given):
+            callbacks.append(progress_callback(f"densekit {self.command}: "))
+        if (
+            self.subcommand == "fit"
+            and config.get("enable_checkpointing") is not False
+            and not has_checkpoint(given)
+        ):
+            callbacks.append(BestAndLast(getattr(self.model, "main_metric", None)))
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit:
+            if self.trainer.interrupted:  # Lightning's exit after Ctrl-C
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignored it
+                raise KeyboardInterrupt(self.what_was_kept()) from None
+            raise
+
+    def what_was_kept(self) -> str:
+        """After Ctrl-C: the checkpoint kept and the command that resumes from it."""
+        callback = self.trainer.checkpoint_callback
+        last = getattr(callback, "last_model_path", "") if self.subcommand == "fit" else ""
+        if not last:
+            if self.subcommand == "fit":
+                return "no epoch had finished, no checkpoint kept: run the same command again"
+            return "run the same command again"
+        given = list(self.args_given)  # a resumed run resumed again: the newer checkpoint
+        while "--ckpt_path" in given:
+            i = given.index("--ckpt_path")
+            del given[i : i + 2]
+        given = [a for a in given if not a.startswith("--ckpt_path=")]
+        resume = " ".join(["densekit", self.command, *given, "--ckpt_path", last])
+        return f"kept {last}; resume with: {resume}"
+
+    def after_fit(self) -> None:
+        from densekit.tasks.summary import print_fit_summary
+
+        print_fit_summary(self.trainer)
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the checkpoint's hyper-parameters here, before any other hook
@@ -100,8 +185,23 @@ def check_ckpt_path(path: str, model: Any) -> None:
 
 
 def config_error(text: str) -> str:
-    """jsonargparse's multi-line report of a bad config value as one line naming the key."""
+    """jsonargparse's multi-line report of a bad config value as one line naming the key, the
+    value given and what would be valid."""
     keys = re.findall(r'Parser key "([^"]+)"', text)
+    key = ".".join(keys)
+    unknown = re.search(r"Option '([^']+)' is not accepted", text)
+    if unknown:
+        class_path = re.search(r"given class_path '([\w.]+)'", text)
+        return unknown_option(key, unknown.group(1), class_path.group(1) if class_path else None)
+    given_match = re.search(r"(?:Got value|Given value): (.*)$", text, re.MULTILINE)
+    given = given_match.group(1).strip() if given_match else None
+    literal = re.search(r"Expected a typing\.Literal\[(.*?)\]", text)
+    if literal and key:
+        choices = ", ".join(str(c) for c in ast.literal_eval(f"[{literal.group(1)}]"))
+        return f"{key} {given!r}: not a valid choice; valid: {choices}"
+    expected = [t for t in re.findall(r"Expected an? <class '([\w.]+)'>", text) if t != "NoneType"]
+    if expected and key and given is not None:
+        return f"{key} {given!r}: expected {' or '.join(expected)}"
     skip = (
         "Parser key",
         "Does not validate",
@@ -112,55 +212,85 @@ def config_error(text: str) -> str:
         "Problem with given class_path",
     )
     lines = [line.strip().lstrip("-").strip() for line in text.splitlines()]
-    kept = [line for line in lines if line and not line.startswith(skip)]
-    detail = " ".join(kept)
-    given = re.search(r"^\s*Given value: (.*)$", text, re.MULTILINE)
-    if given and "Got value" not in detail:
-        detail += f"; got {given.group(1)[:80]}"
+    detail = " ".join(line for line in lines if line and not line.startswith(skip))
+    if given is not None and "Got value" not in detail:
+        detail += f"; got {given[:80]}"
     detail = re.sub(r"<class '([\w.]+)'>", r"\1", detail)
-    return f"{'.'.join(keys)}: {detail}" if keys else detail
+    return f"{key}: {detail}" if key else detail
+
+
+def unknown_option(key: str, name: str, class_path: str | None) -> str:
+    """``model.hed: unknown option (did you mean head?); valid: ...``, the valid options read
+    from the class's ``__init__`` when its class path is known."""
+    import difflib
+    import importlib
+    import inspect
+
+    where = f"{key}.{name}" if key else name
+    valid: list[str] = []
+    if class_path and "." in class_path:
+        module, cls = class_path.rsplit(".", 1)
+        try:
+            klass = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError):
+            klass = None
+        for base in getattr(klass, "__mro__", ()):  # through **kwargs to the base classes
+            params = inspect.signature(base.__init__).parameters.values()
+            valid += [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD][1:]
+            if not any(p.kind == p.VAR_KEYWORD for p in params):
+                break
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    listing = f"; valid: {', '.join(valid)}" if valid else ""
+    return f"{where}: unknown option{hint}{listing}"
 
 
 def run_lightning(argv: Sequence[str]) -> int:
-    """Run one Lightning command (``argv[0]``) with its arguments; errors are raised."""
+    """Run one Lightning command (``argv[0]``) with its arguments; errors are raised.
+
+    Lightning ends a run stopped with Ctrl-C with ``sys.exit(1)``; here it becomes a
+    ``KeyboardInterrupt`` whose message says what was kept and how to resume (exit 130)."""
     from densekit.data.base import DenseDataModule
     from densekit.tasks import DenseTask
+    from densekit.tasks.quiet import quiet_lightning
 
     argv = list(argv)
-    if len(argv) > 1 and not any(a.startswith("--weights_only") for a in argv):
-        # Checkpoints given with --ckpt_path are read without running code from them.
-        argv.append("--weights_only=true")
+    command = argv[0] if argv else "fit"
     parser_kwargs = {"prog": "densekit", "exit_on_error": False}
     try:
-        if argv and argv[0] == "pretrain":  # LightningCLI's fit on the DINO module
-            from densekit.pretrain import DinoPretrainTask, PretrainDataModule
+        with quiet_lightning(), warnings.catch_warnings():
+            if command in ("validate", "test", "predict"):  # the training callbacks' states
+                warnings.filterwarnings("ignore", message=r".*callbacks used to create the chec")
+            if command == "pretrain":  # LightningCLI's fit on the DINO module
+                from densekit.pretrain import DinoPretrainTask, PretrainDataModule
 
+                DensekitCLI(
+                    DinoPretrainTask,
+                    PretrainDataModule,
+                    command=command,
+                    args=["fit", *argv[1:]],
+                    save_config_kwargs={"overwrite": True},
+                    parser_kwargs=parser_kwargs,
+                )
+                return 0
+            trainer_defaults: dict[str, Any] = {}
+            if command == "predict":
+                from densekit.tasks.writer import PredictionWriter
+
+                trainer_defaults["callbacks"] = [PredictionWriter()]
             DensekitCLI(
-                DinoPretrainTask,
-                PretrainDataModule,
-                args=["fit", *argv[1:]],
+                DenseTask,
+                DenseDataModule,
+                command=command,
+                trainer_defaults=trainer_defaults,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=argv,
+                auto_configure_optimizers=False,
                 save_config_kwargs={"overwrite": True},
-                parser_kwargs={**parser_kwargs, "prog": "densekit pretrain"},
+                parser_kwargs=parser_kwargs,
             )
-            return 0
-        trainer_defaults: dict[str, Any] = {}
-        if argv and argv[0] == "predict":
-            from densekit.tasks.writer import PredictionWriter
-
-            trainer_defaults["callbacks"] = [PredictionWriter()]
-        DensekitCLI(
-            DenseTask,
-            DenseDataModule,
-            trainer_defaults=trainer_defaults,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=argv,
-            auto_configure_optimizers=False,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs=parser_kwargs,
-        )
     except argparse.ArgumentError as e:
-        command = "pretrain" if argv[0] == "pretrain" else argv[0]
         raise DensekitError(
             f"{config_error(str(e))} (densekit {command} --help lists the options)"
         ) from None

@@ -44,7 +44,6 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.windows import Window
-from tqdm import tqdm
 
 from densekit.errors import DensekitError, InputImageError
 from densekit.inference.blend import StripSums, weight_tables
@@ -55,6 +54,7 @@ from densekit.inference.safety import check_not_an_input, input_fingerprint, out
 from densekit.inference.strips import StripWriter, assemble
 from densekit.inference.trained import Trained, load_trained
 from densekit.io import as_output_error
+from densekit.progress import progress_bar
 from densekit.version import __version__
 
 
@@ -267,7 +267,7 @@ def tile_raster(
     plan = make_plan(raster.grid, opts, model.patch, str(input))
     rank, world = _rank_world()
     if model.upscale != 1 and opts.progress and rank == 0:
-        tqdm.write(model.scaling_note(plan.tile), file=sys.stderr)
+        print(model.scaling_note(plan.tile), file=sys.stderr)
     own_group = _init_distributed(world)
     try:
         return _tile_distributed(model, raster, plan, opts, output, rank, world, tic)
@@ -357,12 +357,12 @@ def _tile_locked(
                 opts.resume,
             )
             if opts.progress and rank == 0:
-                bar = tqdm(
-                    total=(last - first) * len(plan.cols),
-                    initial=writer.done * len(plan.cols),
-                    unit="tile",
+                bar = progress_bar(
+                    (last - first) * len(plan.cols),
                     desc=Path(raster.path).name,
-                    dynamic_ncols=True,
+                    unit="tile",
+                    prefix="densekit tile: ",
+                    initial=writer.done * len(plan.cols),
                 )
             timings = _run_part(model, raster, plan, opts, writer, first, last, bar)
         except BaseException as e:  # re-raised below, once every process knows

@@ -219,7 +219,7 @@ def predict_volume(
     each batch of ``batch_size`` slice inputs goes through the model, each slice's labels are
     kept, and the orientation is undone exactly.
     """
-    from tqdm import tqdm
+    from densekit.progress import progress_bar
 
     check_batch_size(batch_size)
     settings = model.settings
@@ -230,9 +230,11 @@ def predict_volume(
         scaled.shape, dtype=dtype
     )  # display orientation, axis 0 the normal
     n = along.shape[0]
-    bar = tqdm(total=n, desc=f"{settings.plane} slices", unit="slice", disable=not progress)
+    bar = progress_bar(
+        n, f"{settings.plane}", unit="slice", prefix="densekit volume: ", disable=not progress
+    )
     batches = read_ahead(lambda: _slice_batches(scaled, settings.context, batch_size), 2)
-    with torch.inference_mode(), bar, contextlib.closing(batches):
+    with torch.inference_mode(), bar or contextlib.nullcontext(), contextlib.closing(batches):
         run(model.trained, batches, _SliceLabels(model, along), bar=bar)
     return Volume(
         array=np.ascontiguousarray(display.undo(along)),

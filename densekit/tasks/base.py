@@ -289,8 +289,13 @@ class DenseTask(L.LightningModule, abc.ABC):
         scores = [self.compute_metrics(f"val_g{k}") for k in range(len(grid.heads))]
         best = scores[grid.select(scores)]  # the grid's best head becomes the selected one
         self.log_dict({f"val/{k}": v for k, v in best.items() if math.isfinite(v)})
+        # every candidate's score on the grid's metric, e.g. val_grid/last_lr0.001/miou
+        each = {f"val_grid/{name}/{grid.metric}": v for name, v in grid.scores.items()}
+        self.log_dict({k: v for k, v in each.items() if math.isfinite(v)})
 
     def on_test_epoch_end(self) -> None:
+        trivial = getattr(self.metric("test"), "trivial", None)
+        floor = trivial() if callable(trivial) else None  # before the metric is reset
         scores = self._epoch_end("test")
         if self.trainer.is_global_zero:
             folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
@@ -300,6 +305,8 @@ class DenseTask(L.LightningModule, abc.ABC):
                 "metrics": scores,
                 **provenance(self.model.backbone),
             }
+            if floor is not None:  # one class everywhere, scored on the same test pixels
+                record["trivial"] = floor
             if self.model.head_grid is not None:
                 record["head_grid"] = self.model.head_grid.record()
             if isinstance(self.model.head, OfficialDecoderHead):
@@ -325,9 +332,13 @@ class DenseTask(L.LightningModule, abc.ABC):
         rasters = datamodule.training_rasters() if isinstance(datamodule, DenseDataModule) else None
         self.model.into_task_checkpoint(checkpoint, type(self).__name__, rasters)
         checkpoint[RANDOM_STATE] = capture_random_state()
+        if self.model.head_grid is not None:  # test_metrics.json of a later test lists them
+            checkpoint["head_grid_scores"] = dict(self.model.head_grid.scores)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.model.from_task_checkpoint(checkpoint, type(self).__name__)
+        if self.model.head_grid is not None:
+            self.model.head_grid.scores.update(checkpoint.get("head_grid_scores") or {})
         trainer = self._trainer
         path = getattr(trainer, "ckpt_path", None) if trainer is not None else None
         where = f"checkpoint {path}" if path else "the checkpoint"

@@ -30,7 +30,25 @@ class ConfusionMetrics(MulticlassConfusionMatrix):
         self.class_names = list(class_names)
 
     def scores(self) -> dict[str, float]:
-        cm = self.compute().double()  # synced across processes; rows: target, cols: prediction
+        # synced across processes; rows: target, cols: prediction
+        return self.scores_of(self.compute().double())
+
+    def trivial(self) -> dict[str, float]:
+        """What predicting one class everywhere would score on the same pixels, for each
+        metric the best over the classes (the floor a model must clear)."""
+        cm = self.compute().double()
+        truth = cm.sum(1)
+        best: dict[str, float] = {}
+        for c in range(len(truth)):
+            constant = torch.zeros_like(cm)
+            constant[:, c] = truth
+            for key, value in self.scores_of(constant).items():
+                if value == value and value > best.get(key, -1.0):  # NaN: class absent
+                    best[key] = value
+        return best
+
+    def scores_of(self, cm: Tensor) -> dict[str, float]:
+        """The scores of confusion matrix ``cm`` (rows: target, columns: prediction)."""
         tp = cm.diag()
         fp = cm.sum(0) - tp
         fn = cm.sum(1) - tp
@@ -52,9 +70,8 @@ class ChangeMetrics(ConfusionMetrics):
     class 0 is no change, any other class (binary change: class 1; semantic change: every
     from-to transition) is a change."""
 
-    def scores(self) -> dict[str, float]:
-        out = super().scores()
-        cm = self.compute().double()
+    def scores_of(self, cm: Tensor) -> dict[str, float]:
+        out = super().scores_of(cm)
         tp = cm[1:, 1:].sum()
         fp = cm[0, 1:].sum()
         fn = cm[1:, 0].sum()

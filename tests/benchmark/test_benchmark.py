@@ -9,7 +9,8 @@ import pytest
 import yaml
 from helpers import FIXTURES, REPO, TEST_DATA, TINY_DIMS, needs_shared_data
 
-from densekit.benchmark import load_card, run_benchmark
+from densekit.benchmark import Overrides, load_card, run_benchmark
+from densekit.benchmark.run import read_results
 from densekit.cli import main
 from densekit.data.files import pair_files
 from densekit.errors import DensekitError
@@ -77,7 +78,8 @@ def test_a_card_runs_end_to_end_and_is_reproducible(tmp_path):
     out = tmp_path / "out"
     lines = []
     rows = run_benchmark(path, out, log=lines.append)
-    assert len(rows) == 8 and len(lines) == 8  # 2 fractions x 2 seeds x (1 head + 1 baseline)
+    assert len(rows) == 8  # 2 fractions x 2 seeds x (1 head + 1 baseline)
+    assert len(lines) == 16 and sum(line.endswith(": training") for line in lines) == 8
     assert {(r["backbone"], r["head"]) for r in rows} == {("tiny", "linear"), ("none", "unet")}
     assert {r["train_windows"] for r in rows if r["amount"] == 0.1} == {7}  # of 72
     assert {r["labelled_windows"] for r in rows} == {72}
@@ -91,6 +93,11 @@ def test_a_card_runs_end_to_end_and_is_reproducible(tmp_path):
     md = (out / "results.md").read_text()
     assert "| tiny | linear |" in md and "| none | unet |" in md and "(n=2)" in md
     assert (out / "results.png").read_bytes()[:8] == PNG
+    assert len({r["trivial"] for r in rows}) == 1 and 0 < rows[0]["trivial"] < 1  # same pixels
+    assert (
+        f"Trivial predictor (one class everywhere, the best one) on the same test pixels: miou {rows[0]['trivial']:.4f}"
+        in md
+    )
     # each run's config is a plain `densekit fit` config that records its subset and seed
     config = yaml.safe_load(Path(rows[-1]["config"]).read_text())
     assert config["seed_everything"] == rows[-1]["seed"]
@@ -120,13 +127,14 @@ def test_an_interrupted_benchmark_resumes_without_rerunning_finished_rows(tmp_pa
     lines = []
     rows = run_benchmark(path, out, log=lines.append)
     assert len(rows) == 2 and rows[0] == first[0]  # same row, same timings: not rerun
-    assert "done before, skipped" in lines[0] and "miou" in lines[1]
+    assert "done before, skipped" in lines[0] and lines[1].endswith(": training")
+    assert "miou" in lines[2]
     assert (out / "runs" / "tiny__linear__f1__seed0" / "config.yaml").exists()
     # a changed card: new rows run, finished ones are skipped, the report is rewritten
     path = card(tmp_path, seeds=[0], baselines=[], label_fractions=[0.1, 1.0, 0.5])
     lines = []
     run_benchmark(path, out, log=lines.append)
-    assert sum("skipped" in line for line in lines) == 2 and len(lines) == 3
+    assert sum("skipped" in line for line in lines) == 2 and len(lines) == 4
     path = card(tmp_path, seeds=[0], baselines=[], metric="acc_micro")
     run_benchmark(path, out, log=lines.append)
     assert (out / "results.md").read_text().startswith("# chips: test acc_micro")
@@ -219,3 +227,66 @@ def test_the_real_cards_load_and_their_files_pair(path, monkeypatch):
             assert pair_files(pairs), (path, prefix)
     for case in data.get("cases", []):  # the medical data module lists its cases
         assert Path(case["image"]).exists() and Path(case["mask"]).exists(), case
+
+
+def test_command_line_overrides_change_the_runs(tmp_path, capsys):
+    path = card(tmp_path)
+    argv = ["benchmark", str(path), "--out", str(tmp_path / "o"), "--list"]
+    assert main([*argv, "--seeds", "3", "--fractions", "0.5", "--heads", "unet"]) == 0
+    assert capsys.readouterr().out.split() == ["none__unet__f0.5__seed3"]
+    runs = load_card(path, Overrides(budget=2, heads=["linear"])).runs(tmp_path)
+    assert {r.config["trainer"]["max_epochs"] for r in runs} == {2} and len(runs) == 4
+    assert main([*argv, "--heads", "linear,dpt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--heads dpt: not in the card; valid: ['linear', 'unet']"), err
+    assert main([*argv, "--seeds", "a"]) == 2
+    assert "--seeds 'a': give comma-separated int values" in capsys.readouterr().err
+
+
+def test_progress_per_run_and_ctrl_c_says_how_to_resume(tmp_path, capfd, monkeypatch):
+    """Ctrl-C during the second run: exit 130, one line naming what was kept and the command
+    that resumes; the first run's row is kept; a line per run and lines within a run."""
+    monkeypatch.setenv("DENSEKIT_PROGRESS_SECONDS", "0.000001")
+    interrupt = {
+        "callbacks": [{"class_path": "helpers.InterruptAtEpoch", "init_args": {"epoch": 0}}]
+    }
+    heads = [
+        {"name": "linear", "model": {"head": "linear"}},
+        {"name": "stopped", "model": {"head": "linear"}, "trainer": interrupt},
+    ]
+    path = card(tmp_path, seeds=[0], label_fractions=[1.0], baselines=[], heads=heads)
+    out = tmp_path / "out"
+    argv = ["benchmark", str(path), "--out", str(out), "--budget", "1"]
+    assert main(argv) == 130
+    stdout, err = capfd.readouterr()
+    assert err.strip().splitlines()[-1] == (
+        f"densekit benchmark: interrupted; the finished runs are kept in {out}/results.jsonl; "
+        f"resume with: densekit {' '.join(argv)}"
+    )
+    assert "[1/2] tiny__linear__f1__seed0: training" in stdout
+    assert "[2/2] tiny__stopped__f1__seed0: training" in stdout
+    assert "[1/2] tiny__linear__f1__seed0: epoch 1/1, step 1/" in err  # within the run
+    assert list(read_results(out / "results.jsonl")) == ["tiny__linear__f1__seed0"]
+
+
+def test_the_plot_draws_the_trivial_predictor(tmp_path, monkeypatch):
+    from densekit.benchmark.report import plot
+
+    path = card(tmp_path)
+    rows = [
+        {"backbone": "tiny", "head": "linear", "amount": a, "seed": 0, "trivial": 0.25,
+         "metrics": {"miou": 0.5 + a / 4}}
+        for a in (0.1, 1.0)
+    ]  # fmt: skip
+    import matplotlib.axes
+
+    drawn = []
+    real = matplotlib.axes.Axes.axhline
+
+    def spy(self, y=0, *args, **kwargs):
+        drawn.append((y, kwargs.get("label")))
+        return real(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", spy)
+    assert plot(load_card(path), rows)[:8] == PNG
+    assert drawn == [(0.25, "trivial predictor (0.250)")]

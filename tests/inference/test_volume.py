@@ -577,3 +577,10 @@ def test_a_class_named_like_an_organ_gets_its_snomed_code():
     assert codes[1].type == ("10200004", "SCT", "Liver")
     assert codes[1].category == ("123037004", "SCT", "Anatomical Structure")
     assert codes[2].type[2] == "Kidney" and codes[3].type == TISSUE
+
+
+def test_progress_outside_a_terminal_is_plain_lines(capfd, monkeypatch):
+    monkeypatch.setenv("DENSEKIT_PROGRESS_SECONDS", "0.000001")
+    predict_volume(threshold_model(), box_volume(), batch_size=4, progress=True)
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("densekit volume")]
+    assert lines and lines[-1].startswith("densekit volume: axial 20/20 slices (100%)"), lines

@@ -37,6 +37,20 @@ def test_confusion_scores_by_hand():
     assert b["miou"] == s["miou"]
 
 
+def test_the_trivial_predictor_by_hand():
+    """One class everywhere, the best class per metric, on the same (unignored) pixels."""
+    m = ConfusionMetrics(3, ignore_index=255, class_names=["a", "b", "c"])
+    target = torch.tensor([[0, 0, 0, 1, 255]])  # a: 3 of 4 pixels, b: 1, c: none
+    m.update(torch.tensor([[1, 1, 2, 2, 0]]), target)  # the model's predictions do not matter
+    t = m.trivial()
+    assert t["iou_a"] == pytest.approx(3 / 4) and t["iou_b"] == pytest.approx(1 / 4)
+    assert t["miou"] == pytest.approx(3 / 4 / 2)  # all a: a 3/4, b 0 (c absent)
+    assert t["acc_micro"] == pytest.approx(3 / 4)
+    c = ChangeMetrics(2, ignore_index=255, class_names=["same", "change"])
+    c.update(torch.tensor([[0, 0, 0, 0, 0]]), torch.tensor([[0, 0, 0, 1, 255]]))
+    assert c.trivial()["f1"] == pytest.approx(2 * 1 / (2 * 1 + 3))  # change everywhere
+
+
 def test_depth_metrics_by_hand():
     m = DepthMetrics()
     gt = torch.tensor([[[[1.0, 2.0, float("nan"), 0.0]]]])

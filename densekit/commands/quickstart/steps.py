@@ -60,7 +60,10 @@ def copy_file(src: Path, dest: Path) -> None:
 
 
 def last_checkpoint(run: Path) -> Path:
-    found = sorted(run.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    """The last epoch's checkpoint: ``last.ckpt`` (else the newest, for a config that names its
+    own checkpoint callback)."""
+    found = sorted(run.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = found or sorted(run.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise DensekitError(f"training wrote no checkpoint under {run}")
     return found[-1]
