@@ -73,6 +73,7 @@ def import_head(
     from densekit.data.band_layout import BandLayout
     from densekit.heads.official import load_head_file
     from densekit.models import DenseModel, ModelConfig
+    from densekit.models.build import build_parts
     from densekit.models.config import (
         BackboneOptions,
         HeadOptions,
@@ -123,7 +124,9 @@ def import_head(
         scale=scale,
     )
     output = official_output(kind, task, head.num_outputs, class_names)
-    model = DenseModel.build(config, output)
+    # the decoder's tensors are in memory: the model is built from them, not from a second read
+    state = {f"head.decoder.{k}": v for k, v in head.decoder.state_dict().items()}
+    model = DenseModel(config, output, build_parts(config, output, state))
     rasters = BandLayout(3, str(np.dtype(dtype)), (None, None, None))
     model.save(path, task=TASK_CLASSES[task], rasters=rasters)
     return model.record(TASK_CLASSES[task])["official_head"]

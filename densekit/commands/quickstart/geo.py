@@ -104,7 +104,7 @@ def benchmark_card(out: Path, config: dict, backbone: str, weights: str, task: G
     model = dict(config["model"]["init_args"])
     data = dict(config["data"]["init_args"])
     bands = distinct_bands(task)
-    by_band = dict(zip(model["bands"], zip(model["mean"], model["std"], strict=True), strict=False))
+    by_band = dict(zip(model["bands"], zip(model["mean"], model["std"], strict=True), strict=True))
     common = {k: model[k] for k in ("loss", "class_weights", "warmup_steps") if k in model}
     card = {
         "name": f"quickstart_{task.name}",
