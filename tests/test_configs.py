@@ -198,6 +198,7 @@ def test_config_naming_weights_not_on_disk(tmp_path, capsys):
         str(tmp_path / "dinov2_vits14_pretrain.pth"),
         "--trainer.default_root_dir",
         str(tmp_path),
+        *chip_overrides(REPO / "configs" / "segmentation_linear.yaml"),  # data that exists
     )
     assert code == 2, err
     assert "dinov2_vits14_pretrain.pth" in err and "no such file" in err
