@@ -30,17 +30,18 @@ def test_help_and_version():
     assert res.returncode == 0 and res.stdout.strip() == f"densekit {densekit.__version__}"
 
 
-def test_help_and_backbones_answer_quickly_without_torch():
-    """``densekit --help`` and ``densekit backbones`` import what they use: not torch (the
-    issue's measure: under 2 s, from ~9 s)."""
+@pytest.mark.parametrize("command", ["backbones", "heads"])
+def test_listings_answer_quickly_without_torch(command):
+    """``densekit --help``, ``densekit backbones`` and ``densekit heads`` import what they use:
+    not torch (the issue's measure: under 2 s, from ~9 s)."""
     code = (
-        "import sys; from densekit.cli import main; main(['backbones']); "
+        f"import sys; from densekit.cli import main; main([{command!r}]); "
         "print(sorted(m for m in ('torch', 'lightning', 'timm', 'rasterio') if m in sys.modules))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"
-    for args in (["--help"], ["backbones"]):
+    for args in (["--help"], [command]):
         start = time.perf_counter()
         res = run(*args)
         assert res.returncode == 0 and time.perf_counter() - start < 2.0, args

@@ -22,12 +22,10 @@ Weights (``(B, n, h, w)`` logits ``x``, normalised over the ``n`` bins):
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 
-BinsStrategy = Literal["linear", "chmv2_mixlog"]
+from densekit.heads.official.kinds import BinsStrategy
 
 CHMV2_SCALE = 8.0  # CHMv2 was trained on heights / 8
 

@@ -14,7 +14,6 @@ from typing import Literal
 from densekit.backbones import BackboneSpec
 from densekit.backbones.registry import evenly_spaced_layers
 from densekit.errors import DensekitError, UnknownNameError
-from densekit.heads.official.bins import BinsStrategy
 
 HeadKind = Literal[
     "dinov3_chmv2",
@@ -24,6 +23,8 @@ HeadKind = Literal[
     "dinov2_dpt_depth",
 ]
 Decoder = Literal["dpt", "linear_depth", "linear_seg"]
+# how a decoder's bins become depth (densekit.heads.official.bins)
+BinsStrategy = Literal["linear", "chmv2_mixlog"]
 # Where forward's output lies: on the head's own grid (DINOv3 DPT: see dpt.dpt_grid); resized
 # onto the unpadded input as Meta's DINOv2 whole_inference does (the centre padding is stretched
 # over the image, not cut off); or resized onto the padded input and cropped (pixels in place).
