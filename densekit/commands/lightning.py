@@ -12,16 +12,17 @@ A configuration error (an unknown key, a value of the wrong type) is one line na
 from __future__ import annotations
 
 import argparse
-import ast
+import contextlib
 import os
-import re
 import signal
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
+from densekit.commands.config_errors import ROOTS, config_error
 from densekit.errors import DensekitError
 
 # ckpt_path values Lightning resolves itself (not files)
@@ -184,65 +185,22 @@ def check_ckpt_path(path: str, model: Any) -> None:
     check_backbone_file(ckpt)  # Lightning builds the model with the checkpoint's weights
 
 
-def config_error(text: str) -> str:
-    """jsonargparse's multi-line report of a bad config value as one line naming the key, the
-    value given and what would be valid."""
-    keys = re.findall(r'Parser key "([^"]+)"', text)
-    key = ".".join(keys)
-    unknown = re.search(r"Option '([^']+)' is not accepted", text)
-    if unknown:
-        class_path = re.search(r"given class_path '([\w.]+)'", text)
-        return unknown_option(key, unknown.group(1), class_path.group(1) if class_path else None)
-    given_match = re.search(r"(?:Got value|Given value): (.*)$", text, re.MULTILINE)
-    given = given_match.group(1).strip() if given_match else None
-    literal = re.search(r"Expected a typing\.Literal\[(.*?)\]", text)
-    if literal and key:
-        choices = ", ".join(str(c) for c in ast.literal_eval(f"[{literal.group(1)}]"))
-        return f"{key} {given!r}: not a valid choice; valid: {choices}"
-    expected = [t for t in re.findall(r"Expected an? <class '([\w.]+)'>", text) if t != "NoneType"]
-    if expected and key and given is not None:
-        return f"{key} {given!r}: expected {' or '.join(expected)}"
-    skip = (
-        "Parser key",
-        "Does not validate",
-        "Subtypes:",
-        "Errors:",
-        "Given value",
-        "Expected a <class 'NoneType'>",
-        "Problem with given class_path",
-    )
-    lines = [line.strip().lstrip("-").strip() for line in text.splitlines()]
-    detail = " ".join(line for line in lines if line and not line.startswith(skip))
-    if given is not None and "Got value" not in detail:
-        detail += f"; got {given[:80]}"
-    detail = re.sub(r"<class '([\w.]+)'>", r"\1", detail)
-    return f"{key}: {detail}" if key else detail
-
-
-def unknown_option(key: str, name: str, class_path: str | None) -> str:
-    """``model.hed: unknown option (did you mean head?); valid: ...``, the valid options read
-    from the class's ``__init__`` when its class path is known."""
-    import difflib
-    import importlib
-    import inspect
-
-    where = f"{key}.{name}" if key else name
-    valid: list[str] = []
-    if class_path and "." in class_path:
-        module, cls = class_path.rsplit(".", 1)
-        try:
-            klass = getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError):
-            klass = None
-        for base in getattr(klass, "__mro__", ()):  # through **kwargs to the base classes
-            params = inspect.signature(base.__init__).parameters.values()
-            valid += [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD][1:]
-            if not any(p.kind == p.VAR_KEYWORD for p in params):
-                break
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    listing = f"; valid: {', '.join(valid)}" if valid else ""
-    return f"{where}: unknown option{hint}{listing}"
+@contextlib.contextmanager
+def program_name(name: str) -> Iterator[None]:
+    """``sys.argv[0]`` set to ``name`` while a command runs: the parsers jsonargparse makes for
+    ``--model.help CLASS`` take their usage line's program from it."""
+    saved = sys.argv[0] if sys.argv else None
+    if saved is None:
+        sys.argv.append(name)
+    else:
+        sys.argv[0] = name
+    try:
+        yield
+    finally:
+        if saved is None:
+            sys.argv.pop(0)
+        else:
+            sys.argv[0] = saved
 
 
 def run_lightning(argv: Sequence[str]) -> int:
@@ -258,7 +216,7 @@ def run_lightning(argv: Sequence[str]) -> int:
     command = argv[0] if argv else "fit"
     parser_kwargs = {"prog": "densekit", "exit_on_error": False}
     try:
-        with quiet_lightning(), warnings.catch_warnings():
+        with quiet_lightning(), warnings.catch_warnings(), program_name(f"densekit {command}"):
             if command in ("validate", "test", "predict"):  # the training callbacks' states
                 warnings.filterwarnings("ignore", message=r".*callbacks used to create the chec")
             if command == "pretrain":  # LightningCLI's fit on the DINO module
@@ -292,6 +250,7 @@ def run_lightning(argv: Sequence[str]) -> int:
             )
     except argparse.ArgumentError as e:
         raise DensekitError(
-            f"{config_error(str(e))} (densekit {command} --help lists the options)"
+            f"{config_error(str(e), ROOTS.get(command, ROOTS['fit']))} "
+            f"(densekit {command} --help lists the options)"
         ) from None
     return 0

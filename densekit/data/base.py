@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from densekit.data.augment import Augmentation
 from densekit.data.datasets import TaskKind
+from densekit.data.seeded import SeededDataset, SeededSampler
 from densekit.data.subsets import LabelledSubset
 from densekit.errors import DensekitError
 
@@ -102,12 +104,18 @@ class DenseDataModule(L.LightningDataModule):
             files = self.split_files.format(name=name)
             raise DensekitError(f"no {name} data: give {files} or split fractions that include it")
         dataset = self.datasets[name]
-        sampler = self.epoch_sampler(dataset) if shuffle else None
+        sampler = None
+        if shuffle:  # training: each sample's random draws seeded from the main process
+            sampler = SeededSampler(self.epoch_sampler(dataset) or RandomSampler(dataset))
+            dataset = SeededDataset(dataset)
         return DataLoader(
             dataset,
             batch_size=self.loaders.batch_size,
-            shuffle=shuffle and sampler is None,
             sampler=sampler,
+            # the workers' base seed from a generator of its own: drawn from the main one, it
+            # would shift the main stream once per new iterator, and persistent workers make
+            # one iterator per fit, so a resumed fit would draw once more than an unbroken one
+            generator=torch.Generator().manual_seed(0),
             num_workers=self.loaders.num_workers,
             persistent_workers=self.loaders.num_workers > 0,
             collate_fn=self.collate_fn,

@@ -44,7 +44,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from densekit.data.dicom_groups import frame_item
 from densekit.data.dicom_pixels import decode_pixels, modality_values, read_dicom, value_range
+from densekit.data.dicom_volumes import Slice, check_one_volume
 from densekit.data.volume import Volume, pseudonym
 from densekit.errors import DensekitError, InputImageError
 
@@ -168,6 +170,11 @@ def read_series(
         extra = {"geometry": "no ImagePositionPatient/ImageOrientationPatient: spacing only"}
     else:
         _check_in_plane(frames, info)
+        check_one_volume(
+            [Slice(f.position, headers[f.path], f.index) for f in frames],  # type: ignore[arg-type]
+            _normal(frames[0]),
+            info.uid,
+        )
         affine, order, index, extra = _stack_geometry(frames, first, info, on_missing)
     array, pixel_extra = _pixels([frames[i] for i in order], headers, info)
     extra.update(pixel_extra)
@@ -301,20 +308,10 @@ def _select(
     return chosen[0]
 
 
-_SHARED = "SharedFunctionalGroupsSequence"
-
-
-def _group(ds: Dataset, index: int, name: str) -> Dataset | None:
-    """Item of functional group ``name`` for frame ``index`` (per-frame first, then shared)."""
-    for seq, i in (("PerFrameFunctionalGroupsSequence", index), (_SHARED, 0)):
-        groups = ds.get(seq)
-        if groups and len(groups) > i and name in groups[i] and len(groups[i][name].value):
-            return groups[i][name].value[0]
-    return None
-
-
 def _orientation(ds: Dataset) -> np.ndarray | None:
-    item = _group(ds, 0, "PlaneOrientationSequence") if "ImageOrientationPatient" not in ds else ds
+    item = (
+        frame_item(ds, 0, "PlaneOrientationSequence") if "ImageOrientationPatient" not in ds else ds
+    )
     iop = None if item is None else item.get("ImageOrientationPatient")
     return None if iop is None else np.asarray([float(v) for v in iop])
 
@@ -341,16 +338,26 @@ def _frames(ds: Dataset, path: Path) -> list[_Frame]:
         return [_Frame(path, None, position, iop, sp, shape, sop, None)]
     frames = []
     for i in range(n):
-        position = _floats(_group(ds, i, "PlanePositionSequence"), "ImagePositionPatient")
+        position = _floats(frame_item(ds, i, "PlanePositionSequence"), "ImagePositionPatient")
         if position is None:
             raise InputImageError(f"{path}: frame {i + 1} has no PlanePositionSequence")
-        spacing = _floats(_group(ds, i, "PixelMeasuresSequence"), "PixelSpacing")
-        value = _group(ds, i, "PixelValueTransformationSequence") or Dataset()
+        spacing = _floats(frame_item(ds, i, "PixelMeasuresSequence"), "PixelSpacing")
+        value = frame_item(ds, i, "PixelValueTransformationSequence") or Dataset()
         rescale = (float(value.get("RescaleSlope", 1)), float(value.get("RescaleIntercept", 0)))
-        orientation = _floats(_group(ds, i, "PlaneOrientationSequence"), "ImageOrientationPatient")
+        orientation = _floats(
+            frame_item(ds, i, "PlaneOrientationSequence"), "ImageOrientationPatient"
+        )
         sp = None if spacing is None else tuple(spacing)
         frames.append(_Frame(path, i, position, orientation, sp, shape, sop, rescale))
     return frames
+
+
+def _normal(frame: _Frame) -> np.ndarray:
+    """The unit slice normal of ``frame``'s orientation (rows x columns directions)."""
+    iop = frame.orientation
+    assert iop is not None  # checked by the caller
+    normal = np.cross(iop[:3], iop[3:])
+    return normal / np.linalg.norm(normal)
 
 
 def _where(frame: _Frame) -> str:
@@ -400,8 +407,7 @@ def _stack_geometry(
     iop = frames[0].orientation
     pixel = frames[0].spacing
     assert iop is not None and pixel is not None  # checked by the caller
-    normal = np.cross(iop[:3], iop[3:])  # iop: directions of increasing column, row index
-    normal /= np.linalg.norm(normal)
+    normal = _normal(frames[0])  # iop: directions of increasing column, row index
     positions = np.stack([f.position for f in frames])  # type: ignore[misc]
     order = [int(i) for i in np.argsort(positions @ normal, kind="stable")]
     positions = positions[order]

@@ -174,10 +174,14 @@ def source_headers(source: str | Path, image: Volume) -> list[Dataset]:
             f"{source}: a DICOM SEG references the source series' instances, so it needs a "
             "DICOM input; write .nii.gz for a NIfTI or NRRD input"
         )
+    files = _series_files(source, image)
     if all(not uid for uid in uids):
+        first = pydicom.dcmread(files[0], stop_before_pixels=True)
+        empty = [k for k in NEEDED if k.endswith("UID") and not str(first.get(k, "") or "")]
         raise DensekitError(
-            f"{source}: the instances have empty SOPInstanceUIDs, so a DICOM SEG cannot "
-            "reference them; write .nii.gz instead"
+            f"{source}: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty in the "
+            "instances (removed by an anonymiser), and a DICOM SEG references its source "
+            "by these UIDs; write .nii.gz instead"
         )
     if "" in uids:
         missing = [k for k, uid in enumerate(uids) if not uid]
@@ -191,12 +195,6 @@ def source_headers(source: str | Path, image: Volume) -> list[Dataset]:
             f"{source}: the slices come from an enhanced multi-frame object; DICOM SEG output "
             "supports single-frame series only: write .nii.gz instead"
         )
-    if source.is_dir():
-        files = [
-            f for info in scan_series(source) if info.uid == image.series_uid for f in info.files
-        ]
-    else:
-        files = [source]
     headers: dict[str, Dataset] = {}
     for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -207,6 +205,13 @@ def source_headers(source: str | Path, image: Volume) -> list[Dataset]:
     if lost:
         raise DensekitError(f"{source}: instances {lost[:3]} of series {image.series_uid} vanished")
     return [headers[uid] for uid in uids]
+
+
+def _series_files(source: Path, image: Volume) -> list[Path]:
+    """The files of ``image``'s series in ``source`` (a folder or one file)."""
+    if not source.is_dir():
+        return [source]
+    return [f for info in scan_series(source) if info.uid == image.series_uid for f in info.files]
 
 
 def sha256_file(path: str | Path) -> str:

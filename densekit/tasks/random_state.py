@@ -10,9 +10,9 @@ sets them back when a checkpoint is loaded (:func:`restore_random_state`), befor
 makes the first batch of the resumed fit. Augmentations draw from torch's generator
 (:func:`densekit.data.augment.apply`).
 
-Exact for ``num_workers: 0`` (the default): DataLoader workers keep generators of their own,
-in no checkpoint. A checkpoint written within an epoch resumes that epoch's data from its
-start, as Lightning does.
+Exact for any ``num_workers``: each training sample draws from a generator seeded by the
+main process (:mod:`densekit.data.seeded`), never from a worker's own. A checkpoint written
+within an epoch resumes that epoch's data from its start, as Lightning does.
 """
 
 from __future__ import annotations

@@ -107,6 +107,43 @@ def test_a_config_error_is_one_line_with_the_key_value_and_choices(tmp_path, cap
     assert not (tmp_path / "run").exists()
 
 
+CONFIG_MISTAKES = [
+    ("fit", {"trainer": {"max_epoch": 3}},
+     "trainer.max_epoch: unknown option (did you mean max_epochs?); valid: accelerator, "),
+    ("fit", {"model": {"class_path": "densekit.tasks.SegmentationTsk"}},
+     "model.class_path densekit.tasks.SegmentationTsk: no such class (did you mean "
+     "densekit.tasks.SegmentationTask?); valid: densekit.tasks.ChangeDetectionTask, "),
+    ("fit", {"model": {"init_args": {"backbone": "x"}}},
+     "model: no class_path; name the class of its init_args (class_path: ...); valid: "),
+    ("fit", {"model": {"backbone": "x"}}, "model: no class_path; "),
+    ("pretrain", {"model": {"backbnoe": "x"}},
+     "model.backbnoe: unknown option (did you mean backbone?); valid: backbone, weights, "),
+    ("pretrain", {"model": {"init_args": {"backbone": "x"}}},
+     "model.init_args.backbone: model takes its options directly under 'model:' (no "
+     "class_path or init_args); valid: backbone, "),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("command", "doc", "message"), CONFIG_MISTAKES)
+def test_config_mistakes_name_the_key_and_what_is_valid(tmp_path, capfd, command, doc, message):
+    """Unknown trainer and pretrain keys, a misspelt class path and a missing class_path: one
+    line naming the key, the closest valid value and the valid ones, exit 2."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    code = main([command, "--config", str(path)])
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"densekit {command}: error: {message}"), lines[0]
+    assert "Subcommand" not in lines[0]
+
+
+def test_class_help_usage_names_the_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "SegmentationTask"])
+    assert capsys.readouterr().out.startswith("usage: densekit fit [--model.num_classes")
+
+
 # -- a fit run ------------------------------------------------------------------------------
 def test_a_fit_run_keeps_checkpoints_and_logs_shows_progress_and_no_lightning_warning(
     tmp_path, capfd, monkeypatch

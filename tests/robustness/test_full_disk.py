@@ -166,3 +166,43 @@ def test_pretrain_export_on_a_full_disk_keeps_the_previous_pair(tmp_path, monkey
     assert {p: p.read_bytes() for p in before} == before
     assert left_files(path.parent) == ["b.pth", "card.json"]
     assert json.loads(before[path.with_name("card.json")])["sha256"]
+
+
+@pytest.mark.slow
+def test_the_quickstart_on_a_full_disk_keeps_the_previous_pictures_and_metrics(
+    tmp_path, capsys, monkeypatch
+):
+    """A second quickstart into the same folder whose disk fills while it draws the overview:
+    exit 1, the last line names overview.png and the full disk, the first run's pictures and
+    metrics are still there byte for byte, and no temporary file is left anywhere."""
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "qs"
+    argv = ["quickstart", "--out", str(out), "--epochs", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    kept = ("overview.png", "features_pca.png", "metrics.json")
+    before = {name: (out / name).read_bytes() for name in kept}
+    capsys.readouterr()
+    original = Figure.savefig
+
+    def half_then_full(self, fname, *args, **kwargs):
+        original(self, fname, *args, **kwargs)
+        with open(fname, "r+b") as f:
+            f.truncate(Path(fname).stat().st_size // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_full)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(argv)
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"densekit quickstart: error: {out / 'overview.png'}: no space left on device"
+    )
+    assert "Traceback" not in err
+    assert {name: (out / name).read_bytes() for name in kept} == before
+    assert not [p for p in out.rglob("*") if ".partial" in p.name]

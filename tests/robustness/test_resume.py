@@ -15,7 +15,7 @@ from robust_cases import generate
 from densekit.cli import main
 
 
-def config(root: Path, name: str, stop_after: int | None = None) -> str:
+def config(root: Path, name: str, stop_after: int | None = None, workers: int = 0) -> str:
     """4 epochs of the legacy segmentation run with dropout and every augmentation;
     ``stop_after``: the run is interrupted after that epoch (its checkpoint written)."""
     doc = generate.config("seg_linear", root / name)
@@ -28,7 +28,7 @@ def config(root: Path, name: str, stop_after: int | None = None) -> str:
         ]
     doc["model"]["init_args"]["dropout"] = 0.2
     data = doc["data"]["init_args"]
-    data.update(batch_size=2, augment={"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "gain": 0.1})
+    data.update(batch_size=2, num_workers=workers, augment={"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "gain": 0.1})
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return str(path)
@@ -41,17 +41,33 @@ def head_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, workers):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert main(["fit", "--config", config(tmp_path, "full")]) == 0
-        assert main(["fit", "--config", config(tmp_path, "cut", stop_after=1)]) == 0
+        assert main(["fit", "--config", config(tmp_path, "full", workers=workers)]) == 0
+        cut_config = config(tmp_path, "cut", stop_after=1, workers=workers)
+        assert main(["fit", "--config", cut_config]) == 0
         (cut,) = (tmp_path / "cut").rglob("last.ckpt")
         assert torch.load(cut, map_location="cpu", weights_only=True)["epoch"] == 1
-        assert main(["fit", "--config", config(tmp_path, "resumed"), "--ckpt_path", str(cut)]) == 0
+        resumed = config(tmp_path, "resumed", workers=workers)
+        assert main(["fit", "--config", resumed, "--ckpt_path", str(cut)]) == 0
     full, resumed, interrupted = (head_weights(tmp_path / n) for n in ("full", "resumed", "cut"))
     assert full.keys() == resumed.keys() and full
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], rtol=1e-5, atol=1e-6, msg=key)
     # the control: the interrupted run's weights are not the end result
     assert any(not torch.allclose(interrupted[k], full[k]) for k in full)
+
+
+@pytest.mark.slow
+def test_workers_draw_what_the_main_process_draws(tmp_path):
+    """Augmentations, dropout and shuffling give the same weights with 0 or 2 DataLoader
+    workers: every sample's random draws are seeded by the main process."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for workers in (0, 2):
+            assert main(["fit", "--config", config(tmp_path, f"w{workers}", workers=workers)]) == 0
+    alone, with_workers = head_weights(tmp_path / "w0"), head_weights(tmp_path / "w2")
+    for key in alone:
+        torch.testing.assert_close(with_workers[key], alone[key], rtol=1e-5, atol=1e-6, msg=key)
