@@ -23,6 +23,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 
 from densekit.commands.config_errors import ROOTS, config_error
+from densekit.commands.stage_bands import STAGES, check_stage_rasters, stage_bands, take_bands
 from densekit.errors import DensekitError
 
 # ckpt_path values Lightning resolves itself (not files)
@@ -44,9 +45,13 @@ class DensekitCLI(LightningCLI):
     """
 
     _ckpt_checked = False
+    _checkpoint: Any = None  # the --ckpt_path's CheckpointFile, once read
 
-    def __init__(self, *args: Any, command: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, command: str, bands: tuple[Any, ...] | None = None, **kwargs: Any
+    ) -> None:
         self.command = command
+        self.bands = bands  # --bands of validate, test and predict
         given = list(kwargs.get("args") or [])
         self.args_given = given[1:]  # after the subcommand
         super().__init__(*args, **kwargs)
@@ -129,7 +134,7 @@ class DensekitCLI(LightningCLI):
         config = self.config[name] if name else self.config
         ckpt = config.get("ckpt_path")
         if ckpt is not None and str(ckpt) not in CKPT_KEYWORDS:
-            check_ckpt_path(str(ckpt), config.get("model"))
+            self._checkpoint = check_ckpt_path(str(ckpt), config.get("model"))
 
     def before_instantiate_classes(self) -> None:
         self._check_ckpt_path()
@@ -137,12 +142,18 @@ class DensekitCLI(LightningCLI):
         if config.get("data") is None:
             return
         # the data module first: its settings are refused before the model is built
+        if self.bands is not None:  # --bands replaces the config's data bands
+            config.data.init_args.bands = stage_bands(self.bands, self._checkpoint)
         parser = self._parser(self.subcommand)
         data = parser.instantiate_classes(type(config)(data=config.data.clone())).data
         check_same_task(config.get("model"), data)
         check = getattr(data, "check_settings", None)
         if callable(check):
             check()
+        if self.subcommand in STAGES and self._checkpoint is not None:
+            ckpt = self._checkpoint
+            given = self.bands is not None
+            check_stage_rasters(data, ckpt.rasters, ckpt.path, self.subcommand, given)
 
 
 def check_same_task(model: Any, data: Any) -> None:
@@ -166,15 +177,16 @@ def check_same_task(model: Any, data: Any) -> None:
         )
 
 
-def check_ckpt_path(path: str, model: Any) -> None:
+def check_ckpt_path(path: str, model: Any) -> Any:
     """A ``--ckpt_path`` is a readable checkpoint of the configured task (or, for
-    ``pretrain``, a readable PyTorch file), read without running code from it."""
+    ``pretrain``, a readable PyTorch file), read without running code from it; returns the
+    :class:`~densekit.models.checkpoint.CheckpointFile` (None for ``pretrain``)."""
     from densekit.models.checkpoint import check_backbone_file, load_file, read_checkpoint
 
     class_path = model.get("class_path") if hasattr(model, "get") else None
     if class_path is None:  # pretrain: a Lightning checkpoint of the DINO module
         load_file(path)
-        return
+        return None
     ckpt = read_checkpoint(path)
     task = ckpt.task
     name = str(class_path).rsplit(".", 1)[-1]
@@ -183,6 +195,7 @@ def check_ckpt_path(path: str, model: Any) -> None:
             f"--ckpt_path {path}: a checkpoint of a {task}, but the config's model is a {name}"
         )
     check_backbone_file(ckpt)  # Lightning builds the model with the checkpoint's weights
+    return ckpt
 
 
 @contextlib.contextmanager
@@ -212,7 +225,7 @@ def run_lightning(argv: Sequence[str]) -> int:
     from densekit.tasks import DenseTask
     from densekit.tasks.quiet import quiet_lightning
 
-    argv = list(argv)
+    argv, bands = take_bands(argv)
     command = argv[0] if argv else "fit"
     parser_kwargs = {"prog": "densekit", "exit_on_error": False}
     try:
@@ -240,6 +253,7 @@ def run_lightning(argv: Sequence[str]) -> int:
                 DenseTask,
                 DenseDataModule,
                 command=command,
+                bands=bands,
                 trainer_defaults=trainer_defaults,
                 subclass_mode_model=True,
                 subclass_mode_data=True,

@@ -106,7 +106,7 @@ class DenseDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         sampler = None
         if shuffle:  # training: each sample's random draws seeded from the main process
-            sampler = SeededSampler(self.epoch_sampler(dataset) or RandomSampler(dataset))
+            sampler = SeededSampler(self.epoch_sampler(dataset) or RandomSampler(dataset))  # type: ignore[arg-type]
             dataset = SeededDataset(dataset)
         return DataLoader(
             dataset,

@@ -157,7 +157,20 @@ class RasterDataModule(DenseDataModule):
             ]
         return samples
 
-    def setup(self, stage: str | None = None) -> None:
+    def stage_images(self, stage: str) -> list[str]:
+        """The image files (every date) that ``validate``, ``test`` or ``predict`` reads: the
+        val split, the test split, the test split (else val); read from the train images where
+        a fractional ``split`` carves the splits out of them."""
+        plan = self._plan()
+        names = {"validate": ["val"], "test": ["test"], "predict": ["test", "val"]}[stage]
+        name = next((n for n in names if n in plan), None)
+        if name is None:
+            return []
+        dates = 2 if self.kind == "change" else 1  # each group: the image(s), then targets
+        return list(dict.fromkeys(f for group in plan[name][0] for f in group[:dates]))
+
+    def _plan(self) -> dict[str, tuple[list[tuple[str, ...]], int | None]]:
+        """Each split's image groups and, for a fractional ``split``, its block index."""
         train_groups = pair_files(self.split_spec["train"] or [])
         plan: dict[str, tuple[list[tuple[str, ...]], int | None]] = {}
         if self.split is not None:
@@ -173,7 +186,10 @@ class RasterDataModule(DenseDataModule):
                 spec = self.split_spec[name]
                 if spec:
                     plan[name] = (pair_files(spec), None)
-        for name, (groups, block) in plan.items():
+        return plan
+
+    def setup(self, stage: str | None = None) -> None:
+        for name, (groups, block) in self._plan().items():
             samples = self._samples(groups, block)
             if not samples:
                 raise DensekitError(f"the {name} split is empty")

@@ -135,8 +135,10 @@ def _value(s: Slice, marker: Marker) -> str | None:
     if marker.private is not None:
         element = item.get(Tag(*marker.private))
         value = None if element is None else element.value
+    elif marker.keyword is not None and marker.keyword in item:
+        value = item.get(marker.keyword)
     else:
-        value = item.get(marker.keyword) if marker.keyword in item else None
+        value = None
     if value is None or value == "":
         return None
     if isinstance(value, bytes):

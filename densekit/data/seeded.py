@@ -21,9 +21,9 @@ from torch.utils.data import Dataset, Sampler
 
 
 class SeededIndex(NamedTuple):
-    """A dataset index and the seed of that sample's random draws."""
+    """A dataset item (its index) and the seed of that sample's random draws."""
 
-    index: int
+    item: int
     seed: int
 
 
@@ -51,7 +51,9 @@ class SeededDataset(Dataset):
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
 
-    def __getitem__(self, item: SeededIndex) -> Any:
+    def __getitem__(self, item: SeededIndex | int) -> Any:
+        if isinstance(item, int):  # indexed directly, not through the sampler: no seed
+            return self.dataset[item]
         index, seed = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

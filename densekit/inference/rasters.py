@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ from densekit.errors import DensekitError, InputImageError
 from densekit.inference.plan import Plan
 from densekit.inference.runner import Batch
 from densekit.inference.trained import Trained
+
+Given = TypeVar("Given", int, BandRef)  # 0-based indices, or what --bands names
 
 
 @dataclass
@@ -81,8 +84,8 @@ def open_input(
 
 
 def model_band_order(
-    given: list[int], trained: Sequence[BandRef] | None, channels: int
-) -> list[int] | None:
+    given: list[Given], trained: Sequence[BandRef] | None, channels: int
+) -> list[Given] | None:
     """The input bands for each model input band, from the bands a user gave (``--bands``):
     one per model input band, or one per distinct band of the model's training ``bands`` (in
     the order they first appear there), repeated as it repeats them (a model trained on

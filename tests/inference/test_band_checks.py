@@ -148,3 +148,61 @@ def test_an_old_checkpoint_says_what_cannot_be_checked(tmp_path):
         tile(
             old, src, tmp_path / "o.tif", options=TileOptions(tile=112, overlap=16, progress=False)
         )
+
+
+def pan_training_config(tmp_path) -> tuple[str, str, str]:
+    """A fit config on two 1-band uint16 PAN rasters (band 1 on the three channels), and
+    folders of 3-band 8-bit rasters and their labels to validate, test or predict on."""
+    import yaml
+
+    folders = {n: tmp_path / n for n in ("pan", "labels", "rgb", "rgb_labels")}
+    for folder in folders.values():
+        folder.mkdir()
+    label = (np.arange(112 * 112).reshape(1, 112, 112) % 3 == 0).astype(np.uint8)
+    for k in range(2):
+        pan(folders["pan"] / f"c{k}.tif")
+        rgb(folders["rgb"] / f"c{k}.tif")
+        for name in ("labels", "rgb_labels"):
+            write_raster(folders[name] / f"c{k}.tif", label, crs="EPSG:32633")
+    doc = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 1, "logger": False, "enable_progress_bar": False,
+                    "default_root_dir": str(tmp_path / "run")},
+        "model": {"class_path": "densekit.tasks.SegmentationTask", "init_args": {
+            "num_classes": 2, "weights": "random", "backbone_overrides": TINY,
+            "bands": [1, 1, 1], "mean": [1000.0] * 3, "std": [500.0] * 3}},
+        "data": {"class_path": "densekit.data.SegmentationDataModule", "init_args": {
+            "images": str(folders["pan"]), "labels": str(folders["labels"]),
+            "bands": [1, 1, 1], "batch_size": 2}},
+    }  # fmt: skip
+    config = tmp_path / "pan.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(config), str(folders["rgb"]), str(folders["rgb_labels"])
+
+
+@pytest.mark.parametrize("command", ["predict", "test"])
+def test_predict_and_test_refuse_other_rasters_and_accept_bands(tmp_path, capsys, command):
+    """The Done-when of the issue for the Lightning commands: a 1-band checkpoint on 3-band
+    rasters is refused naming both, before the model is built, and runs with ``--bands 1``."""
+    config, images, labels = pan_training_config(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["fit", "--config", config]) == 0
+        (ckpt,) = (tmp_path / "run").rglob("last.ckpt")
+        capsys.readouterr()
+        argv = [command, "--config", config, "--ckpt_path", str(ckpt),
+                "--data.test_images", images, "--data.test_labels", labels]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert "rgb/c0.tif has 3 bands, uint8 (0..255), no band names; the checkpoint" in err[0]
+        assert "1 band, uint16 (0..65535), names: PAN" in err[0] and "give --bands" in err[0]
+        assert not list((tmp_path / "run").rglob("predictions"))
+        assert main([*argv, "--bands", "1,2"]) == 2  # neither 1 (distinct) nor 3 (channels)
+        assert "--bands 1,2: 2 band(s)" in capsys.readouterr().err
+        assert main([*argv, "--bands", "1"]) == 0
+    if command == "predict":
+        written = sorted((tmp_path / "run").rglob("predictions/*.tif"))
+        assert written
+        with rasterio.open(written[0]) as out:
+            assert out.count == 1 and out.dtypes[0] == "uint8"

@@ -96,7 +96,10 @@ def test_depth_learns(mode, chips, fit):
         lr=1e-2,
         **TINY,
     )
-    before, after, metrics = train_and_validate(fit, task, data, epochs=60)
+    # regression sits on a plateau (val RMSE ~1.04) for a while: after 60 epochs half the
+    # shuffling seeds were past it, after 150 all of seeds 0-3 (RMSE 0.122-0.127)
+    epochs = 150 if mode == "regression" else 60
+    before, after, metrics = train_and_validate(fit, task, data, epochs=epochs)
     assert after < 0.7 * before
     train = np.concatenate([d.ravel() for d in read_all(CHIPS / "depth/depths")])
     val = [d for d in read_all(CHIPS / "depth/depths_val")]
