@@ -7,12 +7,13 @@ fp32, CPU), it measures in the same process:
 * the FLOPs of one forward, counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
   convolutions and attention; the CPU attention kernel gets the same formula as the CUDA ones);
 * images/s of densekit's ``Backbone.forward`` (padding, inference mode, the configured layers),
-  and of timm's own ``forward_features`` on the same weights (the wrapper's overhead);
+  and of timm's own ``forward_features`` on the same weights (the wrapper's overhead), timed in
+  alternation (:mod:`alternate`), wall and process CPU seconds;
 * GFLOP/s of a dense fp32 (or --dtype) square matmul on the same device: the reference the
   achieved GFLOP/s is divided by.
 
 Usage: python benchmarks/backbone_throughput.py [--backbone dinov2_vits14] [--size 518]
-       [--batch 4] [--device cpu|cuda] [--bf16] [--iters 5]
+       [--batch 4] [--device cpu|cuda] [--bf16] [--iters 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 import warnings
 
 import torch
+from alternate import alternate
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -83,7 +85,9 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="autocast the forward to bfloat16")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--matmul", type=int, default=2048, help="side of the reference matmul")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (CPU seconds at one)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -111,8 +115,10 @@ def main() -> None:
         with torch.inference_mode(), autocast:
             bb.model.forward_features(x)
 
-    sec_ours = timed(ours, device, args.iters)
-    sec_timm = timed(timm_only, device, args.iters)
+    times = alternate(
+        {"densekit": ours, "timm": timm_only}, args.iters, warmup=2, sync=lambda: sync(device)
+    )
+    sec_ours, sec_timm = times["densekit"].wall, times["timm"].wall
     ref_dtype = torch.bfloat16 if args.bf16 else torch.float32
     peak = matmul_gflops(device, ref_dtype, args.matmul, args.iters)
 
@@ -128,7 +134,11 @@ def main() -> None:
     print(f"timm forward_features: {args.batch / sec_timm:.2f} images/s")
     print(f"dense {ref_dtype} matmul {args.matmul}^3: {peak:.1f} GFLOP/s")
     print(f"ratio achieved / matmul: {achieved / peak:.2f}")
-    print(f"ratio densekit / timm forward time: {sec_ours / sec_timm:.2f}")
+    print(
+        f"ratio densekit / timm forward time: {sec_ours / sec_timm:.2f} wall, "
+        f"{times['densekit'].cpu / times['timm'].cpu:.2f} process CPU (alternated, median of "
+        f"{args.iters})"
+    )
 
 
 if __name__ == "__main__":
