@@ -616,8 +616,8 @@ def report_error(err: BaseException, command: str) -> int:
         message, status = f"error: {cause}", cause.exit_status
     elif isinstance(cause, OSError):
         message, status = f"error: {describe_os_error(cause)}", 1
-    elif isinstance(err, Terminated):
-        message, status = "stopped by SIGTERM", 143
+    elif isinstance(err, Terminated):  # what was kept, where a command says so
+        message, status = "stopped by SIGTERM" + (f"; {err}" if str(err) else ""), 143
     elif isinstance(err, KeyboardInterrupt):  # what was kept, or that nothing was
         kept = str(err) or "run the same command again to start over"
         message, status = f"interrupted; {kept}", 130
@@ -657,7 +657,7 @@ def terminate_on_sigterm() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: Any) -> None:
-        raise Terminated(f"signal {signum}")
+        raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:

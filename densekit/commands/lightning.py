@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from densekit.commands.config_errors import ROOTS, config_error
 from densekit.commands.stage_bands import STAGES, check_stage_rasters, stage_bands, take_bands
-from densekit.errors import DensekitError
+from densekit.errors import DensekitError, Terminated
 
 # ckpt_path values Lightning resolves itself (not files)
 CKPT_KEYWORDS = ("best", "last", "hpc")
@@ -94,6 +94,8 @@ class DensekitCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
+        except Terminated:
+            raise Terminated(self.what_was_kept()) from None
         except SystemExit:
             if self.trainer.interrupted:  # Lightning's exit after Ctrl-C
                 signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignored it
@@ -101,7 +103,7 @@ class DensekitCLI(LightningCLI):
             raise
 
     def what_was_kept(self) -> str:
-        """After Ctrl-C: the checkpoint kept and the command that resumes from it."""
+        """After Ctrl-C or SIGTERM: the checkpoint kept and the command that resumes from it."""
         callback = self.trainer.checkpoint_callback
         last = getattr(callback, "last_model_path", "") if self.subcommand == "fit" else ""
         if not last:

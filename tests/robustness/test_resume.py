@@ -4,6 +4,7 @@ dropout draw on), and the interrupted run has the full run's schedule."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -28,7 +29,11 @@ def config(root: Path, name: str, stop_after: int | None = None, workers: int = 
         ]
     doc["model"]["init_args"]["dropout"] = 0.2
     data = doc["data"]["init_args"]
-    data.update(batch_size=2, num_workers=workers, augment={"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "gain": 0.1})
+    data.update(
+        batch_size=2,
+        num_workers=workers,
+        augment={"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "gain": 0.1},
+    )
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return str(path)
@@ -71,3 +76,41 @@ def test_workers_draw_what_the_main_process_draws(tmp_path):
     alone, with_workers = head_weights(tmp_path / "w0"), head_weights(tmp_path / "w2")
     for key in alone:
         torch.testing.assert_close(with_workers[key], alone[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_fit_promptly_naming_the_checkpoint_to_resume_from(tmp_path):
+    """``densekit fit`` under a job system's SIGTERM: exit 143 within seconds, one line naming
+    the last checkpoint and the command that resumes; resuming from it runs to the end."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    doc = yaml.safe_load(Path(config(tmp_path, "long")).read_text())
+    doc["trainer"]["max_epochs"] = 10_000  # minutes of training unless stopped
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tests = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "densekit.cli", "fit", "--config", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "long").rglob("last.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into a later epoch
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    assert time.monotonic() - sent < 20
+    last_line = (proc.stderr.read() if proc.stderr else "").strip().splitlines()[-1]
+    assert code == 143, last_line
+    (last,) = (tmp_path / "long").rglob("last.ckpt")
+    assert last_line.startswith(f"densekit fit: stopped by SIGTERM; kept {last}; resume with: "
+                                f"densekit fit --config {path} --ckpt_path {last}"), last_line  # fmt: skip
+    epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    doc["trainer"]["max_epochs"] = epoch + 2
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["fit", "--config", str(path), "--ckpt_path", str(last)]) == 0
