@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "training (LightningCLI, see `densekit fit --help`):\n"
             "  fit|validate|test|predict --config FILE.yaml   train or evaluate a head\n"
+            "  validate|test|predict ... --bands 4,3,2        the images' bands the model reads\n"
             "  pretrain --config FILE.yaml                    DINO self-supervised pretraining"
         ),
     )
