@@ -12,15 +12,13 @@ A configuration error (an unknown key, a value of the wrong type) is one line na
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from densekit.commands.config_errors import ROOTS, config_error
 from densekit.commands.stage_bands import STAGES, check_stage_rasters, stage_bands, take_bands
@@ -200,22 +198,17 @@ def check_ckpt_path(path: str, model: Any) -> Any:
     return ckpt
 
 
-@contextlib.contextmanager
-def program_name(name: str) -> Iterator[None]:
-    """``sys.argv[0]`` set to ``name`` while a command runs: the parsers jsonargparse makes for
-    ``--model.help CLASS`` take their usage line's program from it."""
-    saved = sys.argv[0] if sys.argv else None
-    if saved is None:
-        sys.argv.append(name)
-    else:
-        sys.argv[0] = name
-    try:
-        yield
-    finally:
-        if saved is None:
-            sys.argv.pop(0)
-        else:
-            sys.argv[0] = saved
+def named_parser(prog: str) -> type[LightningArgumentParser]:
+    """LightningCLI's parser class, whose parsers are named ``prog`` unless told otherwise: the
+    parsers jsonargparse makes for ``--model.help CLASS`` would take ``sys.argv[0]``'s name
+    (and ``sys.argv`` itself must stay as it is: multi-process launchers re-run it)."""
+
+    class NamedParser(LightningArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("prog", prog)
+            super().__init__(*args, **kwargs)
+
+    return NamedParser
 
 
 def run_lightning(argv: Sequence[str]) -> int:
@@ -230,8 +223,9 @@ def run_lightning(argv: Sequence[str]) -> int:
     argv, bands = take_bands(argv)
     command = argv[0] if argv else "fit"
     parser_kwargs = {"prog": "densekit", "exit_on_error": False}
+    parser_class = named_parser(f"densekit {command}")
     try:
-        with quiet_lightning(), warnings.catch_warnings(), program_name(f"densekit {command}"):
+        with quiet_lightning(), warnings.catch_warnings():
             if command in ("validate", "test", "predict"):  # the training callbacks' states
                 warnings.filterwarnings("ignore", message=r".*callbacks used to create the chec")
             if command == "pretrain":  # LightningCLI's fit on the DINO module
@@ -244,6 +238,7 @@ def run_lightning(argv: Sequence[str]) -> int:
                     args=["fit", *argv[1:]],
                     save_config_kwargs={"overwrite": True},
                     parser_kwargs=parser_kwargs,
+                    parser_class=parser_class,
                 )
                 return 0
             trainer_defaults: dict[str, Any] = {}
@@ -263,6 +258,7 @@ def run_lightning(argv: Sequence[str]) -> int:
                 auto_configure_optimizers=False,
                 save_config_kwargs={"overwrite": True},
                 parser_kwargs=parser_kwargs,
+                parser_class=parser_class,
             )
     except argparse.ArgumentError as e:
         raise DensekitError(
