@@ -32,9 +32,9 @@ def config_error(text: str, roots: dict[str, str]) -> str:
         text: the ``argparse.ArgumentError``'s message.
         roots: the class behind each top-level key taken without a class_path (:data:`ROOTS`).
     """
-    rejected = re.search(r"does not accept option '([^']+)'", text)
+    rejected = re.search(r"^Subcommand '(\w+)' does not accept option '([^']+)'", text)
     if rejected:
-        return rejected_option(rejected.group(1), roots)
+        return rejected_option(rejected.group(2), roots, rejected.group(1))
     keys = re.findall(r'Parser key "([^"]+)"', text)
     key = ".".join(keys)
     unknown = re.search(r"Option '([^']+)' is not accepted", text)
@@ -87,14 +87,17 @@ def config_error(text: str, roots: dict[str, str]) -> str:
     return f"{key}: {detail}" if key else detail
 
 
-def rejected_option(option: str, roots: dict[str, str]) -> str:
+def rejected_option(option: str, roots: dict[str, str], subcommand: str = "fit") -> str:
     """An option the command does not take (``trainer.max_epoch``): named with the closest valid
-    one and the list, read from the class behind its top-level key."""
+    one and the list, read from the class behind its top-level key (for a top-level key: the
+    config's sections and the arguments of ``Trainer.<subcommand>``)."""
     root, *rest = option.split(".")
     class_path = roots.get(root)
     if not rest or class_path is None:
-        valid = ", ".join(sorted({*roots, "model", "data", "trainer", "seed_everything"}))
-        return f"{option}: unknown option; valid top-level keys: {valid}"
+        keys = top_level_keys(subcommand)
+        close = difflib.get_close_matches(root, keys, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"{option}: unknown option{hint}; valid top-level keys: {', '.join(keys)}"
     if rest[0] in ("class_path", "init_args"):
         valid = ", ".join(options_of(class_path))
         return (
@@ -102,6 +105,21 @@ def rejected_option(option: str, roots: dict[str, str]) -> str:
             f"init_args); valid: {valid}"
         )
     return unknown_option(".".join([root, *rest[:-1]]), rest[-1], class_path)
+
+
+def top_level_keys(subcommand: str) -> list[str]:
+    """The keys of a config of ``subcommand``: its sections and the arguments LightningCLI
+    takes from ``Trainer.<subcommand>`` (``ckpt_path``, ...)."""
+    import lightning.pytorch as pl
+
+    method = getattr(pl.Trainer, subcommand, None)
+    taken = {"self", "model", "datamodule", "dataloaders", "train_dataloaders", "val_dataloaders"}
+    extra = (
+        []
+        if method is None
+        else [p for p in inspect.signature(method).parameters if p not in taken | {"weights_only"}]
+    )
+    return ["seed_everything", "trainer", "model", "data", *extra]
 
 
 def unknown_option(key: str, name: str, class_path: str | None) -> str:

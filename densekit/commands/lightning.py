@@ -21,7 +21,12 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from densekit.commands.config_errors import ROOTS, config_error
-from densekit.commands.stage_bands import STAGES, check_stage_rasters, stage_bands, take_bands
+from densekit.commands.stage_bands import (
+    STAGES,
+    check_stage_rasters,
+    set_stage_bands,
+    take_bands,
+)
 from densekit.errors import DensekitError, Terminated
 
 # ckpt_path values Lightning resolves itself (not files)
@@ -143,7 +148,8 @@ class DensekitCLI(LightningCLI):
             return
         # the data module first: its settings are refused before the model is built
         if self.bands is not None:  # --bands replaces the config's data bands
-            config.data.init_args.bands = stage_bands(self.bands, self._checkpoint)
+            ckpt = config.get("ckpt_path")
+            set_stage_bands(config.data, self.bands, self._checkpoint, ckpt)
         parser = self._parser(self.subcommand)
         data = parser.instantiate_classes(type(config)(data=config.data.clone())).data
         check_same_task(config.get("model"), data)

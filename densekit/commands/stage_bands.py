@@ -12,6 +12,7 @@ module's ``bands`` (one per model input band, or one per distinct training band,
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,7 +56,40 @@ def take_bands(argv: Sequence[str]) -> tuple[list[str], tuple[BandRef, ...] | No
             f"--bands is an option of densekit {', '.join(STAGES)} (and tile), not of "
             f"densekit {command}: set data.bands in the config"
         )
-    return rest, parse_bands(text)
+    bands = parse_bands(text)
+    if not bands:
+        raise DensekitError(
+            "--bands is empty: give 1-based indices or band names, e.g. --bands 1 or 4,3,2"
+        )
+    return rest, bands
+
+
+def set_stage_bands(data: Any, given: Sequence[BandRef], checkpoint: Any, ckpt_path: Any) -> None:
+    """Put ``--bands`` into the data section of the config (``data.init_args.bands``).
+
+    Args:
+        data: the config's ``data`` (class_path and init_args).
+        given: the bands of ``--bands``.
+        checkpoint: the ``--ckpt_path``'s CheckpointFile (None where none was read).
+        ckpt_path: the ``ckpt_path`` given (a file, ``last``, ``best``, ... or None).
+
+    Raises:
+        DensekitError: a data module that reads no raster bands, no checkpoint file, or a
+            band count the model cannot take.
+    """
+    init_args = getattr(data, "init_args", None)
+    if init_args is None or "bands" not in init_args:
+        name = str(getattr(data, "class_path", data))
+        raise DensekitError(
+            f"--bands: the data module {name} reads no raster bands (no 'bands' option); "
+            "--bands is for GeoTIFF data modules"
+        )
+    if checkpoint is None and ckpt_path is not None:
+        raise DensekitError(
+            f"--bands with --ckpt_path {ckpt_path}: give the checkpoint's file path, which "
+            "says how many bands its model reads"
+        )
+    init_args.bands = stage_bands(given, checkpoint)
 
 
 def stage_bands(given: Sequence[BandRef], checkpoint: Any) -> list[BandRef]:
@@ -108,7 +142,16 @@ def check_stage_rasters(
         bands_given: ``--bands`` was given.
     """
     images = getattr(data, "stage_images", None)
-    if record is None or bands_given or not callable(images):
+    if bands_given or not callable(images):
+        return
+    if record is None:
+        warnings.warn(
+            f"the checkpoint {checkpoint} does not record the rasters it was trained on (written "
+            "before densekit recorded them), so the images' band count, data type (value range) "
+            "and band names are not checked against them",
+            UserWarning,
+            stacklevel=2,
+        )
         return
     trained = BandLayout.from_dict(record, f"checkpoint {checkpoint}")
     for path in images(stage):

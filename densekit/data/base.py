@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from densekit.data.augment import Augmentation
 from densekit.data.datasets import TaskKind
@@ -104,22 +104,29 @@ class DenseDataModule(L.LightningDataModule):
             files = self.split_files.format(name=name)
             raise DensekitError(f"no {name} data: give {files} or split fractions that include it")
         dataset = self.datasets[name]
-        sampler = None
-        if shuffle:  # training: each sample's random draws seeded from the main process
-            sampler = SeededSampler(self.epoch_sampler(dataset) or RandomSampler(dataset))  # type: ignore[arg-type]
+        sampler: Sampler | None = self.epoch_sampler(dataset) if shuffle else None
+        seeded = shuffle and self._one_process()
+        if seeded:  # each sample's random draws seeded by the main process
+            sampler = SeededSampler(sampler or RandomSampler(dataset))  # type: ignore[arg-type]
             dataset = SeededDataset(dataset)
         return DataLoader(
             dataset,
             batch_size=self.loaders.batch_size,
+            shuffle=shuffle and sampler is None,
             sampler=sampler,
-            # the workers' base seed from a generator of its own: drawn from the main one, it
-            # would shift the main stream once per new iterator, and persistent workers make
-            # one iterator per fit, so a resumed fit would draw once more than an unbroken one
-            generator=torch.Generator().manual_seed(0),
+            # seeded samples: the workers' base seed from a generator of its own (drawn from the
+            # main one, it would shift the main stream once per new iterator, and persistent
+            # workers make one iterator per fit: a resumed fit would draw once more)
+            generator=torch.Generator().manual_seed(0) if seeded else None,
             num_workers=self.loaders.num_workers,
             persistent_workers=self.loaders.num_workers > 0,
             collate_fn=self.collate_fn,
         )
+
+    def _one_process(self) -> bool:
+        """Training in one process (see :mod:`densekit.data.seeded` for why several differ)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer is None or trainer.world_size == 1
 
     def teardown(self, stage: str | None = None) -> None:
         """Close the open readers at the end of a stage (they reopen when read again):

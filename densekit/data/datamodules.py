@@ -166,8 +166,8 @@ class RasterDataModule(DenseDataModule):
         name = next((n for n in names if n in plan), None)
         if name is None:
             return []
-        dates = 2 if self.kind == "change" else 1  # each group: the image(s), then targets
-        return list(dict.fromkeys(f for group in plan[name][0] for f in group[:dates]))
+        groups = plan[name][0]  # each group: the image(s), then the targets
+        return list(dict.fromkeys(f for group in groups for f in group[: self.n_images]))
 
     def _plan(self) -> dict[str, tuple[list[tuple[str, ...]], int | None]]:
         """Each split's image groups and, for a fractional ``split``, its block index."""

@@ -46,12 +46,12 @@ from pydicom.errors import InvalidDicomError
 
 from densekit.data.dicom_groups import frame_item
 from densekit.data.dicom_pixels import decode_pixels, modality_values, read_dicom, value_range
-from densekit.data.dicom_volumes import Slice, check_one_volume
+from densekit.data.dicom_volumes import SAME_POSITION_MM, Slice, check_one_volume
 from densekit.data.volume import Volume, pseudonym
 from densekit.errors import DensekitError, InputImageError
 
 SPACING_TOL = 0.05  # a slice may sit this fraction of the slice spacing off the regular grid
-DUPLICATE_MM = 0.01  # slices closer than this along the normal are at the same position
+DUPLICATE_MM = SAME_POSITION_MM  # slices closer than this along the normal share a position
 TILT_TOL_DEG = 0.05  # steps further than this from the normal count as gantry tilt
 ORIENTATION_TOL = 1e-3  # direction cosines within this are the same orientation
 

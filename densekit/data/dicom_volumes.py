@@ -11,14 +11,12 @@ dcm2niix writes them).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
 
 from densekit.data.dicom_groups import frame_item
 from densekit.errors import InputImageError
@@ -34,14 +32,15 @@ class Marker:
         label: the name and tag printed in the message.
         what: what its values are (time points, diffusion b-values, ...).
         keyword: a standard keyword read from the dataset, or None.
-        private: a private (group, element) read from the dataset, or None.
+        private: a private attribute as (group, private creator, element offset), read only
+            where the dataset holds that creator's block, or None.
         group: the functional group holding it in enhanced multi-frame objects, or None.
     """
 
     label: str
     what: str
     keyword: str | None = None
-    private: tuple[int, int] | None = None
+    private: tuple[int, str, int] | None = None
     group: str | None = None
 
 
@@ -59,11 +58,21 @@ MARKERS = (
         "DiffusionBValue",
         group="MRDiffusionSequence",
     ),
-    Marker("GE diffusion b-value (0043,1039)", "diffusion b-values", private=(0x0043, 0x1039)),
     Marker(
-        "Philips diffusion b-factor (2001,1003)", "diffusion b-values", private=(0x2001, 0x1003)
+        "GE diffusion b-value (0043,1039)",
+        "diffusion b-values",
+        private=(0x0043, "GEMS_PARM_01", 0x39),
     ),
-    Marker("Siemens B_value (0019,100C)", "diffusion b-values", private=(0x0019, 0x100C)),
+    Marker(
+        "Philips diffusion b-factor (2001,1003)",
+        "diffusion b-values",
+        private=(0x2001, "Philips Imaging DD 001", 0x03),
+    ),
+    Marker(
+        "Siemens B_value (0019,100C)",
+        "diffusion b-values",
+        private=(0x0019, "SIEMENS MR HEADER", 0x0C),
+    ),
     Marker(
         "DiffusionGradientOrientation (0018,9089)",
         "diffusion directions",
@@ -105,24 +114,44 @@ def check_one_volume(slices: Sequence[Slice], normal: np.ndarray, series: str) -
         InputImageError: the series holds several volumes; names the attribute, its values,
             the manufacturer and how to split the series.
     """
-    at: dict[int, list[int]] = defaultdict(list)
-    for k, s in enumerate(slices):
-        at[round(float(s.position @ normal) / SAME_POSITION_MM)].append(k)
-    shared = [ks for ks in at.values() if len(ks) > 1]
+    order = sorted(range(len(slices)), key=lambda k: float(slices[k].position @ normal))
+    depth = [float(slices[k].position @ normal) for k in order]
+    groups: list[list[int]] = [[order[0]]] if order else []
+    for k, gap in zip(order[1:], np.diff(depth), strict=True):
+        if gap < SAME_POSITION_MM:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    shared = [g for g in groups if len(g) > 1]
     if not shared:
         return
+    differing = []
     for marker in MARKERS:
         values = [_value(s, marker) for s in slices]
-        if any(len({values[k] for k in ks} - {None}) == len(ks) for ks in shared):
-            distinct = sorted({v for v in values if v is not None})
-            shown = ", ".join(distinct[:8]) + (" ..." if len(distinct) > 8 else "")
-            maker = str(slices[0].header.get("Manufacturer", "") or "").strip()
-            raise InputImageError(
-                f"series {series}: {len(distinct)} volumes at the same slice positions "
-                f"({maker + ' ' if maker else ''}multi-volume series: {marker.what}), told "
-                f"apart by {marker.label} = {shown}; densekit reads one volume per series: "
-                "split it into one series per volume first (dcm2niix writes one volume each)"
-            )
+        seen = [{v for k in g if (v := values[k]) is not None} for g in shared]
+        if any(len(v) > 1 for v in seen):
+            found: set[str] = set().union(*seen)
+            differing.append((marker, sorted(found, key=_number_first)))
+    if not differing:
+        return  # nothing tells the slices apart: the caller's duplicate-slice error names them
+    (first, named), others = differing[0], differing[1:]
+    shown = ", ".join(named[:8]) + (" ..." if len(named) > 8 else "")
+    also = "".join(f" and {m.label}" for m, _ in others)
+    maker = str(slices[0].header.get("Manufacturer", "") or "").strip()
+    raise InputImageError(
+        f"series {series}: {max(len(g) for g in shared)} volumes at the same slice positions "
+        f"({maker + ' ' if maker else ''}multi-volume series: {first.what}), told apart by "
+        f"{first.label} = {shown}{also}; densekit reads one volume per series: split it into "
+        "one series per volume first (dcm2niix writes one volume each)"
+    )
+
+
+def _number_first(text: str) -> tuple[int, float, str]:
+    """Sort key: numbers by value, before other text."""
+    try:
+        return (0, float(text), text)
+    except ValueError:
+        return (1, 0.0, text)
 
 
 def _value(s: Slice, marker: Marker) -> str | None:
@@ -133,8 +162,11 @@ def _value(s: Slice, marker: Marker) -> str | None:
     if item is None:
         item = s.header
     if marker.private is not None:
-        element = item.get(Tag(*marker.private))
-        value = None if element is None else element.value
+        group, creator, offset = marker.private
+        try:
+            value = item.private_block(group, creator)[offset].value
+        except KeyError:  # no block of that creator, or no such element in it
+            value = None
     elif marker.keyword is not None and marker.keyword in item:
         value = item.get(marker.keyword)
     else:

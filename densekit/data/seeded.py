@@ -9,6 +9,10 @@ process, hands each sample a seed with its index (:class:`SeededSampler`), and t
 that sample's randomness from a generator seeded with it (:class:`SeededDataset`). A sample's
 draws then depend only on the main process's generator: the same for any ``num_workers``, and
 the same in a resumed fit as in an uninterrupted one.
+
+Single-process training only: with several processes (DDP) Lightning's distributed sampler
+shuffles with the seed and the epoch, identical on every rank, and the data module uses it
+(a seed drawn on each rank from its own generator could differ between ranks).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class SeededDataset(Dataset):
         self.dataset = dataset
 
     def __getitem__(self, item: SeededIndex | int) -> Any:
-        if isinstance(item, int):  # indexed directly, not through the sampler: no seed
+        if not isinstance(item, SeededIndex):  # indexed directly, not by the sampler: no seed
             return self.dataset[item]
         index, seed = item
         with torch.random.fork_rng(devices=[]):

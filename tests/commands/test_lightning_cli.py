@@ -108,6 +108,8 @@ def test_a_config_error_is_one_line_with_the_key_value_and_choices(tmp_path, cap
 
 
 CONFIG_MISTAKES = [
+    ("fit", {"ckpt_pth": "x.ckpt"}, "ckpt_pth: unknown option (did you mean ckpt_path?); "
+     "valid top-level keys: seed_everything, trainer, model, data, ckpt_path"),
     ("fit", {"trainer": {"max_epoch": 3}},
      "trainer.max_epoch: unknown option (did you mean max_epochs?); valid: accelerator, "),
     ("fit", {"model": {"class_path": "densekit.tasks.SegmentationTsk"}},

@@ -206,3 +206,21 @@ def test_predict_and_test_refuse_other_rasters_and_accept_bands(tmp_path, capsys
         assert written
         with rasterio.open(written[0]) as out:
             assert out.count == 1 and out.dtypes[0] == "uint8"
+
+
+def test_bands_of_the_lightning_commands_are_checked_before_anything_runs(capsys):
+    from densekit.commands.stage_bands import take_bands
+
+    assert take_bands(["predict", "--config", "c.yaml", "--bands", "4,3,2"]) == (
+        ["predict", "--config", "c.yaml"],
+        (4, 3, 2),
+    )
+    for argv, message in (
+        (["predict", "--bands="], "--bands is empty"),
+        (["predict", "--bands", ""], "--bands is empty"),
+        (["predict", "--bands"], "--bands needs a value"),
+        (["predict", "--bands", "1", "--bands", "2"], "--bands is given twice"),
+        (["fit", "--bands", "1"], "--bands is an option of densekit validate, test, predict"),
+    ):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv

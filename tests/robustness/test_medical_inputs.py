@@ -284,6 +284,33 @@ def test_a_multi_volume_series_is_refused_by_name(tmp_path, mark, named, capsys,
     assert "multi-volume series" in capsys.readouterr().err
 
 
+def test_a_diffusion_series_of_b0_and_directions_is_refused_by_name(tmp_path):
+    """b = 0 and three directions at b = 1000, as a DWI series holds them: no single attribute
+    differs on every slice at a position, but b-value and direction tell the volumes apart."""
+    directions = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+
+    def volume(k):
+        def mark(ds):
+            ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{k}"
+            ds.Manufacturer = "SIEMENS"
+            ds.DiffusionBValue = 0.0 if k == 0 else 1000.0
+            ds.DiffusionGradientOrientation = directions[k]
+
+        return mark
+
+    ct = copy_series(tmp_path, volume(0))
+    for k in (1, 2, 3):
+        for f in copy_series(tmp_path, volume(k), f"v{k}").iterdir():
+            f.rename(ct / f"v{k}_{f.name}")
+    with pytest.raises(InputImageError) as err:
+        read_series(ct)
+    message = str(err.value)
+    assert (
+        "4 volumes at the same slice positions (SIEMENS multi-volume series: diffusion" in message
+    )
+    assert "DiffusionBValue (0018,9087) = 0.0, 1000.0 and DiffusionGradientOrientation" in message
+
+
 def test_duplicates_that_no_attribute_tells_apart_keep_the_duplicate_message(tmp_path):
     ct = two_volumes(tmp_path, lambda ds, volume: None)
     with pytest.raises(InputImageError, match="duplicate slices") as err:

@@ -74,6 +74,7 @@ def test_workers_draw_what_the_main_process_draws(tmp_path):
         for workers in (0, 2):
             assert main(["fit", "--config", config(tmp_path, f"w{workers}", workers=workers)]) == 0
     alone, with_workers = head_weights(tmp_path / "w0"), head_weights(tmp_path / "w2")
+    assert alone.keys() == with_workers.keys() and alone
     for key in alone:
         torch.testing.assert_close(with_workers[key], alone[key], rtol=1e-5, atol=1e-6, msg=key)
 
