@@ -355,7 +355,8 @@ def _frames(ds: Dataset, path: Path) -> list[_Frame]:
 def _normal(frame: _Frame) -> np.ndarray:
     """The unit slice normal of ``frame``'s orientation (rows x columns directions)."""
     iop = frame.orientation
-    assert iop is not None  # checked by the caller
+    if iop is None:
+        raise InputImageError(f"{_where(frame)} has no ImageOrientationPatient")
     normal = np.cross(iop[:3], iop[3:])
     return normal / np.linalg.norm(normal)
 

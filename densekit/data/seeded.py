@@ -44,7 +44,8 @@ class SeededSampler(Sampler[SeededIndex]):
             yield SeededIndex(int(index), base + position)
 
     def __len__(self) -> int:
-        assert isinstance(self.sampler, Sized)
+        if not isinstance(self.sampler, Sized):
+            raise TypeError(f"{type(self.sampler).__name__} has no length")
         return len(self.sampler)
 
 
