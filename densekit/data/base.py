@@ -114,10 +114,11 @@ class DenseDataModule(L.LightningDataModule):
             batch_size=self.loaders.batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
-            # seeded samples: the workers' base seed from a generator of its own (drawn from the
-            # main one, it would shift the main stream once per new iterator, and persistent
-            # workers make one iterator per fit: a resumed fit would draw once more)
-            generator=torch.Generator().manual_seed(0) if seeded else None,
+            # the workers' base seed from a generator of its own: drawn from the main one, it
+            # would shift the main stream once per new iterator, and persistent workers make
+            # one iterator per fit (a resumed fit would draw once more; 0 and 2 workers would
+            # draw differently); not where the loader shuffles itself (it would use it)
+            generator=None if shuffle and sampler is None else torch.Generator().manual_seed(0),
             num_workers=self.loaders.num_workers,
             persistent_workers=self.loaders.num_workers > 0,
             collate_fn=self.collate_fn,
