@@ -67,6 +67,9 @@ class DensekitCLI(LightningCLI):
         super()._add_subcommands(parser, **kwargs)
         for name, subparser in self._subcommand_parsers.items():
             subparser.prog = f"densekit {'pretrain' if self.command == 'pretrain' else name}"
+            if name in STAGES and self.command != "pretrain":
+                first = (subparser.description or "").split(". ")[0].rstrip(".")
+                subparser.description = f"{first}. {BANDS_HELP}"
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         # LightningCLI warns when it is given ``args`` and sys.argv has arguments too: here
@@ -202,6 +205,13 @@ def check_ckpt_path(path: str, model: Any) -> Any:
         )
     check_backbone_file(ckpt)  # Lightning builds the model with the checkpoint's weights
     return ckpt
+
+
+BANDS_HELP = (
+    "--bands 4,3,2: the bands of the images the model reads, 1-based indices or names in the "
+    "model's order (replaces data.bands). Without it, an image whose band count, data type or "
+    "band names differ from the checkpoint's training rasters is refused."
+)
 
 
 def named_parser(prog: str) -> type[LightningArgumentParser]:

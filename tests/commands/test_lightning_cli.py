@@ -72,6 +72,17 @@ def test_help_names_the_real_commands(capsys):
         assert "args parameter" not in captured.err
 
 
+def test_the_evaluation_commands_help_names_bands(capsys):
+    for command in ("validate", "test", "predict"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--bands 4,3,2: the bands of the images the model reads" in out
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "--bands 4,3,2" not in capsys.readouterr().out
+
+
 def test_data_help_and_print_config(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--data.help", "SegmentationDataModule"])
