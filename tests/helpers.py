@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -157,3 +158,39 @@ class InterruptAtEpoch(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
             raise KeyboardInterrupt
+
+
+NAMES = ["background", "soft", "bright"]  # the classes of threshold_model
+
+
+def threshold_model(settings: Any = None) -> Any:
+    """A stand-in whose labels are known: class 1 where the centre channel is above 0.5, class 2
+    above 0.9 (per pixel, so exactly the windowed volume thresholded): a 3-class
+    :class:`~densekit.inference.volume.VolumeModel` that needs no checkpoint, on ``settings``
+    (default: axial, no context, the soft-tissue CT window)."""
+    from densekit.inference.trained import Trained
+    from densekit.inference.volume import VolumeModel
+    from densekit.medical.slices import Intensity, SliceSettings
+    from densekit.models import InputSpec, OutputSpec
+
+    class Threshold(torch.nn.Module):
+        def forward(self, x):
+            c = x[:, 1]
+            return torch.stack([0.5 - c, c - 0.5, 2 * (c - 0.9) + c - 0.5], dim=1)
+
+    settings = settings or SliceSettings("axial", 0, Intensity(ct_window="soft_tissue"))
+    trained = Trained(
+        model=Threshold(),
+        output=OutputSpec.segmentation(3, NAMES),
+        inputs=InputSpec(3, 1, None, (0.0,) * 3, (1.0,) * 3, 1.0),
+        checkpoint_sha256="0" * 64,
+    )
+    model = VolumeModel(trained, settings)
+    model.provenance = lambda: {  # type: ignore[method-assign]
+        "backbone": "threshold",
+        "head": "none",
+        "plane": settings.plane,
+        "context": settings.context,
+        "checkpoint_sha256": "0" * 64,
+    }
+    return model

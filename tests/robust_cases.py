@@ -1,6 +1,6 @@
 """Helpers of the robustness tests (``tests/robustness``): a command's one stderr line, the
-legacy checkpoints' generator (configs of their runs), and a threshold model for volume
-inference that needs no checkpoint."""
+legacy checkpoints' generator (configs of their runs), and the threshold model of
+:mod:`helpers` for volume inference that needs no checkpoint."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import warnings
 from types import ModuleType
 
 import lightning as L
-from helpers import TEST_DATA
+from helpers import TEST_DATA, threshold_model
+
+__all__ = ["LEGACY", "StopAfterEpoch", "generate", "one_line", "threshold_model"]
 
 LEGACY = TEST_DATA / "checkpoints_v0"
-NAMES = ["background", "soft", "bright"]
 
 
 def _legacy_generate() -> ModuleType:
@@ -41,39 +42,6 @@ def one_line(capsys, argv: list[str]) -> tuple[int, str]:
     assert lines and len(lines) == 1, err[-3000:]
     assert "Traceback" not in err
     return code, lines[0]
-
-
-def threshold_model():
-    """A 3-class :class:`~densekit.inference.volume.VolumeModel` thresholding the windowed
-    centre channel (no checkpoint needed)."""
-    import torch
-
-    from densekit.inference.trained import Trained
-    from densekit.inference.volume import VolumeModel
-    from densekit.medical.slices import Intensity, SliceSettings
-    from densekit.models import InputSpec, OutputSpec
-
-    class Threshold(torch.nn.Module):
-        def forward(self, x):
-            c = x[:, 1]
-            return torch.stack([0.5 - c, c - 0.5, 2 * (c - 0.9) + c - 0.5], dim=1)
-
-    settings = SliceSettings("axial", 0, Intensity(ct_window="soft_tissue"))
-    trained = Trained(
-        model=Threshold(),
-        output=OutputSpec.segmentation(3, NAMES),
-        inputs=InputSpec(3, 1, None, (0.0,) * 3, (1.0,) * 3, 1.0),
-        checkpoint_sha256="0" * 64,
-    )
-    model = VolumeModel(trained, settings)
-    model.provenance = lambda: {  # type: ignore[method-assign]
-        "backbone": "threshold",
-        "head": "none",
-        "plane": "axial",
-        "context": 0,
-        "checkpoint_sha256": "0" * 64,
-    }
-    return model
 
 
 class StopAfterEpoch(L.Callback):

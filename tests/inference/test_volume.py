@@ -13,17 +13,15 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from helpers import needs_shared_data, random_tiny_weights
+from helpers import NAMES, needs_shared_data, random_tiny_weights, threshold_model
 from pydicom.uid import generate_uid
 
 from densekit.cli import main
 from densekit.data.masks import read_seg
 from densekit.data.nifti import reorient_like
 from densekit.errors import DensekitError
-from densekit.inference import Trained
 from densekit.inference import volume as infer_module
 from densekit.inference.volume import (
-    VolumeModel,
     load_volume_model,
     predict_volume,
     segment_volume,
@@ -37,11 +35,10 @@ from densekit.medical.slices import (
     plane_axis,
     slice_input,
 )
-from densekit.models import InputSpec, OutputSpec
+from densekit.models import OutputSpec
 from densekit.tasks import DepthTask, SegmentationTask
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
-NAMES = ["background", "soft", "bright"]
 SLICES = {"plane": "axial", "context": 0, "intensity": {"ct_window": "soft_tissue"}}
 PATIENT_NAME, PATIENT_ID = "Doe^Janet", "PID-9731"
 
@@ -88,33 +85,6 @@ def ckpts(tmp_path_factory):
             {**SLICES, "context": 1, "plane": "coronal"},
         ),
     }
-
-
-def threshold_model(settings: SliceSettings | None = None) -> VolumeModel:
-    """A stand-in whose labels are known: class 1 where the centre channel is above 0.5, class 2
-    above 0.9 (per pixel, so exactly the windowed volume thresholded)."""
-
-    class Threshold(torch.nn.Module):
-        def forward(self, x):
-            c = x[:, 1]
-            return torch.stack([0.5 - c, c - 0.5, 2 * (c - 0.9) + c - 0.5], dim=1)
-
-    settings = settings or SliceSettings("axial", 0, Intensity(ct_window="soft_tissue"))
-    trained = Trained(
-        model=Threshold(),
-        output=OutputSpec.segmentation(3, NAMES),
-        inputs=InputSpec(3, 1, None, (0.0,) * 3, (1.0,) * 3, 1.0),
-        checkpoint_sha256="0" * 64,
-    )
-    model = VolumeModel(trained, settings)
-    model.provenance = lambda: {  # type: ignore[method-assign]
-        "backbone": "threshold",
-        "head": "none",
-        "plane": settings.plane,
-        "context": settings.context,
-        "checkpoint_sha256": "0" * 64,
-    }
-    return model
 
 
 def expected_labels(hu: np.ndarray) -> np.ndarray:
